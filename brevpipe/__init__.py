@@ -1,0 +1,10 @@
+"""brevpipe: declarative, seeded, config-driven image-model training pipelines."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("brevpipe")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
+
+__all__ = ["__version__"]

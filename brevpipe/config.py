@@ -1,0 +1,65 @@
+"""Config helpers: paths, flattening, secret redaction, stable hashing."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+CONF_DIR = REPO_DIR / "conf"
+PIPELINES_DIR = REPO_DIR / "pipelines"
+
+REDACTED = "***"
+SECRET_KEY_PATTERNS = ("*secret*", "*key*", "*token*", "*password*", "*credential*")
+# Keys that match the patterns above but hold no secret.
+NOT_SECRET_KEYS = frozenset({"cache_key", "key_metric", "monitor_key", "sort_key"})
+
+
+def is_secret_key(key: str) -> bool:
+    key = key.lower()
+    if key in NOT_SECRET_KEYS:
+        return False
+    return any(fnmatch.fnmatch(key, pattern) for pattern in SECRET_KEY_PATTERNS)
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a plain config tree with the values of secret-looking keys replaced."""
+    if isinstance(obj, Mapping):
+        return {
+            k: (REDACTED if is_secret_key(str(k)) and v is not None else redact(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted ``(key, value)`` pairs of a nested mapping; lists are kept as values."""
+    if isinstance(obj, Mapping) and obj:
+        for k, v in obj.items():
+            yield from flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif prefix:
+        yield prefix, obj
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short hex digest of a JSON-serialisable object, independent of dict order."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def code_version() -> str:
+    """Package version plus a digest of the package's source, for stage cache keys."""
+    from brevpipe import __version__
+
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"

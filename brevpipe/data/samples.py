@@ -1,0 +1,183 @@
+"""Sample discovery: one row per image found under folder-per-class URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from brevpipe import storage
+from brevpipe.config import stable_hash
+from brevpipe.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SAMPLE_COLUMNS = ["path", "category", "folder", "dataset", "dataset_id", "etag"]
+_PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+_CAT_CHUNK = 64
+
+
+def _md5_of_files(fs: Any, paths: Sequence[str], local: bool) -> list[str]:
+    """MD5 of each file's bytes, read concurrently (threads locally, ``fs.cat`` batches remotely)."""
+    if local:
+        def md5_local(path: str) -> str:
+            with open(path, "rb") as f:
+                return hashlib.md5(f.read(), usedforsecurity=False).hexdigest()
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(md5_local, paths))
+    digests = []
+    for start in range(0, len(paths), _CAT_CHUNK):
+        chunk = list(paths[start : start + _CAT_CHUNK])
+        contents = fs.cat(chunk)  # one concurrent batch of requests on async file systems
+        digests += [hashlib.md5(contents[p], usedforsecurity=False).hexdigest() for p in chunk]
+    return digests
+
+
+def _plain_md5_etag(info: Mapping[str, Any]) -> str | None:
+    """The object store's ETag when it is a plain MD5 of the content (not a multipart ETag)."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"').lower()
+    return etag if _PLAIN_MD5.match(etag) else None
+
+
+def map_category(
+    folder: str,
+    class_mapping: Mapping[str, Any] | None,
+    classes: Iterable[str] | None,
+) -> tuple[str, ...]:
+    """The labels of an image in ``folder`` (relative path): the leaf folder name, mapped.
+
+    ``class_mapping`` keys may be a leaf folder name or a relative folder path; a value may be
+    one label or a list of labels (multi-label). ``classes`` keeps only the listed labels.
+    """
+    leaf = folder.rsplit("/", 1)[-1]
+    mapped: Any = leaf
+    if class_mapping:
+        mapped = class_mapping.get(folder, class_mapping.get(leaf, leaf))
+    labels = (mapped,) if isinstance(mapped, str) else tuple(str(m) for m in mapped or ())
+    if classes is not None:
+        allowed = set(classes)
+        labels = tuple(label for label in labels if label in allowed)
+    return labels
+
+
+def find_samples(
+    urls: str | Sequence[str],
+    *,
+    dataset: str = "dataset",
+    classes: Sequence[str] | None = None,
+    class_mapping: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Find the images under one or more folder-per-class URLs.
+
+    Returns one row per image with the columns ``path`` (URL), ``category`` (tuple of labels),
+    ``folder``, ``dataset``, ``dataset_id`` and ``etag`` (a content hash), sorted by path.
+    """
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise DataError("no dataset URL given: set dataset.url to a folder-per-class tree.")
+    rows: list[dict[str, Any]] = []
+    for url in urls:
+        url = storage.normalize(str(url))
+        fs, root = storage.get_fs(url)
+        local = storage.is_local(url)
+        try:
+            found = fs.find(root, detail=True) if fs.isdir(root) else None
+        except (FileNotFoundError, PermissionError) as exc:
+            raise DataError(f"cannot list dataset URL {url}: {exc}; check dataset.url.") from exc
+        if found is None:
+            raise DataError(
+                f"dataset URL {url} does not exist or is not a folder; set dataset.url to a "
+                "folder with one sub-folder of images per class."
+            )
+        images = sorted(
+            (path, info)
+            for path, info in found.items()
+            if path.lower().endswith(IMAGE_EXTENSIONS) and info.get("type", "file") == "file"
+        )
+        entries = []
+        for path, info in images:
+            relative = path[len(root.rstrip("/")) :].strip("/")
+            folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
+            if not folder:
+                continue  # an image at the root has no class folder
+            category = map_category(folder, class_mapping, classes)
+            if category:
+                entries.append((path, info, folder, category))
+        etags = [_plain_md5_etag(info) for _, info, _, _ in entries]
+        missing = [i for i, etag in enumerate(etags) if etag is None]
+        for i, digest in zip(
+            missing, _md5_of_files(fs, [entries[i][0] for i in missing], local), strict=True
+        ):
+            etags[i] = digest
+        dataset_id = stable_hash(url, length=12)
+        for (path, _, folder, category), etag in zip(entries, etags, strict=True):
+            rows.append(
+                {
+                    "path": path if local else fs.unstrip_protocol(path),
+                    "category": category,
+                    "folder": folder,
+                    "dataset": dataset,
+                    "dataset_id": dataset_id,
+                    "etag": etag,
+                }
+            )
+    if not rows:
+        raise DataError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders under "
+            f"{', '.join(map(str, urls))}; expected <url>/<class>/<image> (check dataset.url, "
+            "dataset.classes and dataset.class_mapping)."
+        )
+    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS).sort_values("path", ignore_index=True)
+
+
+@dataclass
+class FolderDataset:
+    """A dataset given as one or more folder-per-class URLs (local, ``s3://``, ``memory://``)."""
+
+    url: str | Sequence[str]
+    name: str = "folder"
+    classes: Sequence[str] | None = None
+    class_mapping: Mapping[str, Any] | None = None
+
+    def find_samples(self) -> pd.DataFrame:
+        return find_samples(
+            self.url, dataset=self.name, classes=self.classes, class_mapping=self.class_mapping
+        )
+
+
+# -- sample tables as CSV (the category tuple travels as a JSON list) ------------------------
+def samples_to_csv(samples: pd.DataFrame) -> bytes:
+    table = samples.copy()
+    if "category" in table:
+        table["category"] = [json.dumps(list(c)) for c in table["category"]]
+    return table.to_csv(index=False).encode()
+
+
+def samples_from_csv(data: bytes) -> pd.DataFrame:
+    import io
+
+    table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    if "category" in table:
+        table["category"] = [tuple(json.loads(c)) for c in table["category"]]
+    return table
+
+
+def summarize(samples: pd.DataFrame) -> dict[str, Any]:
+    """Counts per purpose and category, and a fingerprint of the sample table."""
+    label = samples["category"].map(lambda c: "+".join(c))
+    summary: dict[str, Any] = {"count": len(samples)}
+    if "purpose" in samples:
+        summary["by_purpose"] = samples["purpose"].value_counts().sort_index().to_dict()
+        summary["by_purpose_category"] = {
+            purpose: label[samples["purpose"] == purpose].value_counts().sort_index().to_dict()
+            for purpose in sorted(samples["purpose"].unique())
+        }
+    summary["by_category"] = label.value_counts().sort_index().to_dict()
+    summary["fingerprint"] = stable_hash(sorted(zip(samples["path"], samples["etag"], strict=True)))
+    return summary

@@ -1,0 +1,214 @@
+"""A Job: one execution of a pipeline, with its id, status, job bucket and output.json."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import shutil
+import subprocess
+import tempfile
+import uuid
+from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Protocol
+
+from brevpipe import __version__, storage
+from brevpipe.config import REPO_DIR, redact
+
+SCHEMA_VERSION = 1
+ENVIRONMENT_PACKAGES = (
+    "tensorflow", "tensorflow-cpu", "keras", "hydra-core", "omegaconf", "albumentations",
+    "fsspec", "s3fs", "mlflow", "pandas", "numpy", "pillow",
+)  # fmt: skip
+
+
+class JobStatus(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class JobListener(Protocol):
+    """Receives a job's metrics as they happen (the MLflow mirror is one)."""
+
+    def on_metrics(self, metrics: dict[str, float], step: int | None) -> None: ...
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def environment() -> dict[str, Any]:
+    """Python, package versions and the git commit of the source tree, if any."""
+    packages = {}
+    for name in ("brevpipe", *ENVIRONMENT_PACKAGES):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    env: dict[str, Any] = {"python": platform.python_version(), "packages": packages}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            env["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return env
+
+
+class Job:
+    """One run of a pipeline: its bucket ``{root}/{id}/``, metrics, stages and status.
+
+    ``output.json`` is rewritten atomically whenever :meth:`write_output` is called (the
+    runner does so at every stage end) and at the end of the job.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        config: dict[str, Any],
+        seed: int,
+        job_id: str | None = None,
+        name: str = "job",
+        pipeline: str = "",
+        choices: dict[str, str] | None = None,
+    ) -> None:
+        self.id = job_id or str(uuid.uuid4())
+        self.root = storage.normalize(root)
+        self.bucket_url = storage.join(self.root, self.id)
+        self.name = name
+        self.pipeline = pipeline
+        self.config = redact(config)
+        self.choices = dict(choices or {})
+        self.seed = int(seed)
+        self.status = JobStatus.CREATED
+        self.start_time: str | None = None
+        self.end_time: str | None = None
+        self.error: str | None = None
+        self.resumed: list[str] = []
+        self.metrics: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.samples: dict[str, Any] = {}
+        self.model: dict[str, Any] = {}
+        self.mlflow: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}
+        self.listeners: list[JobListener] = []
+        self._temp_dir: str | None = None
+        self._environment = environment()
+
+    # -- paths ------------------------------------------------------------------------------
+    def artifact_path(self, *parts: str) -> str:
+        """URL of ``artifacts/<parts>`` in the job bucket."""
+        return storage.join(self.bucket_url, "artifacts", *parts)
+
+    def temp_path(self, *parts: str) -> str:
+        """A local scratch path (not persisted); its parent folder exists."""
+        if self._temp_dir is None:
+            self._temp_dir = tempfile.mkdtemp(prefix=f"brevpipe-{self.id[:8]}-")
+        path = Path(self._temp_dir, *parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    @property
+    def output_url(self) -> str:
+        return self.artifact_path("output.json")
+
+    # -- metrics ----------------------------------------------------------------------------
+    def add_metric(self, name: str, value: float) -> None:
+        """Record a final metric (flat ``name -> number``)."""
+        self.add_metrics({name: value})
+
+    def add_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items()}
+        if step is None:
+            self.metrics.update(clean)
+        for listener in self.listeners:
+            listener.on_metrics(clean, step)
+
+    def add_epoch(self, epoch: int, logs: dict[str, float]) -> None:
+        """Record one epoch of training history and pass it to the listeners."""
+        row = {"epoch": int(epoch), **{k: float(v) for k, v in logs.items()}}
+        self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
+        self.add_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start the job: resume from an existing bucket if there is one, write info.json."""
+        if storage.exists(self.output_url):
+            previous = storage.read_json(self.output_url)
+            self.stages = previous.get("stages", {})
+            self.start_time = previous.get("job", {}).get("start")
+            self.resumed = [*previous.get("job", {}).get("resumed", []), now()]
+        self.start_time = self.start_time or now()
+        self.status = JobStatus.RUNNING
+        storage.write_json(
+            storage.join(self.bucket_url, "info.json"),
+            {
+                "schema_version": SCHEMA_VERSION,
+                "job": {"id": self.id, "name": self.name, "pipeline": self.pipeline},
+                "config": self.config,
+                "choices": self.choices,
+                "seed": self.seed,
+            },
+        )
+        self.write_output()
+
+    def complete(self) -> None:
+        self._finish(JobStatus.COMPLETED)
+
+    def fail(self, error: BaseException) -> None:
+        self.error = f"{type(error).__name__}: {error}"
+        self._finish(JobStatus.FAILED)
+
+    def stop(self) -> None:
+        self.error = "stopped by the user (interrupt)"
+        self._finish(JobStatus.STOPPED)
+
+    def _finish(self, status: JobStatus) -> None:
+        self.status = status
+        self.end_time = now()
+        self.write_output()
+        if self._temp_dir:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+    # -- output.json ------------------------------------------------------------------------
+    def to_output(self) -> dict[str, Any]:
+        job = {
+            "id": self.id,
+            "name": self.name,
+            "pipeline": self.pipeline,
+            "status": str(self.status),
+            "start": self.start_time,
+            "end": self.end_time,
+            "bucket": self.bucket_url,
+            "resumed": self.resumed,
+            "brevpipe_version": __version__,
+        }
+        if self.error:
+            job["error"] = self.error
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "job": job,
+            "config": self.config,
+            "choices": self.choices,
+            "seed": self.seed,
+            "metrics": self.metrics,
+            "history": sorted(self.history, key=lambda h: h["epoch"]),
+            "stages": self.stages,
+            "samples": self.samples,
+            "model": self.model,
+            "environment": self._environment,
+            "mlflow": self.mlflow,
+            **self.extra,
+        }
+
+    def write_output(self) -> None:
+        storage.write_json(self.output_url, self.to_output())

@@ -1,0 +1,168 @@
+"""Runs a pipeline for one job: orders the stages, skips cached ones, records everything."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from brevpipe import storage
+from brevpipe.artifacts import load_output, save_output
+from brevpipe.config import code_version
+from brevpipe.dag import Pipeline, StageSpec
+from brevpipe.errors import ConfigError
+from brevpipe.job import Job
+from brevpipe.tracking import make_tracker
+
+log = logging.getLogger("brevpipe")
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets besides its inputs and parameters."""
+
+    job: Job
+    name: str
+    seed: int
+    url: str  # the stage's folder in the job bucket
+    verbose: str | int = "auto"
+    recorded: dict[str, Any] = field(default_factory=dict)
+
+    def add_metric(self, name: str, value: float) -> None:
+        self.job.add_metric(name, value)
+        self.recorded.setdefault("metrics", {})[name] = float(value)
+
+    def add_epoch(self, epoch: int, logs: dict[str, float]) -> None:
+        self.job.add_epoch(epoch, logs)
+        self.recorded.setdefault("history", []).append({"epoch": epoch, **logs})
+        self.job.write_output()
+
+    def set_section(self, key: str, value: dict[str, Any]) -> None:
+        """Fill an output.json section (``samples``, ``model``) from this stage."""
+        setattr(self.job, key, value)
+        self.recorded.setdefault("sections", {})[key] = value
+
+    def replay(self, recorded: dict[str, Any]) -> None:
+        """Give the job what a cached run of this stage reported."""
+        for row in recorded.get("history", []):
+            self.job.add_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+        self.job.add_metrics(recorded.get("metrics", {}))
+        for key, value in recorded.get("sections", {}).items():
+            setattr(self.job, key, value)
+
+
+def resolve_config(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain data; missing values become a clear ConfigError."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        raise ConfigError(f"{key} is required: set it on the command line, e.g. {key}=...") from None
+    except InterpolationResolutionError as exc:
+        raise ConfigError(f"cannot resolve {exc.full_key}: {exc.msg}") from None
+
+
+def configure_tensorflow(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow; turn on op determinism (same bytes on CPU)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def run_stage(
+    stage: StageSpec, key: str, job: Job, values: dict[str, Any], verbose: str | int
+) -> dict[str, Any]:
+    """Run one stage, or load its outputs when they exist under the same cache key."""
+    stage_url = job.artifact_path("stages", stage.name)
+    marker_url = storage.join(stage_url, "stage.json")
+    ctx = StageContext(job, stage.name, stage.seed(job.seed), stage_url, verbose)
+    marker = storage.read_json(marker_url) if storage.exists(marker_url) else None
+    if (
+        marker
+        and marker.get("cache_key") == key
+        and all(storage.exists(r["url"]) for r in marker["outputs"].values())
+    ):
+        log.info("stage %-10s cached (key %s)", stage.name, key)
+        outputs = {n: load_output(r, job.temp_path()) for n, r in marker["outputs"].items()}
+        ctx.replay(marker.get("recorded", {}))
+        job.stages[stage.name] = {**marker["summary"], "status": "cached"}
+        return outputs
+
+    log.info("stage %-10s running", stage.name)
+    job.stages[stage.name] = {"cache_key": key, "status": "running", "seconds": None}
+    job.write_output()
+    started = time.perf_counter()
+    function = get_method(stage.target)
+    inputs = {name: values[name] for name in stage.inputs}
+    outputs = function(ctx, **inputs, **stage.params) or {}
+    if set(outputs) != set(stage.outputs):
+        raise ConfigError(
+            f"stage '{stage.name}' returned outputs {sorted(outputs)} but declares "
+            f"{sorted(stage.outputs)}; fix the pipeline's 'outputs' list."
+        )
+    records = {
+        name: save_output(value, storage.join(stage_url, name), job.temp_path())
+        for name, value in outputs.items()
+    }
+    summary = {
+        "cache_key": key,
+        "status": "completed",
+        "seconds": round(time.perf_counter() - started, 3),
+        "seed": ctx.seed,
+        "outputs": {name: r["url"] for name, r in records.items()},
+    }
+    job.stages[stage.name] = summary
+    # The marker is written last: a stage counts as done only once all its outputs are saved.
+    storage.write_json(
+        marker_url,
+        {"cache_key": key, "outputs": records, "recorded": ctx.recorded, "summary": summary},
+    )
+    return outputs
+
+
+def run_job(cfg: DictConfig, choices: dict[str, str] | None = None) -> Job:
+    """Compose-and-run entry point used by the CLI and the tests."""
+    plain = resolve_config(cfg)
+    storage.set_storage_options(plain.get("storage", {}).get("options"))
+    pipeline = Pipeline.from_config(plain["pipeline"])
+    seed = int(plain["seed"])
+    job = Job(
+        root=plain["job"]["root"],
+        job_id=plain["job"].get("id"),
+        name=plain["job"].get("name") or pipeline.name,
+        pipeline=pipeline.name,
+        config=plain,
+        seed=seed,
+        choices=choices,
+    )
+    tracker = make_tracker(plain.get("tracking", {}), job)
+    runtime = plain.get("runtime", {})
+    job.open()
+    log.info("job %s  bucket %s", job.id, job.bucket_url)
+    try:
+        tracker.start()
+        configure_tensorflow(seed, bool(runtime.get("deterministic", True)))
+        keys = pipeline.cache_keys(seed, code_version())
+        values: dict[str, Any] = {}
+        for stage in pipeline.order():
+            values.update(run_stage(stage, keys[stage.name], job, values, runtime.get("verbose", "auto")))
+            job.write_output()
+        job.complete()
+        tracker.finish(job)
+    except KeyboardInterrupt:
+        job.stop()
+        tracker.finish(job)
+        raise
+    except BaseException as exc:
+        job.fail(exc)
+        tracker.finish(job)
+        raise
+    return job

@@ -1,0 +1,232 @@
+"""Stages of the image classification pipeline (declared in pipelines/classification.yaml).
+
+Each stage is a function ``(ctx, **inputs, **params) -> {output_name: value}``; component
+configs arrive as plain ``_target_`` mappings and are built with Hydra's ``instantiate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+
+from brevpipe import __version__, storage
+from brevpipe.data.encoder import OneHotEncoder
+from brevpipe.data.loader import ImageLoader
+from brevpipe.data.pipeline import build_dataset
+from brevpipe.data.samples import samples_from_csv, samples_to_csv, summarize
+from brevpipe.data.split import SampleSplit, identification_table
+from brevpipe.errors import DataError
+from brevpipe.runner import StageContext
+
+log = logging.getLogger("brevpipe")
+
+
+def find_samples(ctx: StageContext, *, dataset: dict[str, Any]) -> dict[str, Any]:
+    """Find the dataset's images; write ``artifacts/samples.csv``."""
+    samples = instantiate(dataset).find_samples()
+    storage.write_bytes(ctx.job.artifact_path("samples.csv"), samples_to_csv(samples))
+    log.info("found %d images in %d classes", len(samples), samples["category"].nunique())
+    return {"samples": samples}
+
+
+def split_samples(
+    ctx: StageContext, samples: pd.DataFrame, *, split: dict[str, Any]
+) -> dict[str, Any]:
+    """Assign purposes; keep assignments from an earlier split of this job or ``reuse_url``."""
+    splitter = SampleSplit(
+        fractions=split["fractions"],
+        stratify=split.get("stratify") or [],
+        uniqueness=split.get("uniqueness") or [],
+        seed=ctx.seed,
+    )
+    identification_url = ctx.job.artifact_path("sample_identification.csv")
+    previous_url = split.get("reuse_url") or (
+        identification_url if storage.exists(identification_url) else None
+    )
+    previous = samples_from_csv(storage.read_bytes(previous_url)) if previous_url else None
+    assigned = splitter.assign(samples, previous)
+    storage.write_bytes(
+        identification_url,
+        identification_table(assigned, splitter.uniqueness).to_csv(index=False).encode(),
+    )
+    ctx.set_section("samples", summarize(assigned))
+    return {"split_samples": assigned}
+
+
+def _usable(samples: pd.DataFrame, loader: ImageLoader, ctx: StageContext) -> pd.DataFrame:
+    """Drop unreadable images when ``loader.on_error=skip``, counting them in output.json."""
+    if loader.on_error != "skip":
+        return samples
+    bad = loader.find_unreadable(samples["path"].tolist())
+    if bad:
+        for url, reason in bad:
+            log.warning("skipping unreadable image %s (%s)", url, reason)
+        section = dict(ctx.job.samples)
+        section["skipped"] = section.get("skipped", 0) + len(bad)
+        section["skipped_urls"] = sorted({*section.get("skipped_urls", []), *(u for u, _ in bad)})
+        ctx.set_section("samples", section)
+    return samples[~samples["path"].isin({u for u, _ in bad})]
+
+
+def _raise_naming_bad_images(exc: Exception, samples: pd.DataFrame, loader: ImageLoader) -> None:
+    """Turn a decode failure deep in tf.data into an error that names the files."""
+    bad = loader.find_unreadable(samples["path"].tolist())
+    if bad:
+        raise loader.unreadable_error(bad) from exc
+
+
+def train(
+    ctx: StageContext,
+    split_samples: pd.DataFrame,
+    *,
+    loader: dict[str, Any],
+    encoder: dict[str, Any],
+    model: dict[str, Any],
+    trainer: dict[str, Any],
+) -> dict[str, Any]:
+    """Fit the model on the train split, validating on devel; epochs go to the job live."""
+    import keras
+    import tensorflow as tf
+
+    image_loader: ImageLoader = instantiate(loader)
+    train_samples = _usable(split_samples[split_samples["purpose"] == "train"], image_loader, ctx)
+    devel_samples = _usable(split_samples[split_samples["purpose"] == "devel"], image_loader, ctx)
+    if train_samples.empty:
+        raise DataError("no training samples: check split.fractions and the dataset.")
+    label_encoder: OneHotEncoder = instantiate(encoder).fit(train_samples["category"])
+    missing = sorted(
+        set(label_encoder.classes) - {c for cat in train_samples["category"] for c in cat}
+    )
+    if missing:
+        raise DataError(f"classes {missing} have no training samples; add images or drop them.")
+
+    fit = instantiate(trainer)
+    keras.utils.set_random_seed(ctx.seed)
+    net = instantiate(model)(
+        input_shape=image_loader.output_shape, num_classes=len(label_encoder.classes)
+    )
+    train_data = build_dataset(
+        train_samples, image_loader, label_encoder, batch_size=fit.batch_size, shuffle=True,
+        seed=ctx.seed, shuffle_buffer=fit.shuffle_buffer,
+    )  # fmt: skip
+    devel_data = (
+        build_dataset(devel_samples, image_loader, label_encoder, batch_size=fit.batch_size)
+        if len(devel_samples)
+        else None
+    )
+    try:
+        fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose)
+    except tf.errors.InvalidArgumentError as exc:
+        _raise_naming_bad_images(exc, split_samples, image_loader)
+        raise
+    return {"model": net, "classes": list(label_encoder.classes)}
+
+
+def evaluate(
+    ctx: StageContext,
+    split_samples: pd.DataFrame,
+    model: Any,
+    classes: list[str],
+    *,
+    loader: dict[str, Any],
+    batch_size: int,
+    purposes: list[str],
+) -> dict[str, Any]:
+    """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix per purpose."""
+    import tensorflow as tf
+
+    image_loader: ImageLoader = instantiate(loader)
+    label_encoder = OneHotEncoder(classes=classes).fit([])
+    evaluation: dict[str, Any] = {"classes": classes}
+    rows = []
+    for purpose in purposes:
+        subset = _usable(split_samples[split_samples["purpose"] == purpose], image_loader, ctx)
+        if subset.empty:
+            continue
+        data = build_dataset(subset, image_loader, label_encoder, batch_size=batch_size)
+        try:
+            scores = model.predict(data, verbose=0)
+        except tf.errors.InvalidArgumentError as exc:
+            _raise_naming_bad_images(exc, subset, image_loader)
+            raise
+        truth = label_encoder.indices(subset["category"])
+        predicted = scores.argmax(axis=1)
+        metrics = classification_metrics(truth, predicted, scores, classes)
+        for name, value in metrics["scalars"].items():
+            ctx.add_metric(f"{purpose}/{name}", value)
+        evaluation[purpose] = metrics
+        for path, t, p, s in zip(subset["path"], truth, predicted, scores, strict=True):
+            rows.append(
+                {"path": path, "purpose": purpose, "true": classes[t], "predicted": classes[p],
+                 **{f"score_{c}": float(v) for c, v in zip(classes, s, strict=True)}}
+            )  # fmt: skip
+    storage.write_bytes(
+        ctx.job.artifact_path("predictions.csv"), pd.DataFrame(rows).to_csv(index=False).encode()
+    )
+    return {"evaluation": evaluation}
+
+
+def classification_metrics(
+    truth: np.ndarray, predicted: np.ndarray, scores: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    """Accuracy, cross-entropy, per-class and macro precision/recall/F1, confusion matrix."""
+    n = len(classes)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    true_positive = np.diag(confusion).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.nan_to_num(true_positive / confusion.sum(axis=0))
+        recall = np.nan_to_num(true_positive / confusion.sum(axis=1))
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(scores[np.arange(len(truth)), truth], eps, 1.0))))
+    scalars = {
+        "accuracy": float((truth == predicted).mean()),
+        "loss": loss,
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+    }
+    for i, name in enumerate(classes):
+        scalars[f"precision/{name}"] = float(precision[i])
+        scalars[f"recall/{name}"] = float(recall[i])
+        scalars[f"f1/{name}"] = float(f1[i])
+    return {"scalars": scalars, "confusion_matrix": confusion.tolist(), "count": int(len(truth))}
+
+
+def export(
+    ctx: StageContext, model: Any, classes: list[str], *, loader: dict[str, Any]
+) -> dict[str, Any]:
+    """``artifacts/model/``: ``model.keras``, ``saved_model.tar.gz`` and ``model.json``."""
+    image_loader: ImageLoader = instantiate(loader)
+    local = Path(ctx.job.temp_path("export", "model.keras")).parent
+    model.save(local / "model.keras")
+    model.export(str(local / "saved_model"), verbose=False)
+    archive = local / "saved_model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(local / "saved_model", arcname="saved_model")
+    model_url = ctx.job.artifact_path("model")
+    storage.upload(local / "model.keras", storage.join(model_url, "model.keras"))
+    storage.upload(archive, storage.join(model_url, "saved_model.tar.gz"))
+    info = {
+        "format": "keras+saved_model",
+        "keras_url": storage.join(model_url, "model.keras"),
+        "archive_url": storage.join(model_url, "saved_model.tar.gz"),
+        "archive_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+        "classes": classes,
+        "input_shape": list(image_loader.output_shape),
+        "preprocessing": image_loader.metadata(),
+        "brevpipe_version": __version__,
+        "job_id": ctx.job.id,
+    }
+    storage.write_bytes(storage.join(model_url, "model.json"), json.dumps(info, indent=2).encode())
+    ctx.set_section("model", info)
+    return {"model_info": info}

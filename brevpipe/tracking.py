@@ -1,0 +1,165 @@
+"""The MLflow mirror of a job: params, live metrics, tags and artifacts.
+
+MLflow is imported only when tracking is on. If MLflow fails, the job goes on: everything
+stays in the job bucket, one warning is printed and output.json's ``mlflow.error`` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from brevpipe import __version__, storage
+from brevpipe.config import flatten
+from brevpipe.job import Job, JobStatus
+
+log = logging.getLogger("brevpipe")
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VALUE = 6000
+RUN_STATUS = {
+    JobStatus.COMPLETED: "FINISHED",
+    JobStatus.FAILED: "FAILED",
+    JobStatus.STOPPED: "KILLED",
+}
+
+
+def default_tracking_uri(job_root: str) -> str:
+    """``sqlite:///<parent of the job root>/mlflow.db``; the current folder for remote roots."""
+    base = Path(job_root).parent if storage.is_local(job_root) else Path.cwd()
+    return f"sqlite:///{base.resolve() / 'mlflow.db'}"
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Local artifact folder beside a sqlite store (else the server decides)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+def params_of(config: dict[str, Any]) -> dict[str, str]:
+    """Flattened config as MLflow params; over-long values are truncated with a warning."""
+    params = {}
+    for key, value in flatten(config):
+        text = "null" if value is None else str(value)
+        if len(text) > MAX_PARAM_VALUE:
+            log.warning("MLflow param %s truncated to %d characters", key, MAX_PARAM_VALUE)
+            text = text[: MAX_PARAM_VALUE - 3] + "..."
+        params[key] = text
+    return params
+
+
+class NullTracker:
+    """Tracking turned off (``tracking=none``)."""
+
+    def start(self) -> None:
+        pass
+
+    def finish(self, job: Job) -> None:
+        pass
+
+
+class MlflowTracker:
+    """Mirrors one job into one MLflow run through :class:`mlflow.MlflowClient`."""
+
+    def __init__(self, job: Job, uri: str, experiment: str) -> None:
+        self.job = job
+        self.uri = uri
+        self.experiment = experiment
+        self.client: Any = None
+        self.run_id: str | None = None
+        self.failed = False
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        if not self.failed:
+            log.warning(
+                "MLflow mirror at %s failed while %s: %s (the job goes on; everything stays "
+                "in its bucket)", self.uri, what, exc,
+            )
+        self.failed = True
+        self.job.mlflow["error"] = f"{what}: {type(exc).__name__}: {exc}"
+
+    def start(self) -> None:
+        self.job.mlflow = {"tracking_uri": self.uri, "experiment": self.experiment}
+        try:
+            from mlflow import MlflowClient
+            from mlflow.entities import Param
+
+            self.client = MlflowClient(tracking_uri=self.uri)
+            experiment = self.client.get_experiment_by_name(self.experiment)
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else self.client.create_experiment(
+                    self.experiment, artifact_location=artifact_root_for(self.uri)
+                )
+            )
+            tags = {
+                "brevpipe.job_id": self.job.id,
+                "brevpipe.bucket": self.job.bucket_url,
+                "brevpipe.pipeline": self.job.pipeline,
+                "brevpipe.version": __version__,
+            }
+            if commit := self.job.to_output()["environment"].get("git_commit"):
+                tags["mlflow.source.git.commit"] = commit
+            run = self.client.create_run(
+                experiment_id, run_name=f"{self.job.name}-{self.job.id[:8]}", tags=tags
+            )
+            self.run_id = run.info.run_id
+            params = [Param(k, v) for k, v in params_of(self.job.config).items()]
+            for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(self.run_id, params=params[i : i + MAX_PARAMS_PER_BATCH])
+            self.job.mlflow.update({"experiment_id": experiment_id, "run_id": self.run_id})
+            self.job.listeners.append(self)
+            log.info("MLflow run %s (%s)", self.run_id, self.uri)
+        except Exception as exc:  # noqa: BLE001 - any MLflow failure must not stop the job
+            self._warn("starting the run", exc)
+
+    def on_metrics(self, metrics: dict[str, float], step: int | None) -> None:
+        if self.run_id is None or self.failed:
+            return
+        try:
+            from mlflow.entities import Metric
+
+            stamp = int(time.time() * 1000)
+            batch = [Metric(k, v, stamp, step or 0) for k, v in metrics.items()]
+            for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
+        except Exception as exc:  # noqa: BLE001
+            self._warn("logging metrics", exc)
+
+    def finish(self, job: Job) -> None:
+        if self.run_id is None or self.failed:
+            job.write_output()
+            return
+        try:
+            self._log_artifacts(job)
+            self.client.set_terminated(self.run_id, RUN_STATUS.get(job.status, "FAILED"))
+        except Exception as exc:  # noqa: BLE001
+            self._warn("finishing the run", exc)
+        job.write_output()
+
+    def _log_artifacts(self, job: Job) -> None:
+        """The bucket's artifacts (stage caches excluded) under the run's artifacts."""
+        import tempfile
+
+        fs, root = storage.get_fs(job.artifact_path())
+        with tempfile.TemporaryDirectory(prefix="brevpipe-mlflow-") as tmp:
+            for path in fs.find(root):
+                relative = path[len(root.rstrip("/")) :].strip("/")
+                if relative.startswith("stages/") or ".tmp-" in relative:
+                    continue
+                local = Path(tmp, relative)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(path, str(local))
+            self.client.log_artifacts(self.run_id, tmp)
+
+
+def make_tracker(tracking: dict[str, Any], job: Job) -> MlflowTracker | NullTracker:
+    if not tracking.get("enabled", False):
+        return NullTracker()
+    uri = tracking.get("uri") or default_tracking_uri(job.root)
+    return MlflowTracker(job, uri, tracking.get("experiment") or job.pipeline)

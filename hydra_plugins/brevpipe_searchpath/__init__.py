@@ -1,0 +1,16 @@
+"""Hydra search-path plugin: makes ``pipelines/*.yaml`` (the DAG declarations) composable.
+
+``conf/pipeline/<name>.yaml`` pulls its stages from ``pipelines/<name>.yaml`` with the
+defaults entry ``/<name>@_here_``. Only brevpipe's own config gets this search path.
+"""
+
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+
+class BrevpipeSearchPathPlugin(SearchPathPlugin):
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        from brevpipe.config import CONF_DIR, PIPELINES_DIR
+
+        if any(str(entry.path).rstrip("/").endswith(str(CONF_DIR)) for entry in search_path.get_path()):
+            search_path.append(provider="brevpipe-pipelines", path=f"file://{PIPELINES_DIR}")
