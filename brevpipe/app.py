@@ -30,7 +30,8 @@ def _run_job(cfg: DictConfig) -> float | None:
     print(f"job {job.id} {job.status}")
     print(f"  bucket:  {job.bucket_url}")
     if run_id := job.mlflow.get("run_id"):
-        print(f"  mlflow:  run {run_id} in '{job.mlflow['experiment']}' at {job.mlflow['tracking_uri']}")
+        mlflow = job.mlflow
+        print(f"  mlflow:  run {run_id} in '{mlflow['experiment']}' at {mlflow['tracking_uri']}")
     for name, value in sorted(job.metrics.items()):
         if "/" in name and name.count("/") == 1:
             print(f"  {name:<24} {value:.4f}")

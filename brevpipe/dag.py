@@ -71,7 +71,9 @@ class Pipeline:
                     f"pipeline '{name}': stage '{stage_name}' needs a '_target_' "
                     "(the dotted path of its stage function)."
                 )
-            params = {k: v for k, v in stage_cfg.items() if k not in ("_target_", "inputs", "outputs")}
+            params = {
+                k: v for k, v in stage_cfg.items() if k not in ("_target_", "inputs", "outputs")
+            }
             stages[str(stage_name)] = StageSpec(
                 name=str(stage_name),
                 target=str(stage_cfg["_target_"]),

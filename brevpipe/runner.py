@@ -62,7 +62,9 @@ def resolve_config(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
     except MissingMandatoryValue as exc:
         key = exc.full_key
-        raise ConfigError(f"{key} is required: set it on the command line, e.g. {key}=...") from None
+        raise ConfigError(
+            f"{key} is required: set it on the command line, e.g. {key}=..."
+        ) from None
     except InterpolationResolutionError as exc:
         raise ConfigError(f"cannot resolve {exc.full_key}: {exc.msg}") from None
 
@@ -153,7 +155,9 @@ def run_job(cfg: DictConfig, choices: dict[str, str] | None = None) -> Job:
         keys = pipeline.cache_keys(seed, code_version())
         values: dict[str, Any] = {}
         for stage in pipeline.order():
-            values.update(run_stage(stage, keys[stage.name], job, values, runtime.get("verbose", "auto")))
+            values.update(
+                run_stage(stage, keys[stage.name], job, values, runtime.get("verbose", "auto"))
+            )
             job.write_output()
         job.complete()
         tracker.finish(job)

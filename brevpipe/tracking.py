@@ -77,7 +77,10 @@ class MlflowTracker:
         if not self.failed:
             log.warning(
                 "MLflow mirror at %s failed while %s: %s (the job goes on; everything stays "
-                "in its bucket)", self.uri, what, exc,
+                "in its bucket)",
+                self.uri,
+                what,
+                exc,
             )
         self.failed = True
         self.job.mlflow["error"] = f"{what}: {type(exc).__name__}: {exc}"

@@ -23,8 +23,9 @@ _CAT_CHUNK = 64
 
 
 def _md5_of_files(fs: Any, paths: Sequence[str], local: bool) -> list[str]:
-    """MD5 of each file's bytes, read concurrently (threads locally, ``fs.cat`` batches remotely)."""
+    """MD5 of each file's bytes, read concurrently (threads here, ``fs.cat`` batches remotely)."""
     if local:
+
         def md5_local(path: str) -> str:
             with open(path, "rb") as f:
                 return hashlib.md5(f.read(), usedforsecurity=False).hexdigest()

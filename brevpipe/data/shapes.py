@@ -81,9 +81,14 @@ class ShapesDataset:
             raise ValueError(f"dataset.classes: unknown shapes {unknown}; choose from {SHAPES}.")
 
     @property
-    def folder(self) -> Path:
+    def identity(self) -> dict:
+        """What determines the images (everything but where they are cached)."""
         params = {k: v for k, v in asdict(self).items() if k != "cache_dir"}
-        params["generator_version"] = GENERATOR_VERSION
+        return {**params, "generator_version": GENERATOR_VERSION}
+
+    @property
+    def folder(self) -> Path:
+        params = self.identity
         root = Path(self.cache_dir or Path("~/.cache/brevpipe/datasets")).expanduser()
         return root.resolve() / f"{self.name}-{stable_hash(params, 10)}"
 
@@ -109,7 +114,7 @@ class ShapesDataset:
                         image.save(buffer, format="PNG")
                         suffix = "png"
                     (staging / kind / f"{kind}_{i:04d}.{suffix}").write_bytes(buffer.getvalue())
-            (staging / "dataset.json").write_text(json.dumps(asdict(self), indent=2, default=str))
+            (staging / "dataset.json").write_text(json.dumps(self.identity, indent=2))
             try:
                 os.rename(staging, target)
             except OSError:  # another process generated it first

@@ -12,5 +12,7 @@ class BrevpipeSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         from brevpipe.config import CONF_DIR, PIPELINES_DIR
 
-        if any(str(entry.path).rstrip("/").endswith(str(CONF_DIR)) for entry in search_path.get_path()):
+        if any(
+            str(entry.path).rstrip("/").endswith(str(CONF_DIR)) for entry in search_path.get_path()
+        ):
             search_path.append(provider="brevpipe-pipelines", path=f"file://{PIPELINES_DIR}")

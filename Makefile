@@ -1,0 +1,38 @@
+# brevpipe developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: help install run test test-fast lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install brevpipe with its dev extras (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# compat mode puts the source tree on sys.path, so Hydra finds hydra_plugins/ too
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+run: install  ## run the default pipeline (shapes dataset, ./jobs, ./mlflow.db); ARGS='seed=3 ...'
+	$(BIN)/brevpipe run $(ARGS)
+
+test: install  ## run the test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the tests that train no model
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+lint: install  ## ruff
+	$(BIN)/ruff check brevpipe tests bench hydra_plugins
+
+bench: install  ## benchmarks: ratios against a hand-written tf.data baseline, saved in bench/results/
+	$(BIN)/python bench/input_pipeline.py
+
+clean:  ## remove generated state (jobs, MLflow store, multirun folders), keep .venv
+	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache

@@ -1,0 +1,111 @@
+"""The command line: help, Hydra flags, clear config errors, and no heavy imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("tensorflow", "keras", "mlflow")
+
+
+def brevpipe(
+    *args: str, cwd: Path | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "brevpipe", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+    )  # fmt: skip
+
+
+def imported_after(args: list[str], cwd: Path) -> tuple[int, dict[str, bool]]:
+    """Run ``brevpipe ARGS`` in a fresh interpreter; report its exit code and heavy imports."""
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        from brevpipe.cli import main
+        try:
+            rc = main({args!r})
+        except SystemExit as exc:
+            rc = exc.code
+        print("@@" + json.dumps({{"rc": rc, "mods": {{m: m in sys.modules for m in {HEAVY!r}}}}}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("@@"))
+    result = json.loads(line[2:])
+    return result["rc"] or 0, result["mods"]
+
+
+def test_help_lists_subcommands() -> None:
+    out = brevpipe("--help")
+    assert out.returncode == 0
+    assert "run [overrides...]" in out.stdout
+    assert "brevpipe run -m" in out.stdout
+
+
+def test_console_script_matches_python_m() -> None:
+    script = Path(sys.executable).with_name("brevpipe")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert out.stdout == brevpipe("--help").stdout
+
+
+def test_unknown_command_is_a_clear_error() -> None:
+    out = brevpipe("train")
+    assert out.returncode == 2
+    assert "unknown command 'train'" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expect_rc"),
+    [
+        (["--help"], 0),
+        (["run", "--cfg", "job"], 0),
+        (["run", "--info"], 0),
+        (["run", "nonexistent_key=1"], 1),
+        (["run", "model=no_such_model"], 1),
+        (["run", "dataset=folder", "tracking=none"], 1),  # dataset.url missing
+    ],
+)
+def test_no_tensorflow_or_mlflow_for_help_and_config_errors(
+    args: list[str], expect_rc: int, tmp_path: Path
+) -> None:
+    rc, modules = imported_after(args, tmp_path)
+    assert rc == expect_rc
+    assert modules == dict.fromkeys(HEAVY, False)
+
+
+def test_unknown_override_prints_hydras_message(tmp_path: Path) -> None:
+    out = brevpipe("run", "trainer.epochz=3", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "Could not override 'trainer.epochz'" in out.stderr
+
+
+def test_unknown_group_option_lists_the_options(tmp_path: Path) -> None:
+    out = brevpipe("run", "model=resnet9000", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "Could not find 'model/resnet9000'" in out.stderr
+    assert "small_cnn" in out.stderr
+
+
+def test_missing_dataset_url_is_one_clear_line(tmp_path: Path) -> None:
+    out = brevpipe("run", "dataset=folder", "tracking=none", f"job.root={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "dataset.url is required" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not any(tmp_path.iterdir()), "a config error must not create a job bucket"
+
+
+def test_cfg_job_shows_the_composed_pipeline(tmp_path: Path) -> None:
+    out = brevpipe("run", "--cfg", "job", "seed=7", "model.dense=32", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "seed: 7" in out.stdout
+    assert "_target_: brevpipe.stages.classification.train" in out.stdout
+    assert "dense: 32" in out.stdout

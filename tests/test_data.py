@@ -1,0 +1,134 @@
+"""Sample discovery, the built-in dataset and the split."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from brevpipe import storage
+from brevpipe.data.samples import find_samples, samples_from_csv, samples_to_csv, summarize
+from brevpipe.data.shapes import ShapesDataset
+from brevpipe.data.split import SampleSplit
+from brevpipe.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    return ShapesDataset(samples_per_class=30, image_size=24, cache_dir=str(cache)).generate()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_shapes_dataset_is_deterministic_and_mixes_png_and_jpeg(
+    shapes_folder: Path, tmp_path: Path
+) -> None:
+    again = ShapesDataset(samples_per_class=30, image_size=24, cache_dir=str(tmp_path)).generate()
+    assert file_digests(again) == file_digests(shapes_folder)
+    suffixes = {p.suffix for p in shapes_folder.rglob("*.*") if p.name != "dataset.json"}
+    assert suffixes == {".png", ".jpg"}
+    other_seed = ShapesDataset(samples_per_class=30, image_size=24, seed=1, cache_dir=str(tmp_path))
+    assert file_digests(other_seed.generate()) != file_digests(shapes_folder)
+
+
+def test_find_samples_columns_categories_and_content_etags(shapes_folder: Path) -> None:
+    samples = find_samples(str(shapes_folder), dataset="shapes")
+    assert list(samples.columns) == ["path", "category", "folder", "dataset", "dataset_id", "etag"]
+    assert len(samples) == 90
+    assert set(samples["category"]) == {("circle",), ("square",), ("triangle",)}
+    first = samples.iloc[0]
+    assert first["etag"] == hashlib.md5(Path(first["path"]).read_bytes()).hexdigest()
+    assert samples["path"].is_monotonic_increasing
+
+
+def test_class_mapping_and_class_filter(shapes_folder: Path) -> None:
+    mapped = find_samples(
+        str(shapes_folder), class_mapping={"square": ["square", "angular"], "triangle": "angular"}
+    )
+    assert set(mapped["category"]) == {("circle",), ("square", "angular"), ("angular",)}
+    only = find_samples(str(shapes_folder), classes=["circle"])
+    assert set(only["category"]) == {("circle",)} and len(only) == 30
+
+
+def test_sample_table_csv_round_trip(shapes_folder: Path) -> None:
+    samples = find_samples(str(shapes_folder))
+    back = samples_from_csv(samples_to_csv(samples))
+    pd.testing.assert_frame_equal(back, samples.astype({"dataset_id": str}), check_dtype=False)
+
+
+def test_missing_url_and_empty_folder_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist or is not a folder.*dataset.url"):
+        find_samples(str(tmp_path / "nope"))
+    (tmp_path / "empty" / "class_a").mkdir(parents=True)
+    (tmp_path / "empty" / "class_a" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match="no images .* in class folders under"):
+        find_samples(str(tmp_path / "empty"))
+
+
+def test_s3_discovery_matches_local_and_uses_plain_md5_etags(
+    shapes_folder: Path, s3_bucket: str
+) -> None:
+    storage.upload(shapes_folder, f"{s3_bucket}/shapes")
+    remote = find_samples(f"{s3_bucket}/shapes")
+    local = find_samples(str(shapes_folder))
+    assert remote["path"].str.startswith(f"{s3_bucket}/shapes/").all()
+    assert remote["etag"].tolist() == local["etag"].tolist()
+    assert remote["category"].tolist() == local["category"].tolist()
+
+
+def split_counts(samples: pd.DataFrame) -> pd.Series:
+    return samples.groupby(["category", "purpose"]).size()
+
+
+def test_split_fractions_per_stratum_and_seeded(shapes_folder: Path) -> None:
+    samples = find_samples(str(shapes_folder))
+    splitter = SampleSplit(fractions={"train": 0.6, "devel": 0.2, "test": 0.2}, seed=5)
+    first = splitter.assign(samples)
+    assert first["purpose"].tolist() == splitter.assign(samples)["purpose"].tolist()
+    for _, stratum in first.groupby("category"):
+        counts = stratum["purpose"].value_counts()
+        for purpose, fraction in {"train": 0.6, "devel": 0.2, "test": 0.2}.items():
+            assert abs(counts.get(purpose, 0) - fraction * len(stratum)) <= 1
+    other = SampleSplit(fractions={"train": 0.6, "devel": 0.2, "test": 0.2}, seed=6).assign(samples)
+    assert other["purpose"].tolist() != first["purpose"].tolist()
+
+
+def test_duplicates_share_a_purpose(shapes_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "dups"
+    shutil.copytree(shapes_folder, folder)
+    for image in sorted((folder / "circle").glob("*.png"))[:10]:
+        shutil.copy(image, image.with_name("copy_" + image.name))
+    samples = find_samples(str(folder))
+    assigned = SampleSplit(fractions={"train": 0.5, "devel": 0.5}, seed=1).assign(samples)
+    assert (assigned.groupby("etag")["purpose"].nunique() == 1).all()
+    assert (assigned.groupby("etag").size() == 2).sum() == 10
+
+
+def test_adding_samples_never_moves_old_ones(shapes_folder: Path) -> None:
+    samples = find_samples(str(shapes_folder))
+    old = samples.sample(frac=0.8, random_state=0)
+    splitter = SampleSplit(fractions={"train": 0.7, "devel": 0.3}, seed=2)
+    before = splitter.assign(old)
+    after = splitter.assign(samples, previous=before)
+    merged = after.merge(before[["path", "purpose"]], on="path", suffixes=("", "_before"))
+    assert len(merged) == len(before)
+    assert (merged["purpose"] == merged["purpose_before"]).all()
+    assert after["purpose"].notna().all() and len(after) == len(samples)
+
+
+def test_summary_counts_and_fingerprint(shapes_folder: Path) -> None:
+    samples = SampleSplit(seed=1).assign(find_samples(str(shapes_folder)))
+    summary = summarize(samples)
+    assert summary["count"] == 90
+    assert sum(summary["by_purpose"].values()) == 90
+    assert summary["fingerprint"] == summarize(samples.iloc[::-1])["fingerprint"]

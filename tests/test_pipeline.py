@@ -1,0 +1,156 @@
+"""End to end: the classification pipeline on tiny generated data, trained for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from brevpipe import storage
+from brevpipe.data.shapes import ShapesDataset
+from brevpipe.errors import DataError
+from brevpipe.runner import run_job
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def output_of(job) -> dict:
+    return storage.read_json(job.output_url)
+
+
+def test_default_pipeline_end_to_end_with_mlflow(tiny_config, tmp_path: Path) -> None:
+    job = run_job(tiny_config("seed=3"))
+    output = output_of(job)
+    assert output["job"]["status"] == "completed"
+    bucket = Path(job.bucket_url)
+    for name in ("info.json", "artifacts/output.json", "artifacts/samples.csv",
+                 "artifacts/sample_identification.csv", "artifacts/predictions.csv",
+                 "artifacts/model/model.keras", "artifacts/model/saved_model.tar.gz",
+                 "artifacts/model/model.json"):  # fmt: skip
+        assert (bucket / name).is_file(), name
+    assert [s for s in output["stages"]] == ["samples", "split", "train", "evaluate", "export"]
+    assert all(s["status"] == "completed" for s in output["stages"].values())
+    assert 0.0 <= output["metrics"]["devel/accuracy"] <= 1.0
+    assert [h["epoch"] for h in output["history"]] == [1, 2]
+    assert output["samples"]["count"] == 48
+    assert output["model"]["classes"] == ["circle", "square", "triangle"]
+
+    client = MlflowClient(tracking_uri=output["mlflow"]["tracking_uri"])
+    run = client.get_run(output["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["brevpipe.job_id"] == job.id
+    assert run.data.params["seed"] == "3"
+    assert run.data.params["trainer.epochs"] == "2"
+    for name, value in output["metrics"].items():
+        assert run.data.metrics[name] == pytest.approx(value)
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "output.json" in artifacts
+
+
+def test_same_seed_same_metrics_different_seed_differs(tiny_config) -> None:
+    first = output_of(run_job(tiny_config("seed=3", "tracking=none")))
+    second = output_of(run_job(tiny_config("seed=3", "tracking=none")))
+    assert first["metrics"] == second["metrics"]
+    assert first["history"] == second["history"]
+    other = output_of(run_job(tiny_config("seed=4", "tracking=none")))
+    assert other["history"] != first["history"]
+
+
+def test_crashed_job_resumes_skipping_finished_stages(tiny_config) -> None:
+    crash = "+trainer.callbacks=[{_target_: tests.helpers.RaiseAtEpoch, epoch: 1}]"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_job(tiny_config("seed=5", "tracking=none", crash))
+    (bucket,) = Path(tiny_config().job.root).iterdir()
+    crashed = json.loads((bucket / "artifacts" / "output.json").read_text())
+    assert crashed["job"]["status"] == "failed"
+    assert crashed["stages"]["split"]["status"] == "completed"
+
+    resumed = output_of(run_job(tiny_config("seed=5", "tracking=none", f"job.id={bucket.name}")))
+    assert resumed["job"]["status"] == "completed"
+    assert resumed["job"]["resumed"], "a resumed job records when it was resumed"
+    statuses = {name: s["status"] for name, s in resumed["stages"].items()}
+    assert statuses == {"samples": "cached", "split": "cached", "train": "completed",
+                        "evaluate": "completed", "export": "completed"}  # fmt: skip
+    fresh = output_of(run_job(tiny_config("seed=5", "tracking=none")))
+    assert resumed["metrics"] == fresh["metrics"]
+
+    again = output_of(run_job(tiny_config("seed=5", "tracking=none", f"job.id={bucket.name}")))
+    assert {s["status"] for s in again["stages"].values()} == {"cached"}
+    assert again["metrics"] == resumed["metrics"]
+
+
+@pytest.fixture
+def folder_with_corrupt_jpeg(tmp_path: Path) -> tuple[Path, Path]:
+    folder = ShapesDataset(samples_per_class=16, image_size=32, cache_dir=str(tmp_path / "src"))
+    data = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(folder.generate(), data)
+    corrupt = data / "circle" / "circle_0001.jpg"
+    corrupt.write_bytes(corrupt.read_bytes()[:40])  # truncated JPEG
+    return data, corrupt
+
+
+def test_corrupt_jpeg_raise_names_the_file(tiny_config, folder_with_corrupt_jpeg) -> None:
+    data, corrupt = folder_with_corrupt_jpeg
+    cfg = tiny_config("dataset=folder", f"dataset.url={data}", "tracking=none",
+                      "loader.target_size=[32,32]", "split.fractions.devel=0.0")  # fmt: skip
+    with pytest.raises(DataError, match=f"cannot be decoded: {corrupt}.*loader.on_error=skip"):
+        run_job(cfg)
+
+
+def test_corrupt_jpeg_skip_is_counted(tiny_config, folder_with_corrupt_jpeg) -> None:
+    data, corrupt = folder_with_corrupt_jpeg
+    cfg = tiny_config("dataset=folder", f"dataset.url={data}", "tracking=none",
+                      "loader.on_error=skip")  # fmt: skip
+    output = output_of(run_job(cfg))
+    assert output["job"]["status"] == "completed"
+    assert output["samples"]["skipped"] == 1
+    assert output["samples"]["skipped_urls"] == [str(corrupt)]
+
+
+def test_dataset_and_job_bucket_on_s3(tiny_config, tmp_path: Path, s3_bucket: str) -> None:
+    folder = ShapesDataset(samples_per_class=16, image_size=32, cache_dir=str(tmp_path / "src"))
+    storage.upload(folder.generate(), f"{s3_bucket}/data")
+    job = run_job(tiny_config("dataset=folder", f"dataset.url={s3_bucket}/data",
+                              f"job.root={s3_bucket}/jobs"))  # fmt: skip
+    output = output_of(job)
+    assert job.bucket_url.startswith(f"{s3_bucket}/jobs/")
+    assert output["job"]["status"] == "completed"
+    assert storage.exists(storage.join(job.bucket_url, "info.json"))
+    assert storage.exists(job.artifact_path("model", "saved_model.tar.gz"))
+    client = MlflowClient(tracking_uri=output["mlflow"]["tracking_uri"])
+    assert client.get_run(output["mlflow"]["run_id"]).info.status == "FINISHED"
+
+
+def test_cli_run_prints_job_and_ctrl_c_marks_it_stopped(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "brevpipe", "run", *tiny_overrides(tmp_path)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "completed" in done.stdout and "bucket:" in done.stdout and "mlflow:" in done.stdout
+
+    slow = [*args, "trainer.epochs=200", "tracking=none", f"job.root={tmp_path / 'stopped'}"]
+    proc = subprocess.Popen(
+        slow, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # wait until training runs
+        if line.startswith("Epoch 2/") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    (bucket,) = (tmp_path / "stopped").iterdir()
+    output = json.loads((bucket / "artifacts" / "output.json").read_text())
+    assert output["job"]["status"] == "stopped"
+    assert output["stages"]["train"]["status"] == "running"
