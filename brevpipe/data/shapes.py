@@ -65,17 +65,21 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
 
 @dataclass
 class ShapesDataset:
-    """Synthetic folder-per-class dataset; alternating PNG and JPEG files."""
+    """Synthetic folder-per-class dataset; PNG and JPEG files in turn (``formats``)."""
 
     name: str = "shapes"
     classes: Sequence[str] = field(default_factory=lambda: ["circle", "square", "triangle"])
     samples_per_class: int = 200
     image_size: int = 64
     seed: int = 0
+    formats: Sequence[str] = field(default_factory=lambda: ["png", "jpg"])  # used in turn
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.classes = list(self.classes)
+        self.formats = [str(f).lower() for f in self.formats]
+        if not self.formats or set(self.formats) - {"png", "jpg"}:
+            raise ValueError(f"dataset.formats={self.formats}: use png and/or jpg.")
         unknown = sorted(set(self.classes) - set(SHAPES))
         if unknown:
             raise ValueError(f"dataset.classes: unknown shapes {unknown}; choose from {SHAPES}.")
@@ -107,12 +111,11 @@ class ShapesDataset:
                 for i in range(self.samples_per_class):
                     image = draw_shape(kind, self.image_size, rng)
                     buffer = io.BytesIO()
-                    if i % 2:
+                    suffix = self.formats[i % len(self.formats)]
+                    if suffix == "jpg":
                         image.save(buffer, format="JPEG", quality=92)
-                        suffix = "jpg"
                     else:
                         image.save(buffer, format="PNG")
-                        suffix = "png"
                     (staging / kind / f"{kind}_{i:04d}.{suffix}").write_bytes(buffer.getvalue())
             (staging / "dataset.json").write_text(json.dumps(self.identity, indent=2))
             try:
