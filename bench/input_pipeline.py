@@ -64,10 +64,11 @@ def main() -> None:
     loader = ImageLoader(target_size=[128, 128], rescale="unit")
     labels = encoder.indices(samples["category"]).tolist()
 
+    paths, classes = samples["path"].tolist(), len(encoder.classes)
     results = {}
     # Interleave the two twice so that neither gets a systematically warmer machine.
     for round_ in range(2):
-        hand = baseline(samples["path"].tolist(), labels, len(encoder.classes), 128, args.batch_size)
+        hand = baseline(paths, labels, classes, 128, args.batch_size)
         ours = build_dataset(samples, loader, encoder, batch_size=args.batch_size)
         results.setdefault("baseline", []).append(images_per_second(hand, args.epochs))
         results.setdefault("brevpipe", []).append(images_per_second(ours, args.epochs))
