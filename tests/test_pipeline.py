@@ -154,3 +154,16 @@ def test_cli_run_prints_job_and_ctrl_c_marks_it_stopped(tmp_path: Path) -> None:
     output = json.loads((bucket / "artifacts" / "output.json").read_text())
     assert output["job"]["status"] == "stopped"
     assert output["stages"]["train"]["status"] == "running"
+
+
+def test_multirun_sweep_gives_one_job_bucket_per_combination(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "brevpipe", "run", "-m", "seed=1,2", "tracking=none",
+            *tiny_overrides(tmp_path)]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outputs = [
+        json.loads(p.read_text()) for p in (tmp_path / "jobs").glob("*/artifacts/output.json")
+    ]
+    assert sorted(o["seed"] for o in outputs) == [1, 2]
+    assert {o["job"]["status"] for o in outputs} == {"completed"}
+    assert outputs[0]["job"]["id"] != outputs[1]["job"]["id"]
