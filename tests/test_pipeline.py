@@ -89,33 +89,42 @@ def test_crashed_job_resumes_skipping_finished_stages(tiny_config) -> None:
 
 
 @pytest.fixture
-def folder_with_corrupt_jpeg(tmp_path: Path) -> tuple[Path, Path]:
-    folder = ShapesDataset(samples_per_class=16, image_size=32, cache_dir=str(tmp_path / "src"))
-    data = tmp_path / "data"
+def folder_with_corrupt_jpegs(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A folder dataset whose 8 circle JPEGs are corrupt (they land in train and devel)."""
     import shutil
 
+    folder = ShapesDataset(samples_per_class=16, image_size=32, cache_dir=str(tmp_path / "src"))
+    data = tmp_path / "data"
     shutil.copytree(folder.generate(), data)
-    corrupt = data / "circle" / "circle_0001.jpg"
-    corrupt.write_bytes(corrupt.read_bytes()[:40])  # truncated JPEG
-    return data, corrupt
+    corrupt = sorted((data / "circle").glob("*.jpg"))
+    for i, image in enumerate(corrupt):  # a JPEG start marker, then distinct garbage
+        image.write_bytes(b"\xff\xd8\xff\xe0" + f"truncated {i}".encode())
+    return data, [str(p) for p in corrupt]
 
 
-def test_corrupt_jpeg_raise_names_the_file(tiny_config, folder_with_corrupt_jpeg) -> None:
-    data, corrupt = folder_with_corrupt_jpeg
-    cfg = tiny_config("dataset=folder", f"dataset.url={data}", "tracking=none",
-                      "loader.target_size=[32,32]", "split.fractions.devel=0.0")  # fmt: skip
-    with pytest.raises(DataError, match=f"cannot be decoded: {corrupt}.*loader.on_error=skip"):
+def test_corrupt_jpeg_raise_names_the_files(tiny_config, folder_with_corrupt_jpegs) -> None:
+    data, corrupt = folder_with_corrupt_jpegs
+    cfg = tiny_config("dataset=folder", f"dataset.url={data}", "tracking=none")
+    with pytest.raises(DataError, match="8 image.s. cannot be decoded") as raised:
         run_job(cfg)
+    assert corrupt[0] in str(raised.value)
+    assert "loader.on_error=skip" in str(raised.value)
 
 
-def test_corrupt_jpeg_skip_is_counted(tiny_config, folder_with_corrupt_jpeg) -> None:
-    data, corrupt = folder_with_corrupt_jpeg
+def test_corrupt_jpeg_skip_is_counted_once(tiny_config, folder_with_corrupt_jpegs) -> None:
+    data, corrupt = folder_with_corrupt_jpegs
     cfg = tiny_config("dataset=folder", f"dataset.url={data}", "tracking=none",
-                      "loader.on_error=skip")  # fmt: skip
-    output = output_of(run_job(cfg))
+                      "loader.on_error=skip", "split.fractions.devel=0.5")  # fmt: skip
+    job = run_job(cfg)
+    output = output_of(job)
+    split = storage.read_bytes(job.artifact_path("sample_identification.csv")).decode()
+    purposes = {
+        line.split(",")[-1] for line in split.splitlines() if "circle_" in line and ".jpg" in line
+    }
+    assert purposes == {"train", "devel"}, "the corrupt files should fall in both splits"
     assert output["job"]["status"] == "completed"
-    assert output["samples"]["skipped"] == 1
-    assert output["samples"]["skipped_urls"] == [str(corrupt)]
+    assert output["samples"]["skipped"] == 8
+    assert output["samples"]["skipped_urls"] == corrupt
 
 
 def test_dataset_and_job_bucket_on_s3(tiny_config, tmp_path: Path, s3_bucket: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,6 +15,12 @@ RESCALES = ("none", "unit", "imagenet")
 COLOR_MODES = {"rgb": 3, "greyscale": 1, "grayscale": 1}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _clean_tf_message(message: str) -> str:
+    """The readable part of a TensorFlow op error (no node names, no ``[Op:...]``)."""
+    message = re.sub(r"\{\{.*?\}\}", "", message.strip().splitlines()[0])
+    return re.sub(r"\s*\[Op:\w+\]", "", message).strip() or "cannot decode"
 
 
 @dataclass
@@ -100,7 +107,7 @@ class ImageLoader:
                 return None
             except Exception as exc:  # noqa: BLE001 - any failure makes the image unusable
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                return path, reason.strip().splitlines()[0]
+                return path, _clean_tf_message(reason)
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             return [r for r in pool.map(check, paths) if r is not None]

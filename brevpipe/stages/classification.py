@@ -70,9 +70,8 @@ def _usable(samples: pd.DataFrame, loader: ImageLoader, ctx: StageContext) -> pd
         for url, reason in bad:
             log.warning("skipping unreadable image %s (%s)", url, reason)
         section = dict(ctx.job.samples)
-        section["skipped"] = section.get("skipped", 0) + len(bad)
-        section["skipped_urls"] = sorted({*section.get("skipped_urls", []), *(u for u, _ in bad)})
-        ctx.set_section("samples", section)
+        skipped = sorted({*section.get("skipped_urls", []), *(url for url, _ in bad)})
+        ctx.set_section("samples", {**section, "skipped": len(skipped), "skipped_urls": skipped})
     return samples[~samples["path"].isin({u for u, _ in bad})]
 
 
