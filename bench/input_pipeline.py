@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
-from brevpipe.data.pipeline import build_dataset
+from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.shapes import ShapesDataset
 
 RESULTS = Path(__file__).parent / "results" / "input_pipeline.json"
@@ -71,7 +71,8 @@ def main() -> None:
     # Interleave the two so that neither gets a systematically warmer machine; report medians.
     for round_ in range(args.rounds):
         hand = baseline(paths, labels, classes, 128, args.batch_size)
-        ours = build_dataset(samples, loader, encoder, batch_size=args.batch_size)
+        ours = InputPipeline(samples, loader, encoder=encoder, batch_size=args.batch_size)
+        ours = ours.get_dataset()
         results.setdefault("baseline", []).append(images_per_second(hand, args.epochs))
         results.setdefault("brevpipe", []).append(images_per_second(ours, args.epochs))
         print(f"round {round_ + 1}: baseline {results['baseline'][-1]:7.0f} img/s   "

@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from brevpipe.data.pipeline import InputPipeline
 
 
 def job_callback(on_epoch: Callable[[int, dict[str, float]], None]) -> Any:
@@ -39,7 +42,6 @@ class Trainer:
     lr: float = 3e-3
     schedule: str = "cosine"
     optimizer: Callable[..., Any] | None = None
-    shuffle_buffer: int = 2048
     callbacks: Sequence[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -61,26 +63,28 @@ class Trainer:
     def fit(
         self,
         model: Any,
-        train_data: Any,
-        validation_data: Any = None,
+        train: InputPipeline,
+        validation: InputPipeline | None = None,
         *,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         verbose: str | int = "auto",
     ) -> Any:
+        """Compile and fit; every epoch draws its own sample order and augmentation."""
         import keras
 
+        steps = len(train)
         optimizer = (self.optimizer or keras.optimizers.Adam)(
-            learning_rate=self.learning_rate(int(train_data.cardinality()))
+            learning_rate=self.learning_rate(steps)
         )
         model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
         callbacks = list(self.callbacks)
         if on_epoch is not None:
             callbacks.append(job_callback(on_epoch))
         return model.fit(
-            train_data,
-            validation_data=validation_data,
+            train.get_dataset(epochs=None),  # endless; epochs are cut by steps_per_epoch
+            steps_per_epoch=steps,
+            validation_data=None if validation is None else validation.get_dataset(),
             epochs=self.epochs,
             callbacks=callbacks,
             verbose=resolve_verbose(verbose),
-            shuffle=False,  # the tf.data pipeline shuffles, seeded per epoch
         )

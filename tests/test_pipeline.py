@@ -33,10 +33,11 @@ def test_default_pipeline_end_to_end_with_mlflow(tiny_config, tmp_path: Path) ->
     bucket = Path(job.bucket_url)
     for name in ("info.json", "artifacts/output.json", "artifacts/samples.csv",
                  "artifacts/sample_identification.csv", "artifacts/predictions.csv",
+                 "artifacts/samples_preview.png",
                  "artifacts/model/model.keras", "artifacts/model/saved_model.tar.gz",
                  "artifacts/model/model.json"):  # fmt: skip
         assert (bucket / name).is_file(), name
-    assert [s for s in output["stages"]] == ["samples", "split", "train", "evaluate", "export"]
+    assert list(output["stages"]) == ["samples", "split", "train", "evaluate", "preview", "export"]
     assert all(s["status"] == "completed" for s in output["stages"].values())
     assert 0.0 <= output["metrics"]["devel/accuracy"] <= 1.0
     assert [h["epoch"] for h in output["history"]] == [1, 2]
@@ -78,8 +79,10 @@ def test_crashed_job_resumes_skipping_finished_stages(tiny_config) -> None:
     assert resumed["job"]["status"] == "completed"
     assert resumed["job"]["resumed"], "a resumed job records when it was resumed"
     statuses = {name: s["status"] for name, s in resumed["stages"].items()}
-    assert statuses == {"samples": "cached", "split": "cached", "train": "completed",
-                        "evaluate": "completed", "export": "completed"}  # fmt: skip
+    assert statuses == {
+        "samples": "cached", "split": "cached", "train": "completed",
+        "evaluate": "completed", "preview": "completed", "export": "completed",
+    }  # fmt: skip
     fresh = output_of(run_job(tiny_config("seed=5", "tracking=none")))
     assert resumed["metrics"] == fresh["metrics"]
 

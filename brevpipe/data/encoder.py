@@ -1,4 +1,4 @@
-"""Label encoders: class names to one-hot vectors, with a fixed class order."""
+"""Label encoders: categories (tuples of class names) to fixed-order label vectors."""
 
 from __future__ import annotations
 
@@ -7,14 +7,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from brevpipe.errors import DataError
+from brevpipe.errors import ConfigError, DataError
 
 
 @dataclass
 class OneHotEncoder:
-    """Single-label one-hot encoding; ``classes`` fixes the order (else sorted, from the data)."""
+    """Single-label one-hot encoding.
+
+    ``classes`` fixes the order (else the sorted class names of the training data, see
+    :meth:`fit`). ``on_unknown``: ``raise`` (default) or ``zero`` (an all-zero row).
+    """
 
     classes: Sequence[str] | None = None
+    on_unknown: str = "raise"
+    multi_label = False
+
+    def __post_init__(self) -> None:
+        if self.on_unknown not in ("raise", "zero"):
+            raise ConfigError(f"encoder.on_unknown={self.on_unknown!r}: use raise or zero.")
 
     def fit(self, categories: Iterable[tuple[str, ...]]) -> OneHotEncoder:
         """Fix the class order from the training categories if none was configured."""
@@ -23,28 +33,57 @@ class OneHotEncoder:
         self.classes = [str(c) for c in self.classes]
         return self
 
-    def indices(self, categories: Iterable[tuple[str, ...]]) -> np.ndarray:
-        """Class index per sample; an unknown or multi-label category is an error."""
+    def _positions(self) -> dict[str, int]:
         if self.classes is None:
-            raise RuntimeError("OneHotEncoder.fit() must run before indices().")
-        position = {c: i for i, c in enumerate(self.classes)}
+            raise RuntimeError(f"{type(self).__name__}.fit() must run before encoding.")
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def _unknown(self, label: str) -> None:
+        if self.on_unknown == "raise":
+            raise DataError(
+                f"class '{label}' is not one of the encoder's classes {self.classes}; add it "
+                "to encoder.classes, filter it with dataset.classes, or set "
+                "encoder.on_unknown=zero."
+            )
+
+    def indices(self, categories: Iterable[tuple[str, ...]]) -> np.ndarray:
+        """Class index per sample (-1 for an unknown class when ``on_unknown=zero``)."""
+        position = self._positions()
         out = []
         for category in categories:
             if len(category) != 1:
                 raise DataError(
                     f"category {category} has {len(category)} labels; the one-hot encoder "
-                    "takes exactly one per sample (check dataset.class_mapping)."
+                    "takes exactly one per sample (use encoder=multihot for multi-label)."
                 )
             if category[0] not in position:
-                raise DataError(
-                    f"class '{category[0]}' is not one of the encoder's classes {self.classes}; "
-                    "add it to encoder.classes or filter it with dataset.classes."
-                )
-            out.append(position[category[0]])
+                self._unknown(category[0])
+            out.append(position.get(category[0], -1))
         return np.asarray(out, dtype=np.int32)
 
-    def encode(self, index: object) -> object:
-        """tf graph function: class index -> float32 one-hot vector."""
-        import tensorflow as tf
+    def transform(self, categories: Iterable[tuple[str, ...]]) -> np.ndarray:
+        """``[samples, classes]`` float32 one-hot rows."""
+        index = self.indices(categories)
+        rows = np.zeros((len(index), len(self.classes)), dtype=np.float32)
+        known = index >= 0
+        rows[np.flatnonzero(known), index[known]] = 1.0
+        return rows
 
-        return tf.one_hot(index, len(self.classes), dtype=tf.float32)
+
+@dataclass
+class MultiHotEncoder(OneHotEncoder):
+    """Multi-label encoding: one 1 per label of the sample; rows of any label count batch."""
+
+    multi_label = True
+
+    def transform(self, categories: Iterable[tuple[str, ...]]) -> np.ndarray:
+        position = self._positions()
+        categories = list(categories)
+        rows = np.zeros((len(categories), len(self.classes)), dtype=np.float32)
+        for i, category in enumerate(categories):
+            for label in category:
+                if label in position:
+                    rows[i, position[label]] = 1.0
+                else:
+                    self._unknown(label)
+        return rows

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from brevpipe import storage
 from brevpipe.errors import ConfigError, DataError
 
@@ -67,6 +69,7 @@ class ImageLoader:
 
     # -- tf graph functions -----------------------------------------------------------------
     def read(self, path: Any, local: bool) -> Any:
+        """Encoded bytes of one image (fsspec for remote URLs; see :meth:`read_many`)."""
         import tensorflow as tf
 
         if local:
@@ -77,23 +80,49 @@ class ImageLoader:
         data.set_shape([])
         return data
 
+    @staticmethod
+    def read_many(paths: Any) -> Any:
+        """Encoded bytes of a batch of URLs, fetched concurrently in one fsspec call."""
+        import tensorflow as tf
+
+        def fetch(urls: np.ndarray) -> np.ndarray:
+            names = [u.decode() for u in urls]
+            fs, _ = storage.get_fs(names[0])
+            keys = [storage.get_fs(name)[1] for name in names]
+            contents = fs.cat(keys, on_error="return")
+            for name, key in zip(names, keys, strict=True):
+                if isinstance(contents.get(key), BaseException):
+                    raise DataError(f"cannot read image {name}: {contents[key]}")
+            return np.array([contents[key] for key in keys], dtype=object)
+
+        data = tf.numpy_function(fetch, [paths], tf.string, stateful=False)
+        data.set_shape(paths.shape)
+        return data
+
     def decode(self, data: Any) -> Any:
-        """Encoded bytes -> float32 image of ``output_shape``, rescaled."""
+        """Encoded bytes -> float32 image in [0, 255] of ``output_shape`` (not rescaled)."""
         import tensorflow as tf
 
         image = tf.io.decode_image(data, channels=self.channels, expand_animations=False)
         image = tf.image.resize(image, self.target_size, antialias=self.antialias)
         image.set_shape(self.output_shape)
+        return image
+
+    def normalize(self, image: Any) -> Any:
+        """Apply ``rescale`` to a float32 image in [0, 255]."""
+        import tensorflow as tf
+
         if self.rescale == "unit":
-            image = image / 255.0
-        elif self.rescale == "imagenet":
-            mean = tf.constant(_IMAGENET_MEAN[: self.channels] if self.channels == 3 else [0.449])
-            std = tf.constant(_IMAGENET_STD[: self.channels] if self.channels == 3 else [0.226])
-            image = (image / 255.0 - mean) / std
+            return image / 255.0
+        if self.rescale == "imagenet":
+            mean = tf.constant(_IMAGENET_MEAN if self.channels == 3 else [0.449])
+            std = tf.constant(_IMAGENET_STD if self.channels == 3 else [0.226])
+            return (image / 255.0 - mean) / std
         return image
 
     def load(self, path: Any, local: bool = True) -> Any:
-        return self.decode(self.read(path, local))
+        """Path -> decoded, resized and rescaled image."""
+        return self.normalize(self.decode(self.read(path, local)))
 
     # -- error handling ---------------------------------------------------------------------
     def find_unreadable(self, paths: Sequence[str]) -> list[tuple[str, str]]:

@@ -1,42 +1,143 @@
-"""The input pipeline: a tf.data dataset of (image, one-hot) batches from a sample table."""
+"""The input pipeline (the DataGenerator role): a tf.data dataset from a sample table.
+
+Per epoch the sampler picks the rows and their order; per sample a stateless seed is derived
+from (seed, epoch, row), so augmentation is identical with parallel or serial maps. Each
+element goes: read -> decode/resize -> augment -> rescale -> encode -> user ``.map``
+components; ``output_structure`` picks what a batch holds.
+"""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from brevpipe import storage
-from brevpipe.data.encoder import OneHotEncoder
+from brevpipe.data.augment import NoAugmenter
 from brevpipe.data.loader import ImageLoader
+from brevpipe.data.sampler import Sampler
+from brevpipe.errors import ConfigError
+
+Component = Callable[[dict[str, Any]], dict[str, Any]]
+REMOTE_READ_BATCH = 32
 
 
-def build_dataset(
-    samples: pd.DataFrame,
-    loader: ImageLoader,
-    encoder: OneHotEncoder,
-    *,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    shuffle_buffer: int | None = None,
-) -> Any:
-    """Batches of ``(image, one_hot)``; parallel, deterministic maps; prefetched.
+class InputPipeline:
+    """Batches of ``output_structure`` features from ``samples``.
 
-    With ``shuffle`` the order is reshuffled every epoch, deterministically from ``seed``.
+    Features available to ``output_structure`` and ``.map`` components: ``image``, ``label``
+    (when an encoder is given), ``path``, ``index`` (row in ``samples``), ``epoch``, ``seed``.
     """
-    import tensorflow as tf
 
-    paths = samples["path"].tolist()
-    labels = encoder.indices(samples["category"])
-    local = all(storage.is_local(p) for p in paths)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if shuffle:
-        buffer = min(len(paths), shuffle_buffer or len(paths))
-        ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(
-        lambda path, label: (loader.load(path, local), encoder.encode(label)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    def __init__(
+        self,
+        samples: pd.DataFrame,
+        loader: ImageLoader,
+        *,
+        encoder: Any = None,
+        augmenter: Any = None,
+        sampler: Sampler | None = None,
+        batch_size: int = 32,
+        seed: int = 0,
+        output_structure: Sequence[str] | str = ("image", "label"),
+    ) -> None:
+        if samples.empty:
+            raise ConfigError("the input pipeline got no samples.")
+        self.samples = samples.reset_index(drop=True)
+        self.loader = loader
+        self.encoder = encoder
+        self.augmenter = augmenter or NoAugmenter()
+        self.sampler = sampler or Sampler(shuffle=False)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.output_structure = output_structure
+        self.components: list[Component] = []
+        self.labels = encoder.transform(self.samples["category"]) if encoder is not None else None
+
+    def map(self, component: Component) -> InputPipeline:
+        """A new pipeline that also applies ``component`` (features dict -> features dict)."""
+        new = copy.copy(self)
+        new.components = [*self.components, component]
+        return new
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.sampler.batches(self.samples, self.batch_size)
+
+    def get_samples(self, epoch: int = 0) -> pd.DataFrame:
+        """The rows of ``epoch`` in the order the dataset yields them."""
+        return self.samples.iloc[self.sampler.epoch_indices(self.samples, epoch)]
+
+    def get_dataset(self, epochs: int | None = 1, start_epoch: int = 0) -> Any:
+        """``epochs`` epochs of batches (``None``: endless, for ``fit(steps_per_epoch=...)``)."""
+        import tensorflow as tf
+
+        paths = tf.constant(self.samples["path"].tolist())
+        labels = None if self.labels is None else tf.constant(self.labels)
+        local = all(storage.is_local(p) for p in self.samples["path"])
+        base_seed = tf.constant([self.seed, 0], tf.int64)
+
+        def epoch_rows(epoch: Any) -> Any:
+            rows = tf.numpy_function(
+                lambda e: self.sampler.epoch_indices(self.samples, int(e)).astype(np.int64),
+                [epoch], tf.int64, stateful=False,
+            )  # fmt: skip
+            rows.set_shape([None])
+            pairs = tf.data.Dataset.from_tensor_slices(rows).map(lambda row: (epoch, row))
+            if local:
+                return pairs.map(lambda e, row: (e, row, self.loader.read(paths[row], True)))
+            # remote: one concurrent fetch per small batch of URLs
+            return (
+                pairs.batch(REMOTE_READ_BATCH)
+                .map(lambda e, rows: (e, rows, self.loader.read_many(tf.gather(paths, rows))))
+                .unbatch()
+            )
+
+        def element(epoch: Any, row: Any, data: Any) -> Any:
+            seed = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(base_seed, epoch), row
+            )
+            image, _ = self.augmenter(self.loader.decode(data), seed, None)
+            features = {
+                "image": self.loader.normalize(image),
+                "path": paths[row],
+                "index": row,
+                "epoch": epoch,
+                "seed": seed,
+            }
+            if labels is not None:
+                features["label"] = labels[row]
+            for component in self.components:
+                features = component(features)
+            return self._structure(features)
+
+        if epochs is None:
+            epoch_ids = tf.data.Dataset.counter(start_epoch, dtype=tf.int64)
+        else:
+            epoch_ids = tf.data.Dataset.range(start_epoch, start_epoch + epochs)
+        ds = epoch_ids.flat_map(
+            lambda e: (
+                epoch_rows(e)
+                .map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .batch(self.batch_size)
+            )
+        )
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def _structure(self, features: dict[str, Any]) -> Any:
+        structure = self.output_structure
+        if isinstance(structure, str):
+            return features[structure]
+        missing = [k for k in structure if k not in features]
+        if missing:
+            raise ConfigError(
+                f"output_structure asks for {missing}; available: {sorted(features)}."
+            )
+        return tuple(features[k] for k in structure)
+
+    def numpy_iterator(self, epoch: int = 0) -> Iterator[Any]:
+        """The batches of one epoch as NumPy arrays."""
+        return self.get_dataset(epochs=1, start_epoch=epoch).as_numpy_iterator()

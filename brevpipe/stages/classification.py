@@ -20,11 +20,13 @@ from hydra.utils import instantiate
 from brevpipe import __version__, storage
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
-from brevpipe.data.pipeline import build_dataset
+from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.samples import samples_from_csv, samples_to_csv, summarize
 from brevpipe.data.split import SampleSplit, identification_table
-from brevpipe.errors import DataError
+from brevpipe.data.visual import preview_png
+from brevpipe.errors import ConfigError, DataError
 from brevpipe.runner import StageContext
+from brevpipe.seeding import derive_seed
 
 log = logging.getLogger("brevpipe")
 
@@ -82,11 +84,30 @@ def _raise_naming_bad_images(exc: Exception, samples: pd.DataFrame, loader: Imag
         raise loader.unreadable_error(bad) from exc
 
 
+def _seed(ctx: StageContext, component: str) -> int:
+    """A component's seed, from (root seed, "train", component): the training pipeline's
+    components are seeded the same in every stage that rebuilds them (e.g. the preview)."""
+    return derive_seed(ctx.job.seed, "train", component)
+
+
+def _training_pipeline(
+    ctx: StageContext, samples: pd.DataFrame, loader: ImageLoader, encoder: Any,
+    sampler: dict[str, Any], augmenter: dict[str, Any], batch_size: int,
+) -> InputPipeline:  # fmt: skip
+    return InputPipeline(
+        samples, loader, encoder=encoder, augmenter=instantiate(augmenter),
+        sampler=instantiate(sampler, seed=_seed(ctx, "sampler")), batch_size=batch_size,
+        seed=_seed(ctx, "augmenter"),
+    )  # fmt: skip
+
+
 def train(
     ctx: StageContext,
     split_samples: pd.DataFrame,
     *,
+    sampler: dict[str, Any],
     loader: dict[str, Any],
+    augmenter: dict[str, Any],
     encoder: dict[str, Any],
     model: dict[str, Any],
     trainer: dict[str, Any],
@@ -100,7 +121,12 @@ def train(
     devel_samples = _usable(split_samples[split_samples["purpose"] == "devel"], image_loader, ctx)
     if train_samples.empty:
         raise DataError("no training samples: check split.fractions and the dataset.")
-    label_encoder: OneHotEncoder = instantiate(encoder).fit(train_samples["category"])
+    label_encoder = instantiate(encoder).fit(train_samples["category"])
+    if label_encoder.multi_label:
+        raise ConfigError(
+            "pipeline=classification trains single-label models; use encoder=onehot "
+            "(the multi-hot encoder serves InputPipeline users and multi-label pipelines)."
+        )
     missing = sorted(
         set(label_encoder.classes) - {c for cat in train_samples["category"] for c in cat}
     )
@@ -112,12 +138,13 @@ def train(
     net = instantiate(model)(
         input_shape=image_loader.output_shape, num_classes=len(label_encoder.classes)
     )
-    train_data = build_dataset(
-        train_samples, image_loader, label_encoder, batch_size=fit.batch_size, shuffle=True,
-        seed=ctx.seed, shuffle_buffer=fit.shuffle_buffer,
-    )  # fmt: skip
+    train_data = _training_pipeline(
+        ctx, train_samples, image_loader, label_encoder, sampler, augmenter, fit.batch_size
+    )
     devel_data = (
-        build_dataset(devel_samples, image_loader, label_encoder, batch_size=fit.batch_size)
+        InputPipeline(
+            devel_samples, image_loader, encoder=label_encoder, batch_size=fit.batch_size
+        )  # fmt: skip
         if len(devel_samples)
         else None
     )
@@ -127,6 +154,30 @@ def train(
         _raise_naming_bad_images(exc, split_samples, image_loader)
         raise
     return {"model": net, "classes": list(label_encoder.classes)}
+
+
+def preview(
+    ctx: StageContext,
+    split_samples: pd.DataFrame,
+    classes: list[str],
+    *,
+    sampler: dict[str, Any],
+    loader: dict[str, Any],
+    augmenter: dict[str, Any],
+    batch_size: int,
+) -> dict[str, Any]:
+    """``artifacts/samples_preview.png``: the first augmented training batch, labelled."""
+    image_loader: ImageLoader = instantiate({**loader, "rescale": "none"})
+    train_samples = _usable(split_samples[split_samples["purpose"] == "train"], image_loader, ctx)
+    pipeline = _training_pipeline(
+        ctx, train_samples, image_loader, None, sampler, augmenter, batch_size
+    )
+    pipeline.output_structure = ("image", "index")
+    images, rows = next(pipeline.numpy_iterator(epoch=0))
+    captions = ["+".join(pipeline.samples["category"].iloc[int(r)]) for r in rows]
+    url = ctx.job.artifact_path("samples_preview.png")
+    storage.write_bytes(url, preview_png(images, captions))
+    return {"preview": {"url": url, "count": len(images)}}
 
 
 def evaluate(
@@ -150,9 +201,9 @@ def evaluate(
         subset = _usable(split_samples[split_samples["purpose"] == purpose], image_loader, ctx)
         if subset.empty:
             continue
-        data = build_dataset(subset, image_loader, label_encoder, batch_size=batch_size)
+        data = InputPipeline(subset, image_loader, batch_size=batch_size, output_structure="image")
         try:
-            scores = model.predict(data, verbose=0)
+            scores = model.predict(data.get_dataset(), verbose=0)
         except tf.errors.InvalidArgumentError as exc:
             _raise_naming_bad_images(exc, subset, image_loader)
             raise

@@ -1,0 +1,225 @@
+"""Augmenters: seeded per sample, so parallel maps give the same result as serial ones.
+
+An augmenter is called inside tf.data as ``augmenter(image, seed, mask)`` with ``image`` a
+float32 tensor in [0, 255], ``seed`` a stateless seed (shape [2], int64) derived from
+(root seed, epoch, sample index), and ``mask`` an optional int32 [h, w, 1] tensor that gets
+the same spatial transforms (nearest-neighbour). It returns ``(image, mask)``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from brevpipe.errors import ConfigError
+
+
+class NoAugmenter:
+    """``augmenter=none``."""
+
+    def __call__(self, image: Any, seed: Any, mask: Any = None) -> tuple[Any, Any]:
+        return image, mask
+
+
+def _pair(value: float | Sequence[float], centre: float = 0.0) -> tuple[float, float]:
+    """``0.1`` -> ``(centre - 0.1, centre + 0.1)``; ``[a, b]`` -> ``(a, b)``."""
+    if isinstance(value, int | float):
+        return centre - float(value), centre + float(value)
+    low, high = value
+    return float(low), float(high)
+
+
+@dataclass
+class TfAugmenter:
+    """TensorFlow-native stateless augmentation; every random draw has its own seed.
+
+    ``rotate`` (max degrees), ``scale`` (max relative zoom, or [low, high] factors),
+    ``translate`` (max fraction of the size) form one affine transform, applied to image and
+    mask together. Colour: ``brightness`` (max delta, 0..1 units), ``contrast``,
+    ``saturation`` (max relative change), ``hue`` (max delta, 0..0.5). ``noise``: Gaussian
+    standard deviation (0..1 units). ``blur``: probability of a 3x3 Gaussian blur.
+    """
+
+    flip_horizontal: bool = True
+    flip_vertical: bool = False
+    rotate: float = 0.0
+    scale: float | Sequence[float] = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    noise: float = 0.0
+    blur: float = 0.0
+    fill_mode: str = "reflect"
+
+    DRAWS = 12  # number of independent seeds split from the sample seed
+
+    def __post_init__(self) -> None:
+        if self.fill_mode not in ("reflect", "constant", "nearest", "wrap"):
+            raise ConfigError(f"augmenter.fill_mode={self.fill_mode!r}: use reflect, constant, "
+                              "nearest or wrap.")  # fmt: skip
+        self.scale_range = (
+            _pair(self.scale, 1.0) if isinstance(self.scale, int | float) else _pair(self.scale)
+        )
+
+    def __call__(self, image: Any, seed: Any, mask: Any = None) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), self.DRAWS)
+        uniform = lambda k, lo=0.0, hi=1.0: tf.random.stateless_uniform(  # noqa: E731
+            [], seeds[k], lo, hi
+        )
+        if self.flip_horizontal:
+            flip = uniform(0) < 0.5
+            image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+            if mask is not None:
+                mask = tf.cond(flip, lambda: tf.image.flip_left_right(mask), lambda: mask)
+        if self.flip_vertical:
+            flip = uniform(1) < 0.5
+            image = tf.cond(flip, lambda: tf.image.flip_up_down(image), lambda: image)
+            if mask is not None:
+                mask = tf.cond(flip, lambda: tf.image.flip_up_down(mask), lambda: mask)
+        if self.rotate or self.scale_range != (1.0, 1.0) or self.translate:
+            angle = uniform(2, -self.rotate, self.rotate) * math.pi / 180.0
+            zoom = uniform(3, *self.scale_range)
+            shift = tf.stack([uniform(4, -self.translate, self.translate),
+                              uniform(5, -self.translate, self.translate)])  # fmt: skip
+            image, mask = self._affine(image, mask, angle, zoom, shift)
+        image = image / 255.0
+        if self.brightness:
+            image = image + uniform(6, -self.brightness, self.brightness)
+        if self.contrast:
+            image = tf.image.adjust_contrast(
+                image, uniform(7, 1 - self.contrast, 1 + self.contrast)
+            )
+        if image.shape[-1] == 3:
+            if self.saturation:
+                factor = uniform(8, 1 - self.saturation, 1 + self.saturation)
+                image = tf.image.adjust_saturation(image, factor)
+            if self.hue:
+                image = tf.image.adjust_hue(image, uniform(9, -self.hue, self.hue))
+        if self.noise:
+            image = image + tf.random.stateless_normal(tf.shape(image), seeds[10], 0.0, self.noise)
+        if self.blur:
+            image = tf.cond(uniform(11) < self.blur, lambda: _blur3(image), lambda: image)
+        return tf.clip_by_value(image, 0.0, 1.0) * 255.0, mask
+
+    def _affine(self, image: Any, mask: Any, angle: Any, zoom: Any, shift: Any) -> tuple[Any, Any]:
+        """Rotate by ``angle`` and zoom by ``zoom`` about the centre, then shift."""
+        import tensorflow as tf
+
+        h = tf.cast(tf.shape(image)[0], tf.float32)
+        w = tf.cast(tf.shape(image)[1], tf.float32)
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+        # output (x, y) -> input (a0 x + a1 y + a2, b0 x + b1 y + b2): the inverse mapping
+        tx, ty = shift[0] * w, shift[1] * h
+        a2 = cx - cos * (cx + tx) + sin * (cy + ty)
+        b2 = cy - sin * (cx + tx) - cos * (cy + ty)
+        transform = tf.stack([cos, -sin, a2, sin, cos, b2, 0.0, 0.0])[tf.newaxis]
+        size = tf.shape(image)[:2]
+
+        def apply(x: Any, interpolation: str) -> Any:
+            out = tf.raw_ops.ImageProjectiveTransformV3(
+                images=tf.cast(x, tf.float32)[tf.newaxis], transforms=transform,
+                output_shape=size, fill_value=0.0, interpolation=interpolation,
+                fill_mode=self.fill_mode.upper(),
+            )[0]  # fmt: skip
+            return tf.cast(out, x.dtype)
+
+        return apply(image, "BILINEAR"), None if mask is None else apply(mask, "NEAREST")
+
+
+def _blur3(image: Any) -> Any:
+    import tensorflow as tf
+
+    kernel = tf.constant([1.0, 2.0, 1.0])
+    kernel = tf.tensordot(kernel, kernel, axes=0) / 16.0
+    channels = image.shape[-1]
+    kernel = tf.tile(kernel[:, :, tf.newaxis, tf.newaxis], [1, 1, channels, 1])
+    padded = tf.pad(image[tf.newaxis], [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    return tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")[0]
+
+
+@dataclass
+class AlbumentationsAugmenter:
+    """Any albumentations pipeline, declared as a list of ``{name: Transform, **params}``.
+
+    Runs in ``tf.numpy_function`` with one ``Compose`` per thread; before each sample, every
+    transform is re-seeded with its own seed derived from the sample seed, so results do not
+    depend on thread scheduling and draws of different transforms are not correlated.
+    """
+
+    transforms: Sequence[Mapping[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.transforms = [dict(t) for t in self.transforms]
+        self._local = threading.local()
+        self._build()  # fail early on unknown transforms or parameters
+
+    def _build(self) -> Any:
+        import albumentations as A
+
+        steps = []
+        for spec in self.transforms:
+            params = dict(spec)
+            name = params.pop("name", None)
+            transform = getattr(A, str(name), None) if name else None
+            if transform is None:
+                raise ConfigError(
+                    f"augmenter.transforms: unknown albumentations transform {name!r} "
+                    "(use the class name, e.g. {name: HorizontalFlip, p: 0.5})."
+                )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    steps.append(transform(**params))
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"augmenter.transforms: {name}: {exc}") from None
+            # albumentations only warns about unknown arguments; a typo must not be ignored
+            invalid = [str(w.message) for w in caught if "are not valid" in str(w.message)]
+            if invalid:
+                raise ConfigError(f"augmenter.transforms: {name}: {invalid[0]}")
+        return A.Compose(steps)
+
+    def _compose(self) -> Any:
+        compose = getattr(self._local, "compose", None)
+        if compose is None:
+            compose = self._local.compose = self._build()
+        return compose
+
+    def _apply(self, image: np.ndarray, seed: np.ndarray, mask: np.ndarray) -> tuple:
+        compose = self._compose()
+        base = np.random.SeedSequence([int(s) & 0xFFFFFFFF for s in seed])
+        children = base.spawn(len(compose.transforms) + 1)
+        compose.set_random_seed(int(children[0].generate_state(1)[0]))
+        for transform, child in zip(compose.transforms, children[1:], strict=True):
+            transform.set_random_seed(int(child.generate_state(1)[0]))
+        inputs = {"image": np.clip(image / 255.0, 0.0, 1.0).astype(np.float32)}
+        if mask.size:
+            inputs["mask"] = mask
+        out = compose(**inputs)
+        new_mask = out.get("mask", mask)
+        result = (np.clip(out["image"], 0.0, 1.0) * 255.0).astype(np.float32)
+        return result.reshape(image.shape), np.asarray(new_mask, dtype=np.int32).reshape(mask.shape)
+
+    def __call__(self, image: Any, seed: Any, mask: Any = None) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        empty = tf.zeros([0], tf.int32)
+        new_image, new_mask = tf.numpy_function(
+            self._apply, [image, seed, empty if mask is None else mask], [tf.float32, tf.int32],
+            stateful=False,
+        )  # fmt: skip
+        new_image.set_shape(image.shape)
+        if mask is None:
+            return new_image, None
+        new_mask.set_shape(mask.shape)
+        return new_image, new_mask

@@ -1,0 +1,181 @@
+"""The input pipeline: seeded determinism with parallel maps, samplers, structure, encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from brevpipe import storage
+from brevpipe.config import CONF_DIR
+from brevpipe.data.augment import AlbumentationsAugmenter, TfAugmenter
+from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
+from brevpipe.data.loader import ImageLoader
+from brevpipe.data.pipeline import InputPipeline
+from brevpipe.data.sampler import WEIGHTINGS, Sampler
+from brevpipe.data.samples import find_samples
+from brevpipe.data.shapes import ShapesDataset
+from brevpipe.errors import ConfigError, DataError
+
+AUGMENTERS = sorted(p.stem for p in (CONF_DIR / "augmenter").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    cache = tmp_path_factory.mktemp("cache")
+    folder = ShapesDataset(samples_per_class=12, image_size=32, cache_dir=str(cache)).generate()
+    return find_samples(str(folder))
+
+
+def augmenter(name: str):
+    return instantiate(OmegaConf.load(CONF_DIR / "augmenter" / f"{name}.yaml"))
+
+
+def pipeline(samples: pd.DataFrame, aug=None, seed: int = 1, **kwargs) -> InputPipeline:
+    encoder = OneHotEncoder().fit(samples["category"])
+    return InputPipeline(
+        samples, ImageLoader(target_size=[32, 32]), encoder=encoder, augmenter=aug,
+        sampler=kwargs.pop("sampler", Sampler(shuffle=True, seed=seed)), batch_size=8,
+        seed=seed, **kwargs,
+    )  # fmt: skip
+
+
+def epoch_bytes(pipe: InputPipeline, epochs: int = 2) -> list[bytes]:
+    return [images.tobytes() + labels.tobytes()
+            for images, labels in pipe.get_dataset(epochs=epochs).as_numpy_iterator()]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", AUGMENTERS)
+def test_augmenter_contract(name: str, samples: pd.DataFrame) -> None:
+    """Every augmenter preset: builds from its YAML, keeps shapes, is seeded per sample."""
+    first = epoch_bytes(pipeline(samples, augmenter(name)))
+    assert first == epoch_bytes(pipeline(samples, augmenter(name))), "same seed, same bytes"
+    assert first != epoch_bytes(pipeline(samples, augmenter(name), seed=2))
+    images, labels = next(pipeline(samples, augmenter(name)).numpy_iterator())
+    assert images.shape == (8, 32, 32, 3) and images.dtype == np.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert labels.shape == (8, 3)
+
+
+@pytest.mark.parametrize("name", ["tf_strong", "albumentations_strong"])
+def test_parallel_map_equals_serial_and_epochs_differ(name: str, samples: pd.DataFrame) -> None:
+    """AUTOTUNE parallelism gives the bytes of a one-by-one run; epochs are reshuffled."""
+    import tensorflow as tf
+
+    pipe = pipeline(samples, augmenter(name), output_structure="image")
+    parallel = [b.tobytes() for b in pipe.get_dataset(epochs=2).as_numpy_iterator()]
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    serial_ds = pipe.get_dataset(epochs=2).with_options(options)
+    assert parallel == [b.tobytes() for b in serial_ds.as_numpy_iterator()]
+    per_epoch = len(pipe)
+    assert parallel[:per_epoch] != parallel[per_epoch:]
+    order0, order1 = pipe.get_samples(0)["path"], pipe.get_samples(1)["path"]
+    assert sorted(order0) == sorted(order1) and list(order0) != list(order1)
+
+
+def test_albumentations_transforms_get_independent_seeds(samples: pd.DataFrame) -> None:
+    """Two identical p=0.5 flips must not always fire together (correlated draws would)."""
+    aug = AlbumentationsAugmenter([{"name": "HorizontalFlip", "p": 0.5},
+                                   {"name": "HorizontalFlip", "p": 0.5}])  # fmt: skip
+    plain = pipeline(samples, None, output_structure="image")
+    flipped = pipeline(samples, aug, output_structure="image")
+    original = np.concatenate(list(plain.numpy_iterator()))
+    augmented = np.concatenate(list(flipped.numpy_iterator()))
+    changed = [not np.array_equal(a, b) for a, b in zip(original, augmented, strict=True)]
+    assert any(changed), "with independent draws, some samples are flipped exactly once"
+
+
+def test_unknown_albumentations_transform_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown albumentations transform 'Flipz'"):
+        AlbumentationsAugmenter([{"name": "Flipz"}])
+    with pytest.raises(ConfigError, match="HorizontalFlip"):
+        AlbumentationsAugmenter([{"name": "HorizontalFlip", "probability": 2}])
+
+
+def test_tf_augmenter_moves_masks_with_images() -> None:
+    import tensorflow as tf
+
+    image = np.zeros((32, 32, 3), np.float32)
+    image[4:12, 20:28] = 255.0
+    mask = (image[..., :1] > 0).astype(np.int32)
+    aug = TfAugmenter(flip_horizontal=True, flip_vertical=True, rotate=30, scale=0.1,
+                      translate=0.1, fill_mode="constant")  # fmt: skip
+    for seed in range(5):
+        out, out_mask = aug(tf.constant(image), tf.constant([seed, 1], tf.int64), tf.constant(mask))
+        bright = out.numpy()[..., 0] > 200
+        assert set(np.unique(out_mask.numpy())) <= {0, 1}
+        agreement = (bright == (out_mask.numpy()[..., 0] == 1)).mean()
+        assert agreement > 0.97
+
+
+@pytest.mark.parametrize("weighting", sorted(WEIGHTINGS))
+def test_group_weighting_hits_its_target(weighting: str) -> None:
+    sizes = {"a": 400, "b": 100, "c": 25, "d": 5}
+    table = pd.DataFrame({"group": [g for g, n in sizes.items() for _ in range(n)]})
+    sampler = Sampler(groupby=["group"], weighting=weighting, max_epoch_samples=4000, seed=3)
+    counts = np.array(list(sizes.values()), dtype=float)
+    target = WEIGHTINGS[weighting](counts) / WEIGHTINGS[weighting](counts).sum()
+    drawn = table["group"].iloc[np.concatenate([sampler.epoch_indices(table, e) for e in range(3)])]
+    observed = drawn.value_counts(normalize=True).reindex(list(sizes), fill_value=0.0).to_numpy()
+    assert np.abs(observed - target).max() < 0.05, (weighting, observed, target)
+
+
+def test_sampler_caps_epochs_reshuffles_and_counts_batches() -> None:
+    table = pd.DataFrame({"path": [f"p{i}" for i in range(100)]})
+    sampler = Sampler(max_epoch_samples=30, seed=1)
+    first, second = sampler.epoch_indices(table, 0), sampler.epoch_indices(table, 1)
+    assert len(first) == len(second) == 30 and len(set(first)) == 30
+    assert list(first) != list(second)
+    assert list(first) == list(Sampler(max_epoch_samples=30, seed=1).epoch_indices(table, 0))
+    assert sampler.batches(table, 8) == 4
+    assert list(Sampler(shuffle=False).epoch_indices(table, 5)) == list(range(100))
+    with pytest.raises(ConfigError, match="weighting='square'"):
+        Sampler(weighting="square")
+
+
+def test_output_structure_map_chaining_and_get_samples(samples: pd.DataFrame) -> None:
+    pipe = pipeline(samples, output_structure=("path", "index", "flag")).map(
+        lambda features: {**features, "flag": features["index"] * 0 + 7}
+    )
+    paths, index, flag = next(pipe.numpy_iterator(epoch=3))
+    expected = pipe.get_samples(3)["path"].tolist()[:8]
+    assert [p.decode() for p in paths] == expected
+    assert (flag == 7).all() and len(pipe) == 5
+    assert pipe.samples["path"].iloc[index].tolist() == expected
+    with pytest.raises(ConfigError, match="output_structure asks for \\['nope'\\]"):
+        next(pipeline(samples, output_structure=("image", "nope")).numpy_iterator())
+
+
+def test_remote_images_load_like_local_ones(samples: pd.DataFrame, s3_bucket: str) -> None:
+    folder = Path(samples["path"].iloc[0]).parents[1]
+    storage.upload(folder, f"{s3_bucket}/shapes")
+    remote = find_samples(f"{s3_bucket}/shapes")
+    local = pipeline(samples, augmenter("tf_light"))
+    over_s3 = pipeline(remote, augmenter("tf_light"))
+    assert epoch_bytes(local, epochs=1) == epoch_bytes(over_s3, epochs=1)
+
+
+def test_multi_hot_rows_of_different_label_counts_batch(samples: pd.DataFrame) -> None:
+    folder = Path(samples["path"].iloc[0]).parents[1]
+    multi = find_samples(str(folder), class_mapping={"square": ["square", "angular"],
+                                                     "triangle": ["angular"]})  # fmt: skip
+    encoder = MultiHotEncoder().fit(multi["category"])
+    assert encoder.classes == ["angular", "circle", "square"]
+    pipe = InputPipeline(multi, ImageLoader(target_size=[32, 32]), encoder=encoder, batch_size=36)
+    _, labels = next(pipe.numpy_iterator())
+    assert sorted({tuple(r) for r in labels.tolist()}) == [(0, 1, 0), (1, 0, 0), (1, 0, 1)]
+
+
+def test_unknown_classes_raise_or_encode_as_zero() -> None:
+    with pytest.raises(DataError, match="class 'cat' is not one of .*encoder.on_unknown=zero"):
+        OneHotEncoder(classes=["dog"]).transform([("cat",)])
+    rows = OneHotEncoder(classes=["dog"], on_unknown="zero").transform([("cat",), ("dog",)])
+    assert rows.tolist() == [[0.0], [1.0]]
+    assert MultiHotEncoder(classes=["a", "b"], on_unknown="zero").transform(
+        [("a", "x"), ()]
+    ).tolist() == [[1.0, 0.0], [0.0, 0.0]]
