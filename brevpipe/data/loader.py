@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,8 @@ from brevpipe import storage
 from brevpipe.errors import ConfigError, DataError
 
 RESCALES = ("none", "unit", "imagenet")
+PADDING_MODES = ("constant", "reflect", "symmetric")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 COLOR_MODES = {"rgb": 3, "greyscale": 1, "grayscale": 1}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,15 +39,37 @@ class ImageLoader:
 
     target_size: Sequence[int] = field(default_factory=lambda: [64, 64])
     color_mode: str = "rgb"
-    rescale: str = "unit"
+    rescale: str | Mapping[str, float] = "unit"
     antialias: bool = True
+    keep_aspect_ratio: bool = False
+    padding_mode: str = "constant"
+    roi: Sequence[int] | None = None
     on_error: str = "raise"
 
     def __post_init__(self) -> None:
         if self.color_mode not in COLOR_MODES:
             raise ConfigError(f"loader.color_mode={self.color_mode!r}: use rgb or greyscale.")
-        if self.rescale not in RESCALES:
-            raise ConfigError(f"loader.rescale={self.rescale!r}: use one of {RESCALES}.")
+        if isinstance(self.rescale, Mapping):
+            unknown = set(self.rescale) - {"scale", "offset"}
+            if unknown:
+                raise ConfigError(f"loader.rescale: unknown keys {sorted(unknown)}; use "
+                                  "{scale: ..., offset: ...}.")  # fmt: skip
+            self.rescale = {"scale": float(self.rescale.get("scale", 1.0)),
+                            "offset": float(self.rescale.get("offset", 0.0))}  # fmt: skip
+        elif self.rescale not in RESCALES:
+            raise ConfigError(
+                f"loader.rescale={self.rescale!r}: use one of {RESCALES} or {{scale, offset}}."
+            )
+        if self.padding_mode not in PADDING_MODES:
+            raise ConfigError(
+                f"loader.padding_mode={self.padding_mode!r}: use one of {PADDING_MODES}."
+            )
+        if self.roi is not None:
+            if len(self.roi) != 4 or not (self.roi[0] < self.roi[2] and self.roi[1] < self.roi[3]):
+                raise ConfigError(
+                    f"loader.roi={list(self.roi)}: use [top, left, bottom, right] in pixels."
+                )
+            self.roi = [int(v) for v in self.roi]
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"loader.on_error={self.on_error!r}: use raise or skip.")
         if len(self.target_size) != 2 or min(self.target_size) < 1:
@@ -65,6 +90,9 @@ class ImageLoader:
             "color_mode": self.color_mode,
             "rescale": self.rescale,
             "antialias": self.antialias,
+            "keep_aspect_ratio": self.keep_aspect_ratio,
+            "padding_mode": self.padding_mode,
+            "roi": self.roi,
         }
 
     # -- tf graph functions -----------------------------------------------------------------
@@ -100,18 +128,80 @@ class ImageLoader:
         return data
 
     def decode(self, data: Any) -> Any:
-        """Encoded bytes -> float32 image in [0, 255] of ``output_shape`` (not rescaled)."""
+        """Encoded bytes -> float32 image in [0, 255] of ``output_shape`` (not rescaled).
+
+        PNG, JPEG, BMP and GIF decode in TensorFlow; TIFF through Pillow. Grey, RGB and RGBA
+        files are converted to ``color_mode``.
+        """
         import tensorflow as tf
 
-        image = tf.io.decode_image(data, channels=self.channels, expand_animations=False)
-        image = tf.image.resize(image, self.target_size, antialias=self.antialias)
+        is_tiff = tf.reduce_any(
+            [tf.strings.substr(data, 0, 4) == magic for magic in _TIFF_MAGIC]
+        )
+        image = tf.cond(
+            is_tiff,
+            lambda: self._decode_with_pillow(data),
+            lambda: tf.io.decode_image(data, channels=self.channels, expand_animations=False),
+        )
+        image.set_shape([None, None, self.channels])
+        if self.roi is not None:
+            top, left, bottom, right = self.roi
+            image = image[top:bottom, left:right]
+        if self.keep_aspect_ratio:
+            image = self._resize_keeping_aspect(image)
+        else:
+            image = tf.image.resize(image, self.target_size, antialias=self.antialias)
         image.set_shape(self.output_shape)
         return image
+
+    def _decode_with_pillow(self, data: Any) -> Any:
+        import tensorflow as tf
+
+        mode = "RGB" if self.channels == 3 else "L"
+
+        def decode(raw: Any) -> np.ndarray:
+            from PIL import Image
+
+            raw = raw if isinstance(raw, bytes) else raw.item()  # a 0-d array in eager mode
+            with Image.open(io.BytesIO(raw)) as picture:
+                array = np.asarray(picture.convert(mode), dtype=np.uint8)
+            return array.reshape(*array.shape[:2], self.channels)
+
+        return tf.numpy_function(decode, [data], tf.uint8, stateful=False)
+
+    def _resize_keeping_aspect(self, image: Any) -> Any:
+        """Fit inside ``target_size`` without distortion, then pad (``padding_mode``)."""
+        import tensorflow as tf
+
+        height, width = self.target_size
+        image = tf.image.resize(
+            image, self.target_size, preserve_aspect_ratio=True, antialias=self.antialias
+        )
+        h, w = tf.shape(image)[0], tf.shape(image)[1]
+        top, left = (height - h) // 2, (width - w) // 2
+        paddings = [[top, height - h - top], [left, width - w - left], [0, 0]]
+        if self.padding_mode == "constant":
+            return tf.pad(image, paddings)
+        # reflect/symmetric can mirror at most the image's own size (less one for reflect);
+        # an extremely elongated image gets the rest as zeros
+        limit_h = h - 1 if self.padding_mode == "reflect" else h
+        limit_w = w - 1 if self.padding_mode == "reflect" else w
+        mirrored = [
+            [tf.minimum(top, limit_h), tf.minimum(height - h - top, limit_h)],
+            [tf.minimum(left, limit_w), tf.minimum(width - w - left, limit_w)],
+            [0, 0],
+        ]
+        image = tf.pad(image, mirrored, mode=self.padding_mode.upper())
+        rest_h, rest_w = height - tf.shape(image)[0], width - tf.shape(image)[1]
+        return tf.pad(image, [[rest_h // 2, rest_h - rest_h // 2],
+                              [rest_w // 2, rest_w - rest_w // 2], [0, 0]])  # fmt: skip
 
     def normalize(self, image: Any) -> Any:
         """Apply ``rescale`` to a float32 image in [0, 255]."""
         import tensorflow as tf
 
+        if isinstance(self.rescale, Mapping):
+            return image * self.rescale["scale"] + self.rescale["offset"]
         if self.rescale == "unit":
             return image / 255.0
         if self.rescale == "imagenet":
@@ -131,8 +221,7 @@ class ImageLoader:
 
         def check(path: str) -> tuple[str, str] | None:
             try:
-                data = storage.read_bytes(path)
-                tf.io.decode_image(data, channels=self.channels, expand_animations=False)
+                self.decode(tf.constant(storage.read_bytes(path)))
                 return None
             except Exception as exc:  # noqa: BLE001 - any failure makes the image unusable
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
