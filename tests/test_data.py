@@ -12,8 +12,8 @@ import pytest
 from brevpipe import storage
 from brevpipe.data.samples import find_samples, samples_from_csv, samples_to_csv, summarize
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.data.split import SampleSplit
-from brevpipe.errors import DataError
+from brevpipe.data.split import SampleSplit, identification_table
+from brevpipe.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,39 @@ def test_summary_counts_and_fingerprint(shapes_folder: Path) -> None:
     assert summary["count"] == 90
     assert sum(summary["by_purpose"].values()) == 90
     assert summary["fingerprint"] == summarize(samples.iloc[::-1])["fingerprint"]
+
+
+def test_uniqueness_regex_keeps_a_part_together(shapes_folder: Path) -> None:
+    samples = find_samples(str(shapes_folder))
+    # "part" = the image number's tens digit: circle_0012 and square_0015 are part "1"
+    splitter = SampleSplit(fractions={"train": 0.5, "devel": 0.5}, uniqueness=["etag"],
+                           uniqueness_regex=r"_00(\d)\d\.", stratify=[], seed=4)  # fmt: skip
+    assigned = splitter.assign(samples)
+    part = assigned["path"].str.extract(r"_00(\d)\d\.")[0]
+    assert (assigned.groupby(part)["purpose"].nunique() == 1).all()
+    assert assigned["purpose"].nunique() == 2
+
+
+def test_stratify_regex_balances_each_stratum(shapes_folder: Path) -> None:
+    samples = find_samples(str(shapes_folder))
+    assigned = SampleSplit(fractions={"train": 0.5, "devel": 0.5}, stratify=[],
+                           stratify_regex=r"\.(png|jpg)$", seed=2).assign(samples)  # fmt: skip
+    by_format = assigned.groupby([assigned["path"].str[-3:], "purpose"]).size()
+    assert by_format.to_dict() == {("jpg", "devel"): 22, ("jpg", "train"): 23,
+                                   ("png", "devel"): 22, ("png", "train"): 23}  # fmt: skip
+    with pytest.raises(ConfigError, match="stratify_regex: invalid regular expression"):
+        SampleSplit(stratify_regex="(unclosed")
+
+
+def test_removed_samples_are_remembered_and_return_to_their_purpose(shapes_folder: Path) -> None:
+    samples = find_samples(str(shapes_folder))
+    splitter = SampleSplit(fractions={"train": 0.5, "devel": 0.5}, seed=8)
+    first = splitter.assign(samples)
+    persisted = identification_table(first, ["etag"])
+    fewer = samples.iloc[10:]
+    second = splitter.assign(fewer, previous=persisted)
+    remembered = identification_table(second, ["etag"], previous=persisted)
+    assert len(remembered) == len(samples)
+    assert (~remembered["present"]).sum() == 10
+    back = splitter.assign(samples, previous=remembered)
+    assert back["purpose"].tolist() == first["purpose"].tolist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -14,8 +15,39 @@ from brevpipe.seeding import derive_seed
 PURPOSES = ("train", "devel", "test")
 
 
-def _key(row: pd.Series, columns: Sequence[str]) -> str:
-    return "|".join(str(row[c]) for c in columns)
+def _regex_key(pattern: re.Pattern[str], path: str) -> str | None:
+    """First group of ``pattern`` in ``path`` (or the whole match); None when it does not match."""
+    match = pattern.search(path)
+    if match is None:
+        return None
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def uniqueness_groups(table: pd.DataFrame, columns: Sequence[str], regex: str | None) -> np.ndarray:
+    """Group id per row: rows sharing a value in any uniqueness column, or the same
+    ``regex`` key of their path, are in one group (connected components, union-find)."""
+    parent = list(range(len(table)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    keys: list[pd.Series] = [table[c].astype(str) for c in columns]
+    if regex:
+        pattern = re.compile(regex)
+        keys.append(table["path"].map(lambda p: _regex_key(pattern, p)))
+    for key in keys:
+        first: dict[str, int] = {}
+        for i, value in enumerate(key):
+            if value is None or value != value:  # no regex match: a group of its own
+                continue
+            if value in first:
+                parent[find(i)] = find(first[value])
+            else:
+                first[value] = i
+    return np.array([find(i) for i in range(len(table))])
 
 
 @dataclass
@@ -23,11 +55,12 @@ class SampleSplit:
     """Assign each sample a purpose (``train``/``devel``/``test``).
 
     - ``fractions``: share of each purpose, normalised; applied within each stratum
-      (``stratify`` columns, e.g. ``category``).
-    - ``uniqueness``: samples with equal values in these columns (e.g. ``etag``, the content
-      hash) form one group that is never divided between purposes.
-    - ``previous``: an earlier assignment (``path``, ``purpose`` and the uniqueness columns);
-      its samples keep their purpose, new samples fill each stratum towards the fractions.
+      (``stratify`` columns, and the ``stratify_regex`` key of the path).
+    - ``uniqueness`` columns (e.g. ``etag``, the content hash) and ``uniqueness_regex`` (e.g.
+      a part id in the file name): samples that share any of them form one group that is
+      never divided between purposes.
+    - ``previous``: an earlier assignment (``path``, ``purpose``, uniqueness columns); its
+      samples keep their purpose, new samples fill each stratum towards the fractions.
     """
 
     fractions: Mapping[str, float] = field(
@@ -35,6 +68,8 @@ class SampleSplit:
     )
     stratify: Sequence[str] = ("category",)
     uniqueness: Sequence[str] = ("etag",)
+    stratify_regex: str | None = None
+    uniqueness_regex: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -45,6 +80,21 @@ class SampleSplit:
             raise ConfigError("split.fractions must be non-negative and not all zero.")
         total = float(sum(self.fractions.values()))
         self.fractions = {p: float(self.fractions.get(p, 0.0)) / total for p in PURPOSES}
+        self.stratify, self.uniqueness = list(self.stratify), list(self.uniqueness)
+        for name in ("stratify_regex", "uniqueness_regex"):
+            try:
+                re.compile(getattr(self, name) or "")
+            except re.error as exc:
+                raise ConfigError(f"split.{name}: invalid regular expression: {exc}") from None
+
+    def _strata(self, table: pd.DataFrame) -> pd.Series:
+        parts = [table[c].astype(str) for c in self.stratify]
+        if self.stratify_regex:
+            pattern = re.compile(self.stratify_regex)
+            parts.append(table["path"].map(lambda p: str(_regex_key(pattern, p))))
+        if not parts:
+            return pd.Series([""] * len(table), index=table.index)
+        return pd.concat(parts, axis=1).agg("|".join, axis=1)
 
     def assign(self, samples: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
         """``samples`` with a ``purpose`` column."""
@@ -52,49 +102,54 @@ class SampleSplit:
             if column not in samples:
                 raise ConfigError(f"split: column '{column}' is not in the sample table.")
         table = samples.drop(columns=["purpose"], errors="ignore").reset_index(drop=True)
-        group = (
-            table.apply(lambda r: _key(r, self.uniqueness), axis=1)
-            if self.uniqueness
-            else table["path"]
-        )
+        group = pd.Series(uniqueness_groups(table, self.uniqueness, self.uniqueness_regex))
         purpose = pd.Series([None] * len(table), dtype=object)
 
-        # 1. Old samples keep their purpose; new samples that share a group with them follow.
+        # 1. Old samples keep their purpose; a new sample that shares a uniqueness value with
+        #    an old one follows it, and so does the rest of its group.
         if previous is not None and len(previous):
-            by_path = dict(zip(previous["path"], previous["purpose"], strict=True))
-            purpose = table["path"].map(by_path).astype(object)
-            if all(c in previous for c in self.uniqueness) and self.uniqueness:
-                previous_groups = previous.apply(lambda r: _key(r, self.uniqueness), axis=1)
-                by_group = dict(zip(previous_groups, previous["purpose"], strict=True))
-                purpose = purpose.where(purpose.notna(), group.map(by_group))
+            purpose = table["path"].map(
+                dict(zip(previous["path"], previous["purpose"], strict=True))
+            )
+            for column in [c for c in self.uniqueness if c in previous]:
+                by_value = dict(zip(previous[column].astype(str), previous["purpose"], strict=True))
+                purpose = purpose.where(purpose.notna(), table[column].astype(str).map(by_value))
         group_purpose = {g: p for g, p in zip(group, purpose, strict=True) if isinstance(p, str)}
         purpose = group.map(group_purpose).astype(object)
 
         # 2. New groups, stratum by stratum, go to the purpose furthest below its target.
-        stratum = table.apply(lambda r: _key(r, self.stratify), axis=1)
-        new = table[purpose.isna()].assign(_group=group, _stratum=stratum)
-        for stratum_key, members in sorted(new.groupby("_stratum"), key=lambda kv: kv[0]):
+        stratum = self._strata(table)
+        new = pd.DataFrame({"group": group, "stratum": stratum})[purpose.isna()]
+        for stratum_key, members in sorted(new.groupby("stratum"), key=lambda kv: kv[0]):
             in_stratum = stratum == stratum_key
-            groups = sorted(members["_group"].unique())
+            groups = sorted(members["group"].unique())
             rng = np.random.default_rng(derive_seed(self.seed, "split", stratum_key))
             groups = [groups[i] for i in rng.permutation(len(groups))]
             assigned = purpose[in_stratum].dropna()
             counts = {p: int((assigned == p).sum()) for p in PURPOSES}
             for g in groups:
-                done = sum(counts.values())
-                # deficit against the target for one more sample; ties keep PURPOSES order
+                members_of_group = group == g
+                after = sum(counts.values()) + int(members_of_group.sum())
+                # the deficit against the target after adding this group; ties keep PURPOSES order
                 choice = max(
                     PURPOSES,
-                    key=lambda p: (self.fractions[p] * (done + 1) - counts[p], -PURPOSES.index(p)),
+                    key=lambda p: (self.fractions[p] * after - counts[p], -PURPOSES.index(p)),
                 )
-                if self.fractions[choice] == 0:  # only reachable when total is tiny
-                    choice = max(PURPOSES, key=self.fractions.__getitem__)
-                counts[choice] += 1
-                purpose[group == g] = choice
+                counts[choice] += int(members_of_group.sum())
+                purpose[members_of_group] = choice
         return table.assign(purpose=purpose.astype(str))
 
 
-def identification_table(samples: pd.DataFrame, uniqueness: Sequence[str]) -> pd.DataFrame:
-    """The persisted split: path, the uniqueness columns and purpose."""
+def identification_table(
+    samples: pd.DataFrame, uniqueness: Sequence[str], previous: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The persisted split: path, the uniqueness columns and purpose. Rows of ``previous``
+    whose samples are gone are kept (``present`` false), so a sample that comes back
+    returns to its old purpose."""
     columns = ["path", *[c for c in uniqueness if c != "path"], "purpose"]
-    return samples[columns].sort_values("path", ignore_index=True)
+    table = samples[columns].assign(present=True)
+    if previous is not None and len(previous):
+        gone = previous[~previous["path"].isin(samples["path"])]
+        kept = [c for c in columns if c in gone]
+        table = pd.concat([table, gone[kept].assign(present=False)], ignore_index=True)
+    return table.sort_values("path", ignore_index=True)

@@ -47,6 +47,8 @@ def split_samples(
         fractions=split["fractions"],
         stratify=split.get("stratify") or [],
         uniqueness=split.get("uniqueness") or [],
+        stratify_regex=split.get("stratify_regex"),
+        uniqueness_regex=split.get("uniqueness_regex"),
         seed=ctx.seed,
     )
     identification_url = ctx.job.artifact_path("sample_identification.csv")
@@ -55,10 +57,8 @@ def split_samples(
     )
     previous = samples_from_csv(storage.read_bytes(previous_url)) if previous_url else None
     assigned = splitter.assign(samples, previous)
-    storage.write_bytes(
-        identification_url,
-        identification_table(assigned, splitter.uniqueness).to_csv(index=False).encode(),
-    )
+    persisted = identification_table(assigned, splitter.uniqueness, previous)
+    storage.write_bytes(identification_url, persisted.to_csv(index=False).encode())
     ctx.set_section("samples", summarize(assigned))
     return {"split_samples": assigned}
 
