@@ -133,6 +133,10 @@ class ImageLoader:
         PNG, JPEG, BMP and GIF decode in TensorFlow; TIFF through Pillow. Grey, RGB and RGBA
         files are converted to ``color_mode``.
         """
+        return self.resize(self.decode_source(data))
+
+    def decode_source(self, data: Any) -> Any:
+        """Encoded bytes -> uint8 image at the file's own size and ``channels``."""
         import tensorflow as tf
 
         is_tiff = tf.reduce_any(
@@ -144,6 +148,12 @@ class ImageLoader:
             lambda: tf.io.decode_image(data, channels=self.channels, expand_animations=False),
         )
         image.set_shape([None, None, self.channels])
+        return image
+
+    def resize(self, image: Any) -> Any:
+        """Crop to ``roi``, then resize (and pad) to ``target_size``: float32 in [0, 255]."""
+        import tensorflow as tf
+
         if self.roi is not None:
             top, left, bottom, right = self.roi
             image = image[top:bottom, left:right]
@@ -153,6 +163,26 @@ class ImageLoader:
             image = tf.image.resize(image, self.target_size, antialias=self.antialias)
         image.set_shape(self.output_shape)
         return image
+
+    def resize_mask(self, mask: Any) -> Any:
+        """The geometry of :meth:`resize` for an int32 class mask: nearest neighbour, pads 0."""
+        import tensorflow as tf
+
+        if self.roi is not None:
+            top, left, bottom, right = self.roi
+            mask = mask[top:bottom, left:right]
+        nearest = tf.image.ResizeMethod.NEAREST_NEIGHBOR
+        if self.keep_aspect_ratio:
+            height, width = self.target_size
+            mask = tf.image.resize(mask, self.target_size, nearest, preserve_aspect_ratio=True)
+            h, w = tf.shape(mask)[0], tf.shape(mask)[1]
+            top, left = (height - h) // 2, (width - w) // 2
+            mask = tf.pad(mask, [[top, height - h - top], [left, width - w - left], [0, 0]])
+        else:
+            mask = tf.image.resize(mask, self.target_size, nearest)
+        mask = tf.cast(mask, tf.int32)
+        mask.set_shape([*self.target_size, 1])
+        return mask
 
     def _decode_with_pillow(self, data: Any) -> Any:
         import tensorflow as tf

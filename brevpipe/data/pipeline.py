@@ -29,7 +29,9 @@ class InputPipeline:
     """Batches of ``output_structure`` features from ``samples``.
 
     Features available to ``output_structure`` and ``.map`` components: ``image``, ``label``
-    (when an encoder is given), ``path``, ``index`` (row in ``samples``), ``epoch``, ``seed``.
+    (when an encoder is given), ``mask`` (with a ``mask_loader``: int32 class indices that got
+    the image's crop, resize and augmentation), ``path``, ``index`` (row in ``samples``),
+    ``epoch``, ``seed``.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class InputPipeline:
         batch_size: int = 32,
         seed: int = 0,
         output_structure: Sequence[str] | str = ("image", "label"),
+        mask_loader: Any = None,
     ) -> None:
         if samples.empty:
             raise ConfigError("the input pipeline got no samples.")
@@ -54,6 +57,9 @@ class InputPipeline:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.output_structure = output_structure
+        self.mask_loader = mask_loader
+        if mask_loader is not None and "mask_path" not in self.samples:
+            raise ConfigError("a mask loader needs a 'mask_path' column (see attach_masks).")
         self.components: list[Component] = []
         self.labels = encoder.transform(self.samples["category"]) if encoder is not None else None
 
@@ -77,8 +83,17 @@ class InputPipeline:
 
         paths = tf.constant(self.samples["path"].tolist())
         labels = None if self.labels is None else tf.constant(self.labels)
-        local = all(storage.is_local(p) for p in self.samples["path"])
+        masks = self.mask_loader is not None
+        mask_paths = tf.constant(self.samples["mask_path"].tolist() if masks else [""])
+        mask_is_json = tf.constant(
+            self.samples["mask_path"].str.lower().str.endswith(".json").tolist()
+            if masks
+            else [False]
+        )
+        urls = self.samples["path"].tolist() + (self.samples["mask_path"].tolist() if masks else [])
+        local = all(storage.is_local(u) for u in urls)
         base_seed = tf.constant([self.seed, 0], tf.int64)
+        read = self.loader.read
 
         def epoch_rows(epoch: Any) -> Any:
             rows = tf.numpy_function(
@@ -88,19 +103,32 @@ class InputPipeline:
             rows.set_shape([None])
             pairs = tf.data.Dataset.from_tensor_slices(rows).map(lambda row: (epoch, row))
             if local:
-                return pairs.map(lambda e, row: (e, row, self.loader.read(paths[row], True)))
+                return pairs.map(
+                    lambda e, row: (e, row, read(paths[row], True),
+                                    read(mask_paths[row], True) if masks else tf.constant(b""))
+                )  # fmt: skip
             # remote: one concurrent fetch per small batch of URLs
             return (
                 pairs.batch(REMOTE_READ_BATCH)
-                .map(lambda e, rows: (e, rows, self.loader.read_many(tf.gather(paths, rows))))
+                .map(lambda e, rows: (
+                    e, rows, self.loader.read_many(tf.gather(paths, rows)),
+                    self.loader.read_many(tf.gather(mask_paths, rows)) if masks
+                    else tf.fill(tf.shape(rows), b""),
+                ))
                 .unbatch()
-            )
+            )  # fmt: skip
 
-        def element(epoch: Any, row: Any, data: Any) -> Any:
+        def element(epoch: Any, row: Any, data: Any, mask_data: Any) -> Any:
             seed = tf.random.experimental.stateless_fold_in(
                 tf.random.experimental.stateless_fold_in(base_seed, epoch), row
             )
-            image, _ = self.augmenter(self.loader.decode(data), seed, None)
+            source = self.loader.decode_source(data)
+            mask = None
+            if masks:
+                size = tf.shape(source)
+                raw = self.mask_loader.load(mask_data, mask_is_json[row], size[0], size[1])
+                mask = self.loader.resize_mask(raw)
+            image, mask = self.augmenter(self.loader.resize(source), seed, mask)
             features = {
                 "image": self.loader.normalize(image),
                 "path": paths[row],
@@ -108,6 +136,8 @@ class InputPipeline:
                 "epoch": epoch,
                 "seed": seed,
             }
+            if mask is not None:
+                features["mask"] = mask
             if labels is not None:
                 features["label"] = labels[row]
             for component in self.components:
