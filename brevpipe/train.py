@@ -80,11 +80,15 @@ class Trainer:
         callbacks = list(self.callbacks)
         if on_epoch is not None:
             callbacks.append(job_callback(on_epoch))
+        # Both datasets are endless and cut into epochs by the step counts: Keras 3 warns
+        # ("ran out of data") whenever a finite dataset ends.
         return model.fit(
-            train.get_dataset(epochs=None),  # endless; epochs are cut by steps_per_epoch
+            train.get_dataset(epochs=None),
             steps_per_epoch=steps,
-            validation_data=None if validation is None else validation.get_dataset(),
+            validation_data=None if validation is None else validation.get_dataset(epochs=None),
+            validation_steps=None if validation is None else len(validation),
             epochs=self.epochs,
             callbacks=callbacks,
             verbose=resolve_verbose(verbose),
+            shuffle=False,  # the input pipeline shuffles, from (seed, epoch)
         )

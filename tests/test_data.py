@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 from pathlib import Path
 
@@ -168,3 +169,20 @@ def test_removed_samples_are_remembered_and_return_to_their_purpose(shapes_folde
     assert (~remembered["present"]).sum() == 10
     back = splitter.assign(samples, previous=remembered)
     assert back["purpose"].tolist() == first["purpose"].tolist()
+
+
+def test_s3_listing_is_paginated_not_one_request_per_file(
+    s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.pipe({f"{s3_bucket}/many/c{i % 2}/img{i:05d}.PNG": b"%d" % i for i in range(1200)})
+    caplog.set_level(logging.INFO, logger="werkzeug")  # moto's server logs every request
+    caplog.clear()
+    samples = find_samples(f"{s3_bucket}/many")
+    requests = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert len(samples) == 1200, "upper-case extensions count too"
+    assert sum("list-type=2" in r for r in requests) <= 4, requests
+    assert len(requests) <= 6, "etags come from the listing: no request per object"
+    assert samples["etag"].iloc[0] == hashlib.md5(b"0").hexdigest()

@@ -134,6 +134,9 @@ def test_sampler_caps_epochs_reshuffles_and_counts_batches() -> None:
     assert list(first) == list(Sampler(max_epoch_samples=30, seed=1).epoch_indices(table, 0))
     assert sampler.batches(table, 8) == 4
     assert list(Sampler(shuffle=False).epoch_indices(table, 5)) == list(range(100))
+    twice = Sampler(repeat=2, seed=1).epoch_indices(table, 0)
+    assert len(twice) == 200 and sorted(twice) == sorted([*range(100), *range(100)])
+    assert list(twice[:100]) != list(twice[100:])
     with pytest.raises(ConfigError, match="weighting='square'"):
         Sampler(weighting="square")
 
@@ -179,3 +182,21 @@ def test_unknown_classes_raise_or_encode_as_zero() -> None:
     assert MultiHotEncoder(classes=["a", "b"], on_unknown="zero").transform(
         [("a", "x"), ()]
     ).tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("where", ["memory", "folder"])
+def test_decoded_image_cache_gives_the_same_bytes(
+    where: str, samples: pd.DataFrame, tmp_path: Path
+) -> None:
+    cache = "memory" if where == "memory" else str(tmp_path / "decoded")
+    plain = epoch_bytes(pipeline(samples, augmenter("tf_strong")))
+    cached = pipeline(samples, augmenter("tf_strong"), cache=cache)
+    assert epoch_bytes(cached) == plain
+    if where == "folder":
+        (file,) = (tmp_path / "decoded").glob("decoded-*.npy")
+        stamp = file.stat().st_mtime_ns
+        again = pipeline(samples, augmenter("tf_strong"), cache=cache)
+        assert epoch_bytes(again) == plain and file.stat().st_mtime_ns == stamp
+        other = pipeline(samples.iloc[:10], cache=cache)
+        other.decoded_images()
+        assert len(list((tmp_path / "decoded").glob("decoded-*.npy"))) == 2, "keyed by data"

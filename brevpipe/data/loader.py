@@ -139,9 +139,7 @@ class ImageLoader:
         """Encoded bytes -> uint8 image at the file's own size and ``channels``."""
         import tensorflow as tf
 
-        is_tiff = tf.reduce_any(
-            [tf.strings.substr(data, 0, 4) == magic for magic in _TIFF_MAGIC]
-        )
+        is_tiff = tf.reduce_any([tf.strings.substr(data, 0, 4) == magic for magic in _TIFF_MAGIC])
         image = tf.cond(
             is_tiff,
             lambda: self._decode_with_pillow(data),

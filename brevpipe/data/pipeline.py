@@ -9,13 +9,16 @@ components; ``output_structure`` picks what a batch holds.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from brevpipe import storage
+from brevpipe.config import stable_hash
 from brevpipe.data.augment import NoAugmenter
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.sampler import Sampler
@@ -46,6 +49,7 @@ class InputPipeline:
         seed: int = 0,
         output_structure: Sequence[str] | str = ("image", "label"),
         mask_loader: Any = None,
+        cache: str | None = None,
     ) -> None:
         if samples.empty:
             raise ConfigError("the input pipeline got no samples.")
@@ -60,6 +64,10 @@ class InputPipeline:
         self.mask_loader = mask_loader
         if mask_loader is not None and "mask_path" not in self.samples:
             raise ConfigError("a mask loader needs a 'mask_path' column (see attach_masks).")
+        if cache is not None and mask_loader is not None:
+            raise ConfigError("cache works for images only; drop cache or the mask loader.")
+        self.cache = cache
+        self._store: np.ndarray | None = None
         self.components: list[Component] = []
         self.labels = encoder.transform(self.samples["category"]) if encoder is not None else None
 
@@ -68,6 +76,37 @@ class InputPipeline:
         new = copy.copy(self)
         new.components = [*self.components, component]
         return new
+
+    def decoded_images(self) -> np.ndarray:
+        """Every row decoded and resized once (no augmentation): ``cache=memory`` keeps them
+        in memory, ``cache=<local folder>`` in a ``.npy`` file named by the data's identity
+        (paths, content hashes, loader geometry), reused by later runs."""
+        if self._store is not None:
+            return self._store
+        identity = {
+            "paths": self.samples["path"].tolist(),
+            "etags": self.samples["etag"].tolist() if "etag" in self.samples else None,
+            "loader": {k: v for k, v in self.loader.metadata().items() if k != "rescale"},
+        }
+        file = None
+        if self.cache != "memory":
+            folder = Path(storage.normalize(str(self.cache)))
+            file = folder / f"decoded-{stable_hash(identity)}.npy"
+            if file.exists():
+                self._store = np.load(file, mmap_mode="r")
+                return self._store
+        unscaled = copy.copy(self.loader)
+        unscaled.rescale = "none"
+        plain = InputPipeline(self.samples, unscaled, batch_size=64, output_structure="image")
+        images = np.concatenate(list(plain.numpy_iterator()))
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            partial = file.with_suffix(f".tmp-{os.getpid()}.npy")
+            np.save(partial, images)
+            os.replace(partial, file)
+            images = np.load(file, mmap_mode="r")
+        self._store = images
+        return images
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -94,6 +133,9 @@ class InputPipeline:
         local = all(storage.is_local(u) for u in urls)
         base_seed = tf.constant([self.seed, 0], tf.int64)
         read = self.loader.read
+        if self.cache:
+            store = self.decoded_images()
+            local, read = True, lambda path, _local: tf.constant(b"")  # nothing to read
 
         def epoch_rows(epoch: Any) -> Any:
             rows = tf.numpy_function(
@@ -122,13 +164,19 @@ class InputPipeline:
             seed = tf.random.experimental.stateless_fold_in(
                 tf.random.experimental.stateless_fold_in(base_seed, epoch), row
             )
-            source = self.loader.decode_source(data)
             mask = None
-            if masks:
-                size = tf.shape(source)
-                raw = self.mask_loader.load(mask_data, mask_is_json[row], size[0], size[1])
-                mask = self.loader.resize_mask(raw)
-            image, mask = self.augmenter(self.loader.resize(source), seed, mask)
+            if self.cache:
+                image = tf.numpy_function(lambda r: np.asarray(store[r]), [row], tf.float32,
+                                          stateful=False)  # fmt: skip
+                image.set_shape(self.loader.output_shape)
+            else:
+                source = self.loader.decode_source(data)
+                image = self.loader.resize(source)
+                if masks:
+                    size = tf.shape(source)
+                    raw = self.mask_loader.load(mask_data, mask_is_json[row], size[0], size[1])
+                    mask = self.loader.resize_mask(raw)
+            image, mask = self.augmenter(image, seed, mask)
             features = {
                 "image": self.loader.normalize(image),
                 "path": paths[row],

@@ -25,16 +25,18 @@ class Sampler:
     """Per-epoch sample order.
 
     Without ``groupby``: every sample once per epoch, shuffled (or in table order).
-    With ``groupby`` (columns such as ``category``): an epoch of ``max_epoch_samples`` draws
-    (default: the table's size), groups chosen with probability proportional to
-    ``weighting(group size)``, samples uniformly within their group (with replacement).
-    ``max_epoch_samples`` caps every epoch. Everything is a pure function of (seed, epoch).
+    With ``groupby`` (columns such as ``category``): an epoch of table-size draws, groups
+    chosen with probability proportional to ``weighting(group size)``, samples uniformly
+    within their group (with replacement). ``repeat`` makes an epoch that many passes (each
+    shuffled on its own); ``max_epoch_samples`` caps every epoch. Everything is a pure
+    function of (seed, epoch).
     """
 
     shuffle: bool = True
     groupby: Sequence[str] | None = None
     weighting: str = "uniform"
     max_epoch_samples: int | None = None
+    repeat: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -44,10 +46,12 @@ class Sampler:
             )
         if self.max_epoch_samples is not None and self.max_epoch_samples < 1:
             raise ConfigError("sampler.max_epoch_samples must be at least 1 (or null).")
+        if self.repeat < 1:
+            raise ConfigError("sampler.repeat must be at least 1.")
         self.groupby = list(self.groupby) if self.groupby else None
 
     def epoch_size(self, samples: pd.DataFrame) -> int:
-        size = len(samples)
+        size = len(samples) * self.repeat
         return min(size, self.max_epoch_samples) if self.max_epoch_samples else size
 
     def batches(self, samples: pd.DataFrame, batch_size: int) -> int:
@@ -78,8 +82,9 @@ class Sampler:
         size = self.epoch_size(samples)
         rng = np.random.default_rng([self.seed, epoch])
         if not self.groupby:
-            order = rng.permutation(n) if self.shuffle else np.arange(n)
-            return order[:size]
+            passes = [rng.permutation(n) if self.shuffle else np.arange(n)
+                      for _ in range(self.repeat)]  # fmt: skip
+            return np.concatenate(passes)[:size]
         codes, probabilities = self.group_weights(samples)
         members = [np.flatnonzero(codes == g) for g in range(len(probabilities))]
         chosen = rng.choice(len(probabilities), size=size, p=probabilities)

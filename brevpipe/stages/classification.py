@@ -93,11 +93,12 @@ def _seed(ctx: StageContext, component: str) -> int:
 def _training_pipeline(
     ctx: StageContext, samples: pd.DataFrame, loader: ImageLoader, encoder: Any,
     sampler: dict[str, Any], augmenter: dict[str, Any], batch_size: int,
+    cache: str | None = None,
 ) -> InputPipeline:  # fmt: skip
     return InputPipeline(
         samples, loader, encoder=encoder, augmenter=instantiate(augmenter),
         sampler=instantiate(sampler, seed=_seed(ctx, "sampler")), batch_size=batch_size,
-        seed=_seed(ctx, "augmenter"),
+        seed=_seed(ctx, "augmenter"), cache=cache,
     )  # fmt: skip
 
 
@@ -111,6 +112,7 @@ def train(
     encoder: dict[str, Any],
     model: dict[str, Any],
     trainer: dict[str, Any],
+    cache: str | None = None,
 ) -> dict[str, Any]:
     """Fit the model on the train split, validating on devel; epochs go to the job live."""
     import keras
@@ -139,7 +141,7 @@ def train(
         input_shape=image_loader.output_shape, num_classes=len(label_encoder.classes)
     )
     train_data = _training_pipeline(
-        ctx, train_samples, image_loader, label_encoder, sampler, augmenter, fit.batch_size
+        ctx, train_samples, image_loader, label_encoder, sampler, augmenter, fit.batch_size, cache
     )
     devel_data = (
         InputPipeline(
