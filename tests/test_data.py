@@ -171,17 +171,23 @@ def test_removed_samples_are_remembered_and_return_to_their_purpose(shapes_folde
     assert back["purpose"].tolist() == first["purpose"].tolist()
 
 
-def test_s3_listing_is_paginated_not_one_request_per_file(
-    s3_bucket: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_s3_listing_is_paginated_not_one_request_per_file(s3_bucket: str) -> None:
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.pipe({f"{s3_bucket}/many/c{i % 2}/img{i:05d}.PNG": b"%d" % i for i in range(1200)})
-    caplog.set_level(logging.INFO, logger="werkzeug")  # moto's server logs every request
-    caplog.clear()
-    samples = find_samples(f"{s3_bucket}/many")
-    requests = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    requests: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: requests.append(record.getMessage())  # type: ignore[method-assign]
+    server_log = logging.getLogger("werkzeug")  # moto's server logs every request it serves
+    level = server_log.level
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
+    try:
+        samples = find_samples(f"{s3_bucket}/many")
+    finally:
+        server_log.removeHandler(handler)
+        server_log.setLevel(level)
     assert len(samples) == 1200, "upper-case extensions count too"
     assert sum("list-type=2" in r for r in requests) <= 4, requests
     assert len(requests) <= 6, "etags come from the listing: no request per object"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -120,10 +122,10 @@ def test_corrupt_jpeg_skip_is_counted_once(tiny_config, folder_with_corrupt_jpeg
                       "loader.on_error=skip", "split.fractions.devel=0.5")  # fmt: skip
     job = run_job(cfg)
     output = output_of(job)
-    split = storage.read_bytes(job.artifact_path("sample_identification.csv")).decode()
-    purposes = {
-        line.split(",")[-1] for line in split.splitlines() if "circle_" in line and ".jpg" in line
-    }
+    split = pd.read_csv(
+        io.BytesIO(storage.read_bytes(job.artifact_path("sample_identification.csv")))
+    )
+    purposes = set(split.loc[split["path"].isin(corrupt), "purpose"])
     assert purposes == {"train", "devel"}, "the corrupt files should fall in both splits"
     assert output["job"]["status"] == "completed"
     assert output["samples"]["skipped"] == 8
