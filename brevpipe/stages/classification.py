@@ -205,7 +205,8 @@ def evaluate(
             continue
         data = InputPipeline(subset, image_loader, batch_size=batch_size, output_structure="image")
         try:
-            scores = model.predict(data.get_dataset(), verbose=0)
+            # endless and cut by steps: Keras 3 warns when a finite dataset ends
+            scores = model.predict(data.get_dataset(epochs=None), steps=len(data), verbose=0)
         except tf.errors.InvalidArgumentError as exc:
             _raise_naming_bad_images(exc, subset, image_loader)
             raise
