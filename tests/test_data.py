@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -192,3 +193,22 @@ def test_s3_listing_is_paginated_not_one_request_per_file(s3_bucket: str) -> Non
     assert sum("list-type=2" in r for r in requests) <= 4, requests
     assert len(requests) <= 6, "etags come from the listing: no request per object"
     assert samples["etag"].iloc[0] == hashlib.md5(b"0").hexdigest()
+
+
+def test_memory_filesystem_discovery(shapes_folder: Path) -> None:
+    storage.upload(shapes_folder, "memory://discovery/shapes")
+    remote = find_samples("memory://discovery/shapes")
+    assert remote["path"].str.startswith("memory:///discovery/shapes/").all()  # fsspec's form
+    assert storage.read_bytes(remote["path"].iloc[0]).startswith(b"\x89PNG")
+    assert remote["etag"].tolist() == find_samples(str(shapes_folder))["etag"].tolist()
+
+
+def test_tile2d_grid_layout() -> None:
+    from brevpipe.data.visual import preview_png, tile2d
+
+    images = np.stack([np.full((4, 6, 3), 10 * (i + 1), np.uint8) for i in range(5)])
+    grid = tile2d(images, columns=3, padding=1)
+    assert grid.shape == (2 * 5 + 1, 3 * 7 + 1, 3)
+    assert (grid[1:5, 1:7] == 10).all() and (grid[6:10, 8:14] == 50).all()
+    assert (grid[6:10, 15:21] == 255).all(), "empty cells keep the background"
+    assert preview_png(images.astype(np.float32), ["a", "b", "c", "d", "e"]).startswith(b"\x89PNG")
