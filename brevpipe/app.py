@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from brevpipe import storage
 from brevpipe.config import CONF_DIR
 from brevpipe.errors import BrevpipeError
+from brevpipe.sweep import parent_run
 
 log = logging.getLogger("brevpipe")
 
@@ -20,13 +24,30 @@ def _run_job(cfg: DictConfig) -> float | None:
     """The Hydra task: run one job; return its key metric (for sweepers)."""
     from brevpipe.runner import run_job
 
-    choices = {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()
+    hydra_cfg = HydraConfig.get()
+    choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items()
                if not k.startswith("hydra")}  # fmt: skip
+    cwd = hydra_cfg.runtime.cwd  # where brevpipe was started (a launcher may run us elsewhere)
+    root = str(cfg.job.root)
+    if storage.is_local(root) and not Path(root.removeprefix("file://")).expanduser().is_absolute():
+        cfg.job.root = str(Path(cwd) / root)
+    parent = None
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        parent = parent_run(hydra_cfg.sweep.dir, cwd)
+        if parent:
+            parent["overrides"] = " ".join(hydra_cfg.overrides.task)
     try:
-        job = run_job(cfg, choices=choices)
+        job = run_job(cfg, choices=choices, parent=parent)
     except BrevpipeError as exc:
         log.error("error: %s", exc)
         sys.exit(1)
+    report(job)
+    objective = cfg.get("sweep", {}).get("objective") or cfg.pipeline.get("key_metric")
+    return job.metrics.get(objective) if objective else None
+
+
+def report(job: Any) -> None:
+    """The job's id, bucket, MLflow run and top-level metrics, for the console."""
     print(f"job {job.id} {job.status}")
     print(f"  bucket:  {job.bucket_url}")
     if run_id := job.mlflow.get("run_id"):
@@ -35,8 +56,6 @@ def _run_job(cfg: DictConfig) -> float | None:
     for name, value in sorted(job.metrics.items()):
         if "/" in name and name.count("/") == 1:
             print(f"  {name:<24} {value:.4f}")
-    key_metric = cfg.pipeline.get("key_metric")
-    return job.metrics.get(key_metric) if key_metric else None
 
 
 def run_command(args: list[str]) -> int:
@@ -44,4 +63,48 @@ def run_command(args: list[str]) -> int:
     main: Any = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     sys.argv = ["brevpipe run", *args]
     main(_run_job)()
+    return 0
+
+
+RERUN_USAGE = """\
+usage: brevpipe rerun URL [--allow-data-change] [overrides...]
+
+Run a job again from its artifacts/output.json (local path or any fsspec URL, e.g.
+s3://bucket/jobs/ID/artifacts/output.json): the same config, seed and split, as a new job in
+the same job root. Value overrides apply on top (trainer.epochs=10 job.root=./other).
+
+options:
+  --allow-data-change   go on when the data no longer matches the original sample table
+  rerun.allow_targets=[pkg.module]
+                        also allow these _target_ prefixes (output.json is untrusted input)
+"""
+
+
+def rerun_command(args: list[str]) -> int:
+    """``brevpipe rerun URL [--allow-data-change] [overrides...]``."""
+    import logging.config
+
+    from omegaconf import OmegaConf
+
+    if not args or args[0] in ("-h", "--help"):
+        print(RERUN_USAGE, end="")
+        return 0 if args else 2
+    allow = "--allow-data-change" in args
+    url, *overrides = [a for a in args if a != "--allow-data-change"]
+    if not logging.getLogger().handlers:  # as `brevpipe run` logs (Hydra's job_logging)
+        logging_config = OmegaConf.load(CONF_DIR / "hydra" / "job_logging" / "brevpipe.yaml")
+        logging.config.dictConfig(OmegaConf.to_container(logging_config))
+    try:
+        from brevpipe.rerun import read_output, rebuild_config
+
+        output = read_output(url)
+        cfg = rebuild_config(output, url, overrides, allow_data_change=allow)
+        log.info("rerun of job %s (%s)", output["job"]["id"], url)
+        from brevpipe.runner import run_job
+
+        job = run_job(cfg, choices=output.get("choices"))
+    except BrevpipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    report(job)
     return 0

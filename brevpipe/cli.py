@@ -19,13 +19,15 @@ commands:
                               brevpipe run --cfg job      (print the composed config)
                               brevpipe run --help         (config groups and options)
                             resume an interrupted job:  brevpipe run job.id=<id> ...
+  rerun URL [overrides...]  run a job again, exactly, from its saved output.json
+                            (local or s3://...); brevpipe rerun --help for options
 
 options:
   -h, --help                show this message
   --version                 print the version
 """
 
-COMMANDS = ("run",)
+COMMANDS = ("run", "rerun")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from brevpipe.app import run_command
+    from brevpipe import app
 
     try:
-        return run_command(rest)
+        return app.run_command(rest) if command == "run" else app.rerun_command(rest)
     except KeyboardInterrupt:
         print("brevpipe: interrupted; the job is marked 'stopped'.", file=sys.stderr)
         return 130

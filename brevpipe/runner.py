@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,10 @@ class StageContext:
     seed: int
     url: str  # the stage's folder in the job bucket
     verbose: str | int = "auto"
+    key: str = ""  # the stage's cache key
     recorded: dict[str, Any] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # after outputs are saved
+    notes: dict[str, Any] = field(default_factory=dict)  # go into output.json's stage entry
 
     def add_metric(self, name: str, value: float) -> None:
         self.job.add_metric(name, value)
@@ -85,7 +89,7 @@ def run_stage(
     """Run one stage, or load its outputs when they exist under the same cache key."""
     stage_url = job.artifact_path("stages", stage.name)
     marker_url = storage.join(stage_url, "stage.json")
-    ctx = StageContext(job, stage.name, stage.seed(job.seed), stage_url, verbose)
+    ctx = StageContext(job, stage.name, stage.seed(job.seed), stage_url, verbose, key)
     marker = storage.read_json(marker_url) if storage.exists(marker_url) else None
     if (
         marker
@@ -120,6 +124,7 @@ def run_stage(
         "seconds": round(time.perf_counter() - started, 3),
         "seed": ctx.seed,
         "outputs": {name: r["url"] for name, r in records.items()},
+        **ctx.notes,
     }
     job.stages[stage.name] = summary
     # The marker is written last: a stage counts as done only once all its outputs are saved.
@@ -127,11 +132,16 @@ def run_stage(
         marker_url,
         {"cache_key": key, "outputs": records, "recorded": ctx.recorded, "summary": summary},
     )
+    for cleanup in ctx.cleanups:
+        cleanup()
     return outputs
 
 
-def run_job(cfg: DictConfig, choices: dict[str, str] | None = None) -> Job:
-    """Compose-and-run entry point used by the CLI and the tests."""
+def run_job(
+    cfg: DictConfig, choices: dict[str, str] | None = None, parent: dict[str, Any] | None = None
+) -> Job:
+    """Compose-and-run entry point used by the CLI and the tests; ``parent`` is the MLflow
+    run of the sweep this job belongs to."""
     plain = resolve_config(cfg)
     storage.set_storage_options(plain.get("storage", {}).get("options"))
     pipeline = Pipeline.from_config(plain["pipeline"])
@@ -145,7 +155,11 @@ def run_job(cfg: DictConfig, choices: dict[str, str] | None = None) -> Job:
         seed=seed,
         choices=choices,
     )
-    tracker = make_tracker(plain.get("tracking", {}), job)
+    # The stage declarations with their ${...} links, so that a rerun can apply overrides.
+    job.extra["pipeline_template"] = OmegaConf.to_container(cfg.pipeline, resolve=False)
+    if rerun_of := (plain.get("rerun") or {}).get("of"):
+        job.extra["rerun_of"] = {"url": rerun_of, "job_id": plain["rerun"].get("job_id")}
+    tracker = make_tracker(plain.get("tracking", {}), job, parent)
     runtime = plain.get("runtime", {})
     job.open()
     log.info("job %s  bucket %s", job.id, job.bucket_url)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from brevpipe.checkpoint import Checkpoint
     from brevpipe.data.pipeline import InputPipeline
 
 
@@ -68,8 +69,10 @@ class Trainer:
         *,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         verbose: str | int = "auto",
+        checkpoint: Checkpoint | None = None,
     ) -> Any:
-        """Compile and fit; every epoch draws its own sample order and augmentation."""
+        """Compile and fit; every epoch draws its own sample order and augmentation. With a
+        ``checkpoint``, continue after its last saved epoch and save after every epoch."""
         import keras
 
         steps = len(train)
@@ -77,13 +80,22 @@ class Trainer:
             learning_rate=self.learning_rate(steps)
         )
         model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
-        callbacks = list(self.callbacks)
+        start = checkpoint.restore(model) if checkpoint is not None else 0
+        callbacks = []
         if on_epoch is not None:
+            for row in checkpoint.history if start else []:
+                on_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
             callbacks.append(job_callback(on_epoch))
+        if checkpoint is not None:
+            callbacks.append(checkpoint.callback())
+        callbacks += list(self.callbacks)  # after the checkpoint: a failing one loses nothing
+        if start >= self.epochs:
+            return None
         # Both datasets are endless and cut into epochs by the step counts: Keras 3 warns
-        # ("ran out of data") whenever a finite dataset ends.
+        # ("ran out of data") whenever a finite dataset ends. Epoch e draws from (seed, e).
         return model.fit(
-            train.get_dataset(epochs=None),
+            train.get_dataset(epochs=None, start_epoch=start),
+            initial_epoch=start,
             steps_per_epoch=steps,
             validation_data=None if validation is None else validation.get_dataset(epochs=None),
             validation_steps=None if validation is None else len(validation),

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 
 
 class RaiseAtEpoch(keras.callbacks.Callback):
-    """Simulates a crash: raises at the end of epoch ``epoch`` (1-based)."""
+    """Simulates a crash: raises at the end of epoch ``epoch`` (1-based). With ``switch``, only
+    while that file exists, once (it is removed): the config stays the same for the crashed
+    run, its resumption and an uninterrupted run."""
 
-    def __init__(self, epoch: int = 1) -> None:
+    def __init__(self, epoch: int = 1, switch: str | None = None) -> None:
         super().__init__()
         self.epoch = epoch
+        self.switch = Path(switch) if switch else None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if epoch + 1 >= self.epoch:
-            raise RuntimeError(f"simulated crash after epoch {epoch + 1}")
+        if epoch + 1 < self.epoch:
+            return
+        if self.switch is not None:
+            if not self.switch.exists():
+                return
+            self.switch.unlink()
+        raise RuntimeError(f"simulated crash after epoch {epoch + 1}")

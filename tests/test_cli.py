@@ -47,6 +47,7 @@ def test_help_lists_subcommands() -> None:
     out = brevpipe("--help")
     assert out.returncode == 0
     assert "run [overrides...]" in out.stdout
+    assert "rerun URL [overrides...]" in out.stdout
     assert "brevpipe run -m" in out.stdout
 
 
@@ -72,6 +73,8 @@ def test_unknown_command_is_a_clear_error() -> None:
         (["run", "nonexistent_key=1"], 1),
         (["run", "model=no_such_model"], 1),
         (["run", "dataset=folder", "tracking=none"], 1),  # dataset.url missing
+        (["rerun", "--help"], 0),
+        (["rerun", "no/such/output.json"], 1),
     ],
 )
 def test_no_tensorflow_or_mlflow_for_help_and_config_errors(

@@ -68,16 +68,25 @@ def test_same_seed_same_metrics_different_seed_differs(tiny_config) -> None:
     assert other["history"] != first["history"]
 
 
-def test_crashed_job_resumes_skipping_finished_stages(tiny_config) -> None:
-    crash = "+trainer.callbacks=[{_target_: tests.helpers.RaiseAtEpoch, epoch: 1}]"
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_job(tiny_config("seed=5", "tracking=none", crash))
+def test_crashed_job_resumes_from_its_last_epoch_with_the_same_metrics(
+    tiny_config, tmp_path: Path
+) -> None:
+    switch = tmp_path / "crash-now"
+    switch.touch()
+    crash = (f"+trainer.callbacks=[{{_target_: tests.helpers.RaiseAtEpoch, epoch: 1, "
+             f"switch: '{switch}'}}]")  # fmt: skip
+    settings = ("seed=5", "tracking=none", "trainer.epochs=3", crash)
+    with pytest.raises(RuntimeError, match="simulated crash after epoch 1"):
+        run_job(tiny_config(*settings))
     (bucket,) = Path(tiny_config().job.root).iterdir()
     crashed = json.loads((bucket / "artifacts" / "output.json").read_text())
     assert crashed["job"]["status"] == "failed"
     assert crashed["stages"]["split"]["status"] == "completed"
+    assert [h["epoch"] for h in crashed["history"]] == [1]
+    checkpoint = bucket / "artifacts" / "stages" / "train" / "checkpoint"
+    assert json.loads((checkpoint / "checkpoint.json").read_text())["epoch"] == 1
 
-    resumed = output_of(run_job(tiny_config("seed=5", "tracking=none", f"job.id={bucket.name}")))
+    resumed = output_of(run_job(tiny_config(*settings, f"job.id={bucket.name}")))
     assert resumed["job"]["status"] == "completed"
     assert resumed["job"]["resumed"], "a resumed job records when it was resumed"
     statuses = {name: s["status"] for name, s in resumed["stages"].items()}
@@ -85,10 +94,14 @@ def test_crashed_job_resumes_skipping_finished_stages(tiny_config) -> None:
         "samples": "cached", "split": "cached", "train": "completed",
         "evaluate": "completed", "preview": "completed", "export": "completed",
     }  # fmt: skip
-    fresh = output_of(run_job(tiny_config("seed=5", "tracking=none")))
+    assert resumed["stages"]["train"]["resumed_after_epoch"] == 1
+    assert not checkpoint.exists(), "the checkpoint goes once the trained model is saved"
+    fresh = output_of(run_job(tiny_config(*settings)))
+    assert "resumed_after_epoch" not in fresh["stages"]["train"]
+    assert resumed["history"] == fresh["history"]
     assert resumed["metrics"] == fresh["metrics"]
 
-    again = output_of(run_job(tiny_config("seed=5", "tracking=none", f"job.id={bucket.name}")))
+    again = output_of(run_job(tiny_config(*settings, f"job.id={bucket.name}")))
     assert {s["status"] for s in again["stages"].values()} == {"cached"}
     assert again["metrics"] == resumed["metrics"]
 
@@ -168,16 +181,3 @@ def test_cli_run_prints_job_and_ctrl_c_marks_it_stopped(tmp_path: Path) -> None:
     output = json.loads((bucket / "artifacts" / "output.json").read_text())
     assert output["job"]["status"] == "stopped"
     assert output["stages"]["train"]["status"] == "running"
-
-
-def test_multirun_sweep_gives_one_job_bucket_per_combination(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "brevpipe", "run", "-m", "seed=1,2", "tracking=none",
-            *tiny_overrides(tmp_path)]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    outputs = [
-        json.loads(p.read_text()) for p in (tmp_path / "jobs").glob("*/artifacts/output.json")
-    ]
-    assert sorted(o["seed"] for o in outputs) == [1, 2]
-    assert {o["job"]["status"] for o in outputs} == {"completed"}
-    assert outputs[0]["job"]["id"] != outputs[1]["job"]["id"]

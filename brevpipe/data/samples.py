@@ -180,5 +180,10 @@ def summarize(samples: pd.DataFrame) -> dict[str, Any]:
             for purpose in sorted(samples["purpose"].unique())
         }
     summary["by_category"] = label.value_counts().sort_index().to_dict()
-    summary["fingerprint"] = stable_hash(sorted(zip(samples["path"], samples["etag"], strict=True)))
+    summary["fingerprint"] = fingerprint(samples)
     return summary
+
+
+def fingerprint(samples: pd.DataFrame) -> str:
+    """A digest of which images there are and what they hold: (path, etag) pairs."""
+    return stable_hash(sorted(zip(samples["path"], samples["etag"], strict=True)))

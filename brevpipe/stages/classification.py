@@ -18,22 +18,28 @@ import pandas as pd
 from hydra.utils import instantiate
 
 from brevpipe import __version__, storage
+from brevpipe.checkpoint import Checkpoint
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
-from brevpipe.data.samples import samples_from_csv, samples_to_csv, summarize
+from brevpipe.data.samples import fingerprint, samples_from_csv, samples_to_csv, summarize
 from brevpipe.data.split import SampleSplit, identification_table
 from brevpipe.data.visual import preview_png
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.rerun import check_fingerprint
 from brevpipe.runner import StageContext
 from brevpipe.seeding import derive_seed
 
 log = logging.getLogger("brevpipe")
 
 
-def find_samples(ctx: StageContext, *, dataset: dict[str, Any]) -> dict[str, Any]:
-    """Find the dataset's images; write ``artifacts/samples.csv``."""
+def find_samples(
+    ctx: StageContext, *, dataset: dict[str, Any], rerun: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Find the dataset's images; write ``artifacts/samples.csv``. In a rerun, check that they
+    are the original job's."""
     samples = instantiate(dataset).find_samples()
+    check_fingerprint(fingerprint(samples), rerun)
     storage.write_bytes(ctx.job.artifact_path("samples.csv"), samples_to_csv(samples))
     log.info("found %d images in %d classes", len(samples), samples["category"].nunique())
     return {"samples": samples}
@@ -150,8 +156,14 @@ def train(
         if len(devel_samples)
         else None
     )
+    checkpoint = Checkpoint(storage.join(ctx.url, "checkpoint"), ctx.key,
+                            ctx.job.temp_path("checkpoint"))  # fmt: skip
+    ctx.cleanups.append(checkpoint.remove)
     try:
-        fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose)
+        fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose,
+                checkpoint=checkpoint)  # fmt: skip
+        if checkpoint.restored_epoch:
+            ctx.notes["resumed_after_epoch"] = checkpoint.restored_epoch
     except tf.errors.InvalidArgumentError as exc:
         _raise_naming_bad_images(exc, split_samples, image_loader)
         raise

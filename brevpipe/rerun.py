@@ -1,0 +1,190 @@
+"""``brevpipe rerun``: run a job again, exactly, from its saved ``output.json``.
+
+The output.json carries the fully resolved config and the pipeline's stage declarations with
+their ``${...}`` links to the top-level config (``pipeline_template``). A rerun re-links the
+two, applies the user's overrides (Hydra's override grammar), reuses the original job's split,
+checks that the data did not change, and runs as a new job that records ``rerun_of``.
+
+An output.json from a bucket is untrusted input: every ``_target_`` must be inside the
+allow-list, and the stage declarations may only link config nodes (no resolvers).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from brevpipe import storage
+from brevpipe.config import CONF_DIR, REDACTED
+from brevpipe.errors import ConfigError, DataError
+
+ALLOWED_TARGET_PREFIXES = ("brevpipe.", "keras.", "tensorflow.", "tf_keras.", "albumentations.")
+# A stage declaration may link config nodes (``${trainer}``), nothing else (no resolvers).
+_LINK = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_.]*\}")
+
+
+def read_output(url: str) -> dict[str, Any]:
+    """The output.json at ``url``, checked to be one (clear errors otherwise)."""
+    url = storage.normalize(url)
+    try:
+        data = storage.read_bytes(url)
+    except FileNotFoundError:
+        raise ConfigError(f"{url} does not exist: give the URL of a job's "
+                          "artifacts/output.json.") from None  # fmt: skip
+    except OSError as exc:
+        raise ConfigError(f"cannot read {url}: {exc}") from None
+    try:
+        output = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{url} is not JSON: give the URL of a job's "
+                          "artifacts/output.json.") from None  # fmt: skip
+    missing = [k for k in ("schema_version", "job", "config", "seed") if k not in output]
+    if not isinstance(output, dict) or missing:
+        raise ConfigError(f"{url} is not a brevpipe output.json (missing {missing}).")
+    if not output.get("pipeline_template"):
+        raise ConfigError(f"{url} has no pipeline_template: it was written by an older "
+                          "brevpipe; run the job again with brevpipe run.")  # fmt: skip
+    return output
+
+
+def targets(tree: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every ``(config path, _target_)`` in a plain config tree."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield where, str(value)
+            else:
+                yield from targets(value, where)
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from targets(value, f"{path}[{i}]")
+
+
+def check_targets(config: dict[str, Any], allow: Sequence[str]) -> None:
+    """Refuse any ``_target_`` outside the allow-list (built-in prefixes plus ``allow``)."""
+    allowed = (*ALLOWED_TARGET_PREFIXES, *allow)
+    for where, target in targets(config):
+        if not any(target == a.rstrip(".") or target.startswith(a.rstrip(".") + ".")
+                   for a in allowed):  # fmt: skip
+            raise ConfigError(
+                f"refusing {where}: {target!r} is not an allowed _target_ (allowed: "
+                f"{', '.join(a.rstrip('.') for a in allowed)}). If you trust this output.json, "
+                f"add it: brevpipe rerun URL rerun.allow_targets=[{target}]"
+            )
+
+
+def _check_links(template: Any, path: str = "pipeline") -> None:
+    if isinstance(template, dict):
+        for key, value in template.items():
+            _check_links(value, f"{path}.{key}")
+    elif isinstance(template, list):
+        for i, value in enumerate(template):
+            _check_links(value, f"{path}[{i}]")
+    elif isinstance(template, str) and "${" in _LINK.sub("", template):
+        raise ConfigError(f"refusing {path}: {template!r} is not a plain config link.")
+
+
+def _escape(tree: Any) -> Any:
+    """Resolved values are data: a literal ``${`` must not become an interpolation again."""
+    if isinstance(tree, dict):
+        return {k: _escape(v) for k, v in tree.items() if v != REDACTED}  # secrets: dropped
+    if isinstance(tree, list):
+        return [_escape(v) for v in tree]
+    if isinstance(tree, str):
+        return tree.replace("${", "\\${")
+    return tree
+
+
+def _config_groups() -> set[str]:
+    return {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"}
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Apply Hydra value overrides (``a.b=1``, ``+a.c=2``, ``~a.d``) to ``cfg`` in place."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise ConfigError(f"bad override: {exc}") from None
+    groups = _config_groups()
+    for override in parsed:
+        key = override.key_or_group
+        if override.package is not None or (
+            key in groups and isinstance(override.value(), str) and not override.is_delete()
+        ):
+            raise ConfigError(
+                f"rerun takes value overrides (e.g. trainer.epochs=10), not config group "
+                f"choices ({override.input_line}); start a new job for that: brevpipe run "
+                f"{override.input_line} ..."
+            )
+        if override.is_delete():
+            OmegaConf.update(cfg, key, None, force_add=True)
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            node.pop(leaf)
+            continue
+        exists = OmegaConf.select(cfg, key, default="__missing__") != "__missing__"
+        if not exists and not override.is_add():
+            raise ConfigError(
+                f"{key} is not in the job's config: check the name, or add it with +{key}=..."
+            )
+        value = override.value()
+        OmegaConf.update(cfg, key, value, merge=not isinstance(value, str), force_add=True)
+
+
+def rebuild_config(
+    output: dict[str, Any], url: str, overrides: Sequence[str], allow_data_change: bool = False
+) -> DictConfig:
+    """The original job's config, re-linked, with the rerun settings and ``overrides``."""
+    template = output["pipeline_template"]
+    _check_links(template)
+    plain = _escape({k: v for k, v in output["config"].items() if k != "pipeline"})
+    cfg = OmegaConf.create(plain)
+    cfg.pipeline = OmegaConf.create(template)
+    try:
+        relinked = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    except Exception as exc:  # noqa: BLE001 - any resolution failure means a broken template
+        raise ConfigError(f"cannot rebuild the pipeline from {url}: {exc}") from None
+    if relinked != output["config"]["pipeline"]:
+        raise ConfigError(f"the pipeline saved in {url} does not match its config; "
+                          "it cannot be rerun exactly.")  # fmt: skip
+
+    bucket = output["job"]["bucket"]
+    split_url = storage.join(bucket, "artifacts", "sample_identification.csv")
+    cfg.job.id = None
+    cfg.job.root = bucket.rstrip("/").rsplit("/", 1)[0]
+    cfg.rerun = {  # replaced whole: the saved allow-list is untrusted, the command line's counts
+        "of": url,
+        "job_id": output["job"]["id"],
+        "fingerprint": output.get("samples", {}).get("fingerprint"),
+        "allow_data_change": bool(allow_data_change),
+        "allow_targets": [],
+    }
+    if storage.exists(split_url):
+        cfg.split.reuse_url = split_url
+    apply_overrides(cfg, overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    check_targets(resolved, resolved["rerun"].get("allow_targets") or [])
+    return cfg
+
+
+def check_fingerprint(fingerprint: str, rerun: dict[str, Any] | None) -> None:
+    """In a rerun, the sample table must be the original's unless data change is allowed."""
+    expected = (rerun or {}).get("fingerprint")
+    if not expected or fingerprint == expected:
+        return
+    message = (f"the data changed since job {rerun.get('job_id')} (sample table fingerprint "
+               f"{fingerprint} != {expected})")  # fmt: skip
+    if not rerun.get("allow_data_change"):
+        raise DataError(f"{message}: the rerun would not be exact. Restore the data, or pass "
+                        "--allow-data-change to run on the data as it is now.")  # fmt: skip
+    import logging
+
+    logging.getLogger("brevpipe").warning("%s; going on (--allow-data-change)", message)
