@@ -33,6 +33,19 @@ def default_tracking_uri(job_root: str) -> str:
     return f"sqlite:///{base.resolve() / 'mlflow.db'}"
 
 
+def tracking_uri_for(uri: str | None, job_root: str) -> str:
+    """``tracking.uri`` when set, else the default store for ``job_root``."""
+    return uri or default_tracking_uri(job_root)
+
+
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a sqlite store) if needed."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root_for(uri))
+
+
 def artifact_root_for(uri: str) -> str | None:
     """Local artifact folder beside a sqlite store (else the server decides)."""
     if uri.startswith("sqlite:///"):
@@ -65,10 +78,13 @@ class NullTracker:
 class MlflowTracker:
     """Mirrors one job into one MLflow run through :class:`mlflow.MlflowClient`."""
 
-    def __init__(self, job: Job, uri: str, experiment: str) -> None:
+    def __init__(
+        self, job: Job, uri: str, experiment: str, parent: dict[str, Any] | None = None
+    ) -> None:
         self.job = job
         self.uri = uri
         self.experiment = experiment
+        self.parent = parent or {}
         self.client: Any = None
         self.run_id: str | None = None
         self.failed = False
@@ -91,15 +107,9 @@ class MlflowTracker:
             from mlflow import MlflowClient
             from mlflow.entities import Param
 
+            self._reachable()
             self.client = MlflowClient(tracking_uri=self.uri)
-            experiment = self.client.get_experiment_by_name(self.experiment)
-            experiment_id = (
-                experiment.experiment_id
-                if experiment
-                else self.client.create_experiment(
-                    self.experiment, artifact_location=artifact_root_for(self.uri)
-                )
-            )
+            experiment_id = ensure_experiment(self.client, self.experiment, self.uri)
             tags = {
                 "brevpipe.job_id": self.job.id,
                 "brevpipe.bucket": self.job.bucket_url,
@@ -108,6 +118,9 @@ class MlflowTracker:
             }
             if commit := self.job.to_output()["environment"].get("git_commit"):
                 tags["mlflow.source.git.commit"] = commit
+            if self.parent.get("run_id"):  # a job of a sweep: nest under the sweep's run
+                tags["mlflow.parentRunId"] = self.parent["run_id"]
+                tags["brevpipe.overrides"] = self.parent.get("overrides", "")
             run = self.client.create_run(
                 experiment_id, run_name=f"{self.job.name}-{self.job.id[:8]}", tags=tags
             )
@@ -138,8 +151,13 @@ class MlflowTracker:
         if self.run_id is None or self.failed:
             job.write_output()
             return
+        for what, step in (("logging artifacts", self._log_artifacts),
+                           ("logging the model", self._log_model)):  # fmt: skip
+            try:
+                step(job)
+            except Exception as exc:  # noqa: BLE001
+                self._warn(what, exc)
         try:
-            self._log_artifacts(job)
             self.client.set_terminated(self.run_id, RUN_STATUS.get(job.status, "FAILED"))
         except Exception as exc:  # noqa: BLE001
             self._warn("finishing the run", exc)
@@ -160,9 +178,60 @@ class MlflowTracker:
                 fs.get_file(path, str(local))
             self.client.log_artifacts(self.run_id, tmp)
 
+    def _log_model(self, job: Job) -> None:
+        """The exported Keras model in MLflow's model format, under ``mlflow_model``:
+        ``mlflow.pyfunc.load_model(job.mlflow["model_uri"]).predict(images)`` gives scores
+        for a batch of images preprocessed as ``model.json``'s ``preprocessing`` says."""
+        keras_url = (job.model or {}).get("keras_url")
+        if not keras_url or job.status != JobStatus.COMPLETED:
+            return
+        import tempfile
+        from importlib.metadata import PackageNotFoundError, version
 
-def make_tracker(tracking: dict[str, Any], job: Job) -> MlflowTracker | NullTracker:
+        import keras
+        import mlflow.keras
+        import numpy as np
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        try:
+            tensorflow = f"tensorflow-cpu=={version('tensorflow-cpu')}"
+        except PackageNotFoundError:
+            tensorflow = f"tensorflow=={version('tensorflow')}"
+        with tempfile.TemporaryDirectory(prefix="brevpipe-mlflow-model-") as tmp:
+            local = Path(tmp, "model.keras")
+            storage.download(keras_url, local)
+            metadata = {k: job.model[k] for k in ("classes", "input_shape", "preprocessing")
+                        if k in job.model}  # fmt: skip
+            model = keras.models.load_model(local)
+            signature = ModelSignature(
+                inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]))]),
+                outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]))]),
+            )
+            mlflow.keras.save_model(
+                model, str(Path(tmp, "mlflow_model")), signature=signature, metadata=metadata,
+                pip_requirements=[tensorflow, f"keras=={keras.__version__}"],
+            )  # fmt: skip
+            self.client.log_artifacts(self.run_id, str(Path(tmp, "mlflow_model")), "mlflow_model")
+        job.mlflow["model_uri"] = f"runs:/{self.run_id}/mlflow_model"
+
+    def _reachable(self) -> None:
+        """Fail fast (one clear warning) when an HTTP tracking server does not answer."""
+        if not self.uri.startswith(("http://", "https://")):
+            return
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=5):
+            pass
+
+
+def make_tracker(
+    tracking: dict[str, Any], job: Job, parent: dict[str, Any] | None = None
+) -> MlflowTracker | NullTracker:
+    """The job's mirror; ``parent`` (``{run_id, overrides}``) nests it in a sweep's run."""
     if not tracking.get("enabled", False):
         return NullTracker()
-    uri = tracking.get("uri") or default_tracking_uri(job.root)
-    return MlflowTracker(job, uri, tracking.get("experiment") or job.pipeline)
+    uri = tracking_uri_for(tracking.get("uri"), job.root)
+    if parent and parent.get("tracking_uri") not in (None, uri):
+        parent = None  # the sweep's run lives in another store
+    return MlflowTracker(job, uri, tracking.get("experiment") or job.pipeline, parent)
