@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from brevpipe.checkpoint import Checkpoint
@@ -30,36 +33,118 @@ def resolve_verbose(verbose: str | int) -> int:
     return int(verbose)
 
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "step")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+LOSSES = {
+    "single_label": "categorical_crossentropy",
+    "multi_label": "binary_crossentropy",
+    "segmentation": "sparse_categorical_crossentropy",
+}
 
 
 @dataclass
 class Trainer:
-    """Optimizer, learning-rate schedule, epochs and batch size; ``callbacks`` adds user Keras
-    callbacks. ``optimizer`` is a factory taking ``learning_rate`` (a ``_partial_`` config)."""
+    """How a model is fitted.
+
+    ``optimizer`` is a factory taking ``learning_rate`` (a ``_partial_`` config); ``schedule``
+    is ``constant``, ``cosine`` (to 0 over all steps) or ``step`` (times ``step_factor`` every
+    ``step_epochs``). ``early_stopping``: Keras ``EarlyStopping`` arguments (``monitor``,
+    ``patience``, ...) or null. ``class_weight``: ``balanced``, ``{class: weight}`` or null.
+    ``loss``: ``auto`` (by task) or a Keras loss name. ``mixed_precision`` builds the model
+    with the ``mixed_float16`` policy. ``strategy``: ``default``, ``mirrored`` (all local
+    GPUs) or ``multi_worker`` (machines listed in ``TF_CONFIG``). ``callbacks`` adds Keras
+    callbacks.
+    """
 
     epochs: int = 15
     batch_size: int = 32
     lr: float = 3e-3
     schedule: str = "cosine"
+    step_epochs: int = 5
+    step_factor: float = 0.1
     optimizer: Callable[..., Any] | None = None
+    early_stopping: Mapping[str, Any] | None = None
+    class_weight: str | Mapping[str, float] | None = None
+    loss: str = "auto"
+    mixed_precision: bool = False
+    strategy: str = "default"
     callbacks: Sequence[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            from brevpipe.errors import ConfigError
+        from brevpipe.errors import ConfigError
 
+        if self.schedule not in SCHEDULES:
             raise ConfigError(f"trainer.schedule={self.schedule!r}: use one of {SCHEDULES}.")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"trainer.strategy={self.strategy!r}: use one of {STRATEGIES}.")
+        if isinstance(self.class_weight, str) and self.class_weight != "balanced":
+            raise ConfigError(f"trainer.class_weight={self.class_weight!r}: use balanced, "
+                              "a {class: weight} mapping, or null.")  # fmt: skip
 
     def learning_rate(self, steps_per_epoch: int) -> Any:
         """The configured learning rate, or a schedule over all training steps."""
-        if self.schedule == "cosine" and steps_per_epoch > 0:
-            import keras
+        import keras
 
+        if self.schedule == "cosine" and steps_per_epoch > 0:
             return keras.optimizers.schedules.CosineDecay(
                 self.lr, decay_steps=max(1, self.epochs * steps_per_epoch)
             )
+        if self.schedule == "step" and steps_per_epoch > 0:
+            drops = max(0, (self.epochs - 1) // max(1, self.step_epochs))
+            boundaries = [steps_per_epoch * self.step_epochs * (i + 1) for i in range(drops)]
+            values = [self.lr * self.step_factor**i for i in range(drops + 1)]
+            if boundaries:
+                return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
         return self.lr
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Build and compile models inside this: the distribution strategy's scope and the
+        mixed-precision policy (restored afterwards)."""
+        import keras
+        import tensorflow as tf
+
+        if self.strategy == "mirrored":
+            strategy = tf.distribute.MirroredStrategy()
+        elif self.strategy == "multi_worker":
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            strategy = tf.distribute.get_strategy()
+        previous = keras.mixed_precision.global_policy()
+        if self.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            with strategy.scope():
+                yield
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+
+    def class_weights(self, labels: np.ndarray, classes: Sequence[str]) -> dict[int, float] | None:
+        """Keras ``class_weight`` from one-hot ``labels`` of the training samples."""
+        if self.class_weight is None:
+            return None
+        if self.class_weight == "balanced":
+            counts = np.asarray(labels).sum(axis=0)
+            return {i: float(len(labels) / (len(classes) * c)) if c else 0.0
+                    for i, c in enumerate(counts)}  # fmt: skip
+        from brevpipe.errors import ConfigError
+
+        unknown = sorted(set(self.class_weight) - set(classes))
+        if unknown:
+            raise ConfigError(f"trainer.class_weight names unknown classes {unknown}; "
+                              f"classes are {list(classes)}.")  # fmt: skip
+        return {i: float(self.class_weight.get(c, 1.0)) for i, c in enumerate(classes)}
+
+    def compile(self, model: Any, steps_per_epoch: int, task: str = "single_label") -> None:
+        """Compile ``model`` (call inside :meth:`scope`)."""
+        import keras
+
+        optimizer = (self.optimizer or keras.optimizers.Adam)(
+            learning_rate=self.learning_rate(steps_per_epoch)
+        )
+        loss = LOSSES[task] if self.loss == "auto" else self.loss
+        metrics = ["binary_accuracy"] if task == "multi_label" else ["accuracy"]
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
     def fit(
         self,
@@ -70,16 +155,17 @@ class Trainer:
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         verbose: str | int = "auto",
         checkpoint: Checkpoint | None = None,
+        task: str = "single_label",
     ) -> Any:
-        """Compile and fit; every epoch draws its own sample order and augmentation. With a
-        ``checkpoint``, continue after its last saved epoch and save after every epoch."""
+        """Compile (unless compiled) and fit; every epoch draws its own sample order and
+        augmentation. With a ``checkpoint``, continue after its last saved epoch and save
+        after every epoch."""
         import keras
 
         steps = len(train)
-        optimizer = (self.optimizer or keras.optimizers.Adam)(
-            learning_rate=self.learning_rate(steps)
-        )
-        model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+        if not model.compiled:
+            with self.scope():
+                self.compile(model, steps, task)
         start = checkpoint.restore(model) if checkpoint is not None else 0
         callbacks = []
         if on_epoch is not None:
@@ -88,9 +174,14 @@ class Trainer:
             callbacks.append(job_callback(on_epoch))
         if checkpoint is not None:
             callbacks.append(checkpoint.callback())
+        if self.early_stopping:
+            callbacks.append(keras.callbacks.EarlyStopping(**dict(self.early_stopping)))
         callbacks += list(self.callbacks)  # after the checkpoint: a failing one loses nothing
         if start >= self.epochs:
             return None
+        class_weight = None
+        if self.class_weight is not None and train.labels is not None:
+            class_weight = self.class_weights(train.labels, train.encoder.classes)
         # Both datasets are endless and cut into epochs by the step counts: Keras 3 warns
         # ("ran out of data") whenever a finite dataset ends. Epoch e draws from (seed, e).
         return model.fit(
@@ -101,6 +192,7 @@ class Trainer:
             validation_steps=None if validation is None else len(validation),
             epochs=self.epochs,
             callbacks=callbacks,
+            class_weight=class_weight,
             verbose=resolve_verbose(verbose),
             shuffle=False,  # the input pipeline shuffles, from (seed, epoch)
         )

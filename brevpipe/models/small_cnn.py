@@ -30,5 +30,5 @@ def build(
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(dense, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="scores")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="scores", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="small_cnn")
