@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast lint bench clean
+.PHONY: help install browser run test test-fast lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,7 +22,13 @@ $(STAMP): pyproject.toml
 run: install  ## run the default pipeline (shapes dataset, ./jobs, ./mlflow.db); ARGS='seed=3 ...'
 	$(BIN)/brevpipe run $(ARGS)
 
-test: install  ## run the test suite
+browser:  ## headless Chromium for the report test (Debian package; the test skips without it)
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium could not be installed (needs root and the Debian mirror): the report rendering test will skip"
+
+test: install browser  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install  ## the tests that train no model
@@ -33,6 +39,7 @@ lint: install  ## ruff
 
 bench: install  ## benchmarks: ratios against a hand-written tf.data baseline, saved in bench/results/
 	$(BIN)/python bench/input_pipeline.py
+	$(BIN)/python bench/training.py
 
 clean:  ## remove generated state (jobs, MLflow store, multirun folders), keep .venv
 	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache

@@ -39,7 +39,9 @@ def test_default_pipeline_end_to_end_with_mlflow(tiny_config, tmp_path: Path) ->
                  "artifacts/model/model.keras", "artifacts/model/saved_model.tar.gz",
                  "artifacts/model/model.json"):  # fmt: skip
         assert (bucket / name).is_file(), name
-    assert list(output["stages"]) == ["samples", "split", "train", "evaluate", "preview", "export"]
+    assert list(output["stages"]) == [
+        "samples", "split", "train", "evaluate", "preview", "export", "report"
+    ]  # fmt: skip
     assert all(s["status"] == "completed" for s in output["stages"].values())
     assert 0.0 <= output["metrics"]["devel/accuracy"] <= 1.0
     assert [h["epoch"] for h in output["history"]] == [1, 2]
@@ -93,6 +95,7 @@ def test_crashed_job_resumes_from_its_last_epoch_with_the_same_metrics(
     assert statuses == {
         "samples": "cached", "split": "cached", "train": "completed",
         "evaluate": "completed", "preview": "completed", "export": "completed",
+        "report": "completed",
     }  # fmt: skip
     assert resumed["stages"]["train"]["resumed_after_epoch"] == 1
     assert not checkpoint.exists(), "the checkpoint goes once the trained model is saved"

@@ -7,6 +7,7 @@ configs arrive as plain ``_target_`` mappings and are built with Hydra's ``insta
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import tarfile
@@ -142,13 +143,15 @@ def train(
         raise DataError(f"classes {missing} have no training samples; add images or drop them.")
 
     fit = instantiate(trainer)
-    keras.utils.set_random_seed(ctx.seed)
-    net = instantiate(model)(
-        input_shape=image_loader.output_shape, num_classes=len(label_encoder.classes)
-    )
     train_data = _training_pipeline(
         ctx, train_samples, image_loader, label_encoder, sampler, augmenter, fit.batch_size, cache
     )
+    keras.utils.set_random_seed(ctx.seed)
+    with fit.scope():  # distribution strategy and precision policy
+        net = instantiate(model)(
+            input_shape=image_loader.output_shape, num_classes=len(label_encoder.classes)
+        )
+        fit.compile(net, len(train_data))
     devel_data = (
         InputPipeline(
             devel_samples, image_loader, encoder=label_encoder, batch_size=fit.batch_size
@@ -264,7 +267,34 @@ def classification_metrics(
         scalars[f"precision/{name}"] = float(precision[i])
         scalars[f"recall/{name}"] = float(recall[i])
         scalars[f"f1/{name}"] = float(f1[i])
-    return {"scalars": scalars, "confusion_matrix": confusion.tolist(), "count": int(len(truth))}
+    return {
+        "scalars": scalars,
+        "confusion_matrix": confusion.tolist(),
+        "count": int(len(truth)),
+        "threshold_curves": threshold_curves(truth, scores, classes),
+    }
+
+
+def threshold_curves(
+    truth: np.ndarray, scores: np.ndarray, classes: list[str], steps: int = 101
+) -> dict[str, dict[str, list[float]]]:
+    """Per class, across thresholds on its score: the true reject rate (share of the class's
+    samples scored at or above the threshold) and the false reject rate (share of the other
+    samples scored at or above it): the security curve of an inspection station."""
+    thresholds = np.linspace(0.0, 1.0, steps)
+    curves = {}
+    for i, name in enumerate(classes):
+        positive = scores[truth == i, i]
+        negative = scores[truth != i, i]
+        at_or_above = lambda s: (  # noqa: E731
+            (s[None, :] >= thresholds[:, None]).mean(axis=1) if len(s) else np.zeros(steps)
+        )
+        curves[name] = {
+            "threshold": thresholds.round(4).tolist(),
+            "true_reject_rate": at_or_above(positive).tolist(),
+            "false_reject_rate": at_or_above(negative).tolist(),
+        }
+    return curves
 
 
 def export(
@@ -275,9 +305,18 @@ def export(
     local = Path(ctx.job.temp_path("export", "model.keras")).parent
     model.save(local / "model.keras")
     model.export(str(local / "saved_model"), verbose=False)
+    metadata = {
+        "classes": classes,
+        "input_shape": list(image_loader.output_shape),
+        "preprocessing": image_loader.metadata(),
+        "brevpipe_version": __version__,
+        "job_id": ctx.job.id,
+    }
+    (local / "model.json").write_text(json.dumps(metadata, indent=2))
     archive = local / "saved_model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(archive, "w:gz") as tar:  # all a predictor needs: load_predictor(url)
         tar.add(local / "saved_model", arcname="saved_model")
+        tar.add(local / "model.json", arcname="model.json")
     model_url = ctx.job.artifact_path("model")
     storage.upload(local / "model.keras", storage.join(model_url, "model.keras"))
     storage.upload(archive, storage.join(model_url, "saved_model.tar.gz"))
@@ -286,12 +325,108 @@ def export(
         "keras_url": storage.join(model_url, "model.keras"),
         "archive_url": storage.join(model_url, "saved_model.tar.gz"),
         "archive_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
-        "classes": classes,
-        "input_shape": list(image_loader.output_shape),
-        "preprocessing": image_loader.metadata(),
-        "brevpipe_version": __version__,
-        "job_id": ctx.job.id,
+        **metadata,
     }
     storage.write_bytes(storage.join(model_url, "model.json"), json.dumps(info, indent=2).encode())
     ctx.set_section("model", info)
     return {"model_info": info}
+
+
+def report(
+    ctx: StageContext,
+    split_samples: pd.DataFrame,
+    evaluation: dict[str, Any],
+    preview: dict[str, Any],
+    *,
+    loader: dict[str, Any],
+    pivot: dict[str, list[str]],
+    atlas_size: int = 64,
+) -> dict[str, Any]:
+    """Charts (``artifacts/charts/*.vl.json``), the pivot summary, thumbnail atlases of
+    misclassified and sampled images, and the self-contained ``artifacts/report.html``."""
+    from brevpipe.reports import charts as vl
+    from brevpipe.reports.report import pivot as pivot_table
+    from brevpipe.reports.report import render_html
+
+    classes = evaluation["classes"]
+    specs = {"dataset_summary": vl.dataset_summary(summarize(split_samples)["by_purpose_category"])}
+    if ctx.job.history:
+        specs["training_curves"] = vl.training_curves(ctx.job.history)
+    for purpose in ("devel", "test"):
+        if purpose in evaluation:
+            specs[f"confusion_{purpose}"] = vl.confusion_matrix(
+                evaluation[purpose]["confusion_matrix"], classes, purpose
+            )
+            specs[f"thresholds_{purpose}"] = vl.threshold_curves(
+                evaluation[purpose]["threshold_curves"], purpose
+            )
+    for name, spec in specs.items():
+        storage.write_json(ctx.job.artifact_path("charts", f"{name}.vl.json"), spec)
+    pivot_data = pivot_table(split_samples, pivot["rows"], pivot["cols"])
+    storage.write_json(ctx.job.artifact_path("samples_pivot.json"), pivot_data)
+
+    images = {}
+    image_loader = ImageLoader(**{**instantiate(loader).metadata(), "rescale": "none"})
+    predictions_csv = storage.read_bytes(ctx.job.artifact_path("predictions.csv"))
+    predictions = pd.read_csv(io.BytesIO(predictions_csv))
+    wrong = predictions[predictions["true"] != predictions["predicted"]].head(atlas_size)
+    if len(wrong):
+        scores = [wrong[f"score_{p}"].iloc[i] for i, p in enumerate(wrong["predicted"])]
+        captions = [f"{t}>{p} {s:.2f}" for t, p, s in zip(wrong["true"], wrong["predicted"],
+                                                           scores, strict=True)]  # fmt: skip
+        images["Misclassified (true > predicted, score)"] = _atlas(
+            wrong["path"].tolist(), captions, image_loader, "misclassified.png", ctx
+        )
+    per_class = max(1, atlas_size // max(1, len(classes)))
+    readable = split_samples[~split_samples["path"].isin(ctx.job.samples.get("skipped_urls", []))]
+    sampled = readable.groupby(readable["category"].map("+".join), sort=True).head(per_class)
+    images["Sampled images per category"] = _atlas(
+        sampled["path"].tolist(), ["+".join(c) for c in sampled["category"]], image_loader,
+        "samples_atlas.png", ctx,
+    )  # fmt: skip
+    if storage.exists(preview["url"]):
+        images["First augmented training batch"] = storage.read_bytes(preview["url"])
+
+    job = ctx.job
+    page = render_html(
+        title=f"brevpipe job {job.id}",
+        summary={"pipeline": job.pipeline, "job": job.id, "bucket": job.bucket_url,
+                 "started": job.start_time, "seed": job.seed,
+                 "samples": len(split_samples)},  # fmt: skip
+        metrics=job.metrics, charts=specs, pivot_data=pivot_data, images=images,
+    )  # fmt: skip
+    url = job.artifact_path("report.html")
+    storage.write_bytes(url, page.encode())
+    return {"report": {"url": url, "charts": sorted(specs), "atlases": sorted(images)}}
+
+
+def _atlas(paths: list[str], captions: list[str], loader: ImageLoader, name: str,
+           ctx: StageContext) -> bytes:  # fmt: skip
+    """Load ``paths`` as thumbnails, write ``artifacts/<name>``, return the PNG."""
+    from brevpipe.reports.report import thumbnails
+
+    samples = pd.DataFrame({"path": paths, "category": [()] * len(paths)})
+    pipeline = InputPipeline(samples, loader, batch_size=64, output_structure="image")
+    png = thumbnails(np.concatenate(list(pipeline.numpy_iterator())), captions)
+    storage.write_bytes(ctx.job.artifact_path(name), png)
+    return png
+
+
+def segmentation_metrics(truth: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
+    """Per class and mean intersection over union and Dice from integer label maps."""
+    scalars: dict[str, float] = {}
+    ious, dices = [], []
+    for i, name in enumerate(classes):
+        t, p = truth == i, predicted == i
+        union, total = np.logical_or(t, p).sum(), t.sum() + p.sum()
+        if total == 0:
+            continue  # the class is absent from truth and prediction: no score
+        intersection = np.logical_and(t, p).sum()
+        scalars[f"iou/{name}"] = float(intersection / union)
+        scalars[f"dice/{name}"] = float(2 * intersection / total)
+        ious.append(scalars[f"iou/{name}"])
+        dices.append(scalars[f"dice/{name}"])
+    scalars["mean_iou"] = float(np.mean(ious)) if ious else 0.0
+    scalars["mean_dice"] = float(np.mean(dices)) if dices else 0.0
+    scalars["pixel_accuracy"] = float((truth == predicted).mean())
+    return scalars

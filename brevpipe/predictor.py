@@ -1,0 +1,73 @@
+"""A predictor rebuilt from an exported model archive alone (``saved_model.tar.gz``).
+
+The archive holds the TensorFlow SavedModel and ``model.json`` (classes, input shape,
+preprocessing); images go through the same :class:`ImageLoader` as in training, so the
+preprocessing cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brevpipe import storage
+from brevpipe.data.loader import ImageLoader
+from brevpipe.errors import ConfigError
+
+
+class Predictor:
+    """Scores for images: ``predict(batch)`` on preprocessed arrays, ``predict_urls(urls)``
+    on image files (any fsspec URL)."""
+
+    def __init__(self, model: Any, metadata: dict[str, Any]) -> None:
+        self.model = model
+        self.metadata = metadata
+        self.classes: list[str] = list(metadata["classes"])
+        preprocessing = dict(metadata["preprocessing"])
+        self.loader = ImageLoader(**preprocessing)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Scores ``[n, classes]`` for a float32 batch preprocessed like the training data."""
+        import tensorflow as tf
+
+        return np.asarray(self.model.serve(tf.constant(images, tf.float32)))
+
+    def predict_urls(self, urls: Sequence[str], batch_size: int = 32) -> pd.DataFrame:
+        """One row per image: ``path``, ``predicted``, ``score_<class>``..."""
+        from brevpipe.data.pipeline import InputPipeline
+
+        samples = pd.DataFrame({"path": list(urls), "category": [()] * len(urls)})
+        pipeline = InputPipeline(samples, self.loader, batch_size=batch_size,
+                                 output_structure="image")  # fmt: skip
+        scores = np.concatenate([self.predict(b) for b in pipeline.numpy_iterator()])
+        table = pd.DataFrame(
+            {"path": list(urls), "predicted": [self.classes[i] for i in scores.argmax(axis=1)]}
+        )
+        for i, name in enumerate(self.classes):
+            table[f"score_{name}"] = scores[:, i]
+        return table
+
+
+def load_predictor(archive_url: str) -> Predictor:
+    """Download and unpack ``saved_model.tar.gz`` from any fsspec URL; load it."""
+    import tensorflow as tf
+
+    if not storage.exists(archive_url):
+        raise ConfigError(f"{archive_url} does not exist: give the URL of a job's "
+                          "artifacts/model/saved_model.tar.gz.")  # fmt: skip
+    folder = Path(tempfile.mkdtemp(prefix="brevpipe-model-"))
+    archive = folder / "saved_model.tar.gz"
+    storage.download(archive_url, archive)
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")  # refuses absolute paths and links out
+    if not (folder / "model.json").is_file():
+        raise ConfigError(f"{archive_url} holds no model.json: export it again with brevpipe.")
+    metadata = json.loads((folder / "model.json").read_text())
+    return Predictor(tf.saved_model.load(str(folder / "saved_model")), metadata)

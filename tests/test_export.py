@@ -1,0 +1,37 @@
+"""Export round trip: the archive alone, loaded from S3, predicts what the trained model did."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brevpipe import storage
+from brevpipe.errors import ConfigError
+from brevpipe.predictor import load_predictor
+from brevpipe.runner import run_job
+
+pytestmark = pytest.mark.slow
+
+
+def test_archive_from_s3_predicts_the_trained_models_scores(tiny_config, s3_bucket) -> None:
+    job = run_job(tiny_config("tracking=none", f"job.root={s3_bucket}/jobs"))
+    output = storage.read_json(job.output_url)
+    archive = output["model"]["archive_url"]
+    assert archive.startswith(f"{s3_bucket}/jobs/")
+    predictions = pd.read_csv(io.BytesIO(storage.read_bytes(job.artifact_path("predictions.csv"))))
+    scores = [c for c in predictions.columns if c.startswith("score_")]
+
+    predictor = load_predictor(archive)
+    assert predictor.classes == output["model"]["classes"]
+    assert predictor.metadata["preprocessing"] == output["model"]["preprocessing"]
+    table = predictor.predict_urls(predictions["path"].tolist(), batch_size=5)
+    assert table["path"].tolist() == predictions["path"].tolist()
+    assert table["predicted"].tolist() == predictions["predicted"].tolist()
+    np.testing.assert_allclose(table[scores].to_numpy(), predictions[scores].to_numpy(),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_predictor(f"{s3_bucket}/jobs/nope/saved_model.tar.gz")
