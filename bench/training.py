@@ -68,7 +68,11 @@ def plain_keras(paths: list[str], labels: list[int], classes: int, batch: int) -
     model = build((64, 64, 3), classes)
     steps = -(-len(paths) // batch)
     schedule = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=EPOCHS * steps)
-    model.compile(keras.optimizers.Adam(schedule), "categorical_crossentropy", ["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     timer = EpochTimer()
     model.fit(data, epochs=EPOCHS, callbacks=[timer], verbose=0)
     return statistics.mean(timer.seconds[1:])
@@ -86,7 +90,7 @@ def brevpipe_epoch(samples, encoder, batch: int) -> float:
         trainer.compile(model, len(train))
     history: list = []
     with tempfile.TemporaryDirectory() as bucket:
-        checkpoint = Checkpoint(f"{bucket}/checkpoint", "bench", f"{bucket}/scratch")
+        checkpoint = Checkpoint(f"{bucket}/checkpoint", "bench")
         trainer.fit(model, train, on_epoch=lambda e, logs: history.append(logs),
                     checkpoint=checkpoint, verbose=0)  # fmt: skip
     return statistics.mean(timer.seconds[1:])

@@ -184,15 +184,19 @@ class Trainer:
             class_weight = self.class_weights(train.labels, train.encoder.classes)
         # Both datasets are endless and cut into epochs by the step counts: Keras 3 warns
         # ("ran out of data") whenever a finite dataset ends. Epoch e draws from (seed, e).
-        return model.fit(
-            train.get_dataset(epochs=None, start_epoch=start),
-            initial_epoch=start,
-            steps_per_epoch=steps,
-            validation_data=None if validation is None else validation.get_dataset(epochs=None),
-            validation_steps=None if validation is None else len(validation),
-            epochs=self.epochs,
-            callbacks=callbacks,
-            class_weight=class_weight,
-            verbose=resolve_verbose(verbose),
-            shuffle=False,  # the input pipeline shuffles, from (seed, epoch)
-        )
+        try:
+            return model.fit(
+                train.get_dataset(epochs=None, start_epoch=start),
+                initial_epoch=start,
+                steps_per_epoch=steps,
+                validation_data=None if validation is None else validation.get_dataset(epochs=None),
+                validation_steps=None if validation is None else len(validation),
+                epochs=self.epochs,
+                callbacks=callbacks,
+                class_weight=class_weight,
+                verbose=resolve_verbose(verbose),
+                shuffle=False,  # the input pipeline shuffles, from (seed, epoch)
+            )
+        finally:
+            if checkpoint is not None:
+                checkpoint.wait()  # the last epoch's state is in the bucket, even on errors

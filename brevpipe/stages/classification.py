@@ -159,8 +159,7 @@ def train(
         if len(devel_samples)
         else None
     )
-    checkpoint = Checkpoint(storage.join(ctx.url, "checkpoint"), ctx.key,
-                            ctx.job.temp_path("checkpoint"))  # fmt: skip
+    checkpoint = Checkpoint(storage.join(ctx.url, "checkpoint"), ctx.key)
     ctx.cleanups.append(checkpoint.remove)
     try:
         fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose,
