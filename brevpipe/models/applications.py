@@ -29,10 +29,15 @@ def build(
     architecture: str = "mobilenet_v2",
     weights: str | None = None,
     dropout: float = 0.2,
+    bn_momentum: float | None = 0.9,
     **kwargs: Any,
 ) -> Any:
     """``architecture`` without its top, global average pooling, dropout and a softmax layer.
-    ``kwargs`` go to the Keras application (e.g. ``alpha`` for MobileNetV2)."""
+    ``kwargs`` go to the Keras application (e.g. ``alpha`` for MobileNetV2).
+
+    ``bn_momentum`` replaces the batch-norm momentum of the application (0.99 or 0.999 there,
+    tuned for ImageNet's long runs): on a few hundred training steps from scratch the moving
+    statistics would not catch up, and the model would predict one class at inference."""
     import keras
     from keras import layers
 
@@ -42,6 +47,10 @@ def build(
     application = getattr(keras.applications, ARCHITECTURES[architecture])
     base = application(include_top=False, weights=None, input_shape=tuple(input_shape),
                        pooling="avg", **kwargs)  # fmt: skip
+    if bn_momentum is not None:
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
     x = layers.Dropout(dropout, name="dropout")(base.output)
     outputs = layers.Dense(num_classes, activation="softmax", name="scores", dtype="float32")(x)
     model = keras.Model(base.input, outputs, name=architecture)
