@@ -24,8 +24,9 @@ run: install  ## run the default pipeline (shapes dataset, ./jobs, ./mlflow.db);
 
 browser:  ## headless Chromium for the report test (Debian package; the test skips without it)
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
-	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  { timeout 300 apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { timeout 300 apt-get update -q >/dev/null 2>&1 && \
+	      timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "chromium could not be installed (needs root and the Debian mirror): the report rendering test will skip"
 
 test: install browser  ## run the test suite
