@@ -39,16 +39,29 @@ class Predictor:
 
         return np.asarray(self.model.serve(tf.constant(images, tf.float32)))
 
+    def decide(self, scores: np.ndarray) -> list[str]:
+        """The predicted category per row: the top class, or for a multi-label model the
+        classes scored at or above its threshold, joined by ``+`` (empty when none)."""
+        if self.metadata.get("multi_label"):
+            threshold = float(self.metadata.get("threshold") or 0.5)
+            return ["+".join(c for c, v in zip(self.classes, row, strict=True) if v >= threshold)
+                    for row in scores]  # fmt: skip
+        return [self.classes[i] for i in np.asarray(scores).argmax(axis=1)]
+
     def predict_urls(self, urls: Sequence[str], batch_size: int = 32) -> pd.DataFrame:
         """One row per image: ``path``, ``predicted``, ``score_<class>``..."""
         from brevpipe.data.pipeline import InputPipeline
+
+        if self.metadata.get("task") == "segmentation":
+            raise ConfigError("this is a segmentation model: a table of class scores per image "
+                              "does not apply; call predict() for per-pixel scores.")  # fmt: skip
 
         samples = pd.DataFrame({"path": list(urls), "category": [()] * len(urls)})
         pipeline = InputPipeline(samples, self.loader, batch_size=batch_size,
                                  output_structure="image")  # fmt: skip
         scores = np.concatenate([self.predict(b) for b in pipeline.numpy_iterator()])
         table = pd.DataFrame(
-            {"path": list(urls), "predicted": [self.classes[i] for i in scores.argmax(axis=1)]}
+            {"path": list(urls), "predicted": self.decide(scores)}
         )
         for i, name in enumerate(self.classes):
             table[f"score_{name}"] = scores[:, i]

@@ -71,3 +71,39 @@ def test_segmentation_metrics_match_scikit_learn() -> None:
         assert out[f"dice/{name}"] == pytest.approx(dice[i])
     assert out["mean_iou"] == pytest.approx(iou.mean())
     assert out["pixel_accuracy"] == pytest.approx(metrics.accuracy_score(flat_t, flat_p))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_multilabel_metrics_match_scikit_learn(seed: int) -> None:
+    from brevpipe.data.encoder import MultiHotEncoder
+    from brevpipe.stages.classification import multilabel_metrics
+
+    rng = np.random.default_rng(seed)
+    classes = ["circle", "square", "triangle"]
+    truth = (rng.uniform(size=(150, 3)) < 0.4).astype(int)
+    scores = np.clip(0.6 * truth + rng.uniform(-0.1, 0.5, (150, 3)), 0.001, 0.999)
+    encoder = MultiHotEncoder(classes=classes, threshold=0.5).fit([])
+    predicted = encoder.decide(scores)
+    out = multilabel_metrics(truth, predicted, scores, classes)
+    s = out["scalars"]
+
+    assert s["accuracy"] == pytest.approx(metrics.accuracy_score(truth, predicted))  # exact match
+    assert s["hamming_loss"] == pytest.approx(metrics.hamming_loss(truth, predicted))
+    assert s["loss"] == pytest.approx(
+        np.mean([metrics.log_loss(truth[:, i], scores[:, i]) for i in range(3)]), rel=1e-6
+    )
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(
+        truth, predicted, zero_division=0
+    )
+    for i, name in enumerate(classes):
+        assert s[f"precision/{name}"] == pytest.approx(precision[i])
+        assert s[f"recall/{name}"] == pytest.approx(recall[i])
+        assert s[f"f1/{name}"] == pytest.approx(f1[i])
+        tn, fp, fn, tp = metrics.confusion_matrix(truth[:, i], predicted[:, i]).ravel()
+        assert out["label_counts"][name] == {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    assert s["macro_f1"] == pytest.approx(
+        metrics.f1_score(truth, predicted, average="macro", zero_division=0)
+    )
+    assert encoder.decode(scores[:3]) == [
+        tuple(c for c, v in zip(classes, row, strict=True) if v >= 0.5) for row in scores[:3]
+    ]

@@ -69,12 +69,34 @@ class OneHotEncoder:
         rows[np.flatnonzero(known), index[known]] = 1.0
         return rows
 
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """``[samples, classes]`` 0/1 decisions from model scores: the top class."""
+        decisions = np.zeros(scores.shape, dtype=np.int32)
+        decisions[np.arange(len(scores)), np.asarray(scores).argmax(axis=1)] = 1
+        return decisions
+
+    def decode(self, scores: np.ndarray) -> list[tuple[str, ...]]:
+        """The predicted category (a tuple of class names) per row of ``scores``."""
+        classes = self._positions()
+        names = list(classes)
+        return [tuple(names[i] for i in np.flatnonzero(row)) for row in self.decide(scores)]
+
 
 @dataclass
 class MultiHotEncoder(OneHotEncoder):
-    """Multi-label encoding: one 1 per label of the sample; rows of any label count batch."""
+    """Multi-label encoding: one 1 per label of the sample; rows of any label count batch.
+    A label is predicted when its (sigmoid) score reaches ``threshold``."""
 
+    threshold: float = 0.5
     multi_label = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < float(self.threshold) < 1.0:
+            raise ConfigError(f"encoder.threshold={self.threshold}: use a value in (0, 1).")
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        return (np.asarray(scores) >= float(self.threshold)).astype(np.int32)
 
     def transform(self, categories: Iterable[tuple[str, ...]]) -> np.ndarray:
         position = self._positions()

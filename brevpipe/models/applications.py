@@ -30,9 +30,11 @@ def build(
     weights: str | None = None,
     dropout: float = 0.2,
     bn_momentum: float | None = 0.9,
+    multi_label: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """``architecture`` without its top, global average pooling, dropout and a softmax layer.
+    """``architecture`` without its top, global average pooling, dropout and a softmax layer
+    (sigmoid scores per class when ``multi_label``).
     ``kwargs`` go to the Keras application (e.g. ``alpha`` for MobileNetV2).
 
     ``bn_momentum`` replaces the batch-norm momentum of the application (0.99 or 0.999 there,
@@ -52,7 +54,8 @@ def build(
             if isinstance(layer, layers.BatchNormalization):
                 layer.momentum = float(bn_momentum)
     x = layers.Dropout(dropout, name="dropout")(base.output)
-    outputs = layers.Dense(num_classes, activation="softmax", name="scores", dtype="float32")(x)
+    activation = "sigmoid" if multi_label else "softmax"
+    outputs = layers.Dense(num_classes, activation=activation, name="scores", dtype="float32")(x)
     model = keras.Model(base.input, outputs, name=architecture)
     if weights:
         load_weights(model, weights)

@@ -13,9 +13,10 @@ def build(
     dense: int = 64,
     dropout: float = 0.2,
     batch_norm: bool = True,
+    multi_label: bool = False,
 ) -> Any:
     """Conv-ReLU-pool blocks (optionally batch-normalised), global average pooling, a dense
-    layer and softmax."""
+    layer and softmax (sigmoid scores per class when ``multi_label``)."""
     import keras
     from keras import layers
 
@@ -30,5 +31,6 @@ def build(
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(dense, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="scores", dtype="float32")(x)
+    activation = "sigmoid" if multi_label else "softmax"
+    outputs = layers.Dense(num_classes, activation=activation, name="scores", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="small_cnn")

@@ -131,11 +131,7 @@ def train(
     if train_samples.empty:
         raise DataError("no training samples: check split.fractions and the dataset.")
     label_encoder = instantiate(encoder).fit(train_samples["category"])
-    if label_encoder.multi_label:
-        raise ConfigError(
-            "pipeline=classification trains single-label models; use encoder=onehot "
-            "(the multi-hot encoder serves InputPipeline users and multi-label pipelines)."
-        )
+    task = "multi_label" if label_encoder.multi_label else "single_label"
     missing = sorted(
         set(label_encoder.classes) - {c for cat in train_samples["category"] for c in cat}
     )
@@ -143,15 +139,21 @@ def train(
         raise DataError(f"classes {missing} have no training samples; add images or drop them.")
 
     fit = instantiate(trainer)
+    if task == "multi_label" and fit.class_weight is not None:
+        raise ConfigError("trainer.class_weight weighs single-label classes; drop it for "
+                          "multi-label training (encoder=multihot).")  # fmt: skip
     train_data = _training_pipeline(
         ctx, train_samples, image_loader, label_encoder, sampler, augmenter, fit.batch_size, cache
     )
     keras.utils.set_random_seed(ctx.seed)
     with fit.scope():  # distribution strategy and precision policy
+        # multi-label builders take multi_label=True (sigmoid scores); others need not know
+        extra = {"multi_label": True} if task == "multi_label" else {}
         net = instantiate(model)(
-            input_shape=image_loader.output_shape, num_classes=len(label_encoder.classes)
-        )
-        fit.compile(net, len(train_data))
+            input_shape=image_loader.output_shape, num_classes=len(label_encoder.classes),
+            **extra,
+        )  # fmt: skip
+        fit.compile(net, len(train_data), task)
     devel_data = (
         InputPipeline(
             devel_samples, image_loader, encoder=label_encoder, batch_size=fit.batch_size
@@ -163,7 +165,7 @@ def train(
     ctx.cleanups.append(checkpoint.remove)
     try:
         fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose,
-                checkpoint=checkpoint)  # fmt: skip
+                checkpoint=checkpoint, task=task)  # fmt: skip
         if checkpoint.restored_epoch:
             ctx.notes["resumed_after_epoch"] = checkpoint.restored_epoch
     except tf.errors.InvalidArgumentError as exc:
@@ -205,13 +207,18 @@ def evaluate(
     loader: dict[str, Any],
     batch_size: int,
     purposes: list[str],
+    encoder: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix per purpose."""
+    """Per purpose: accuracy, loss, per-class precision/recall/F1, the confusion matrix and
+    threshold curves; for multi-label models (``encoder=multihot``) per-label metrics."""
     import tensorflow as tf
 
     image_loader: ImageLoader = instantiate(loader)
-    label_encoder = OneHotEncoder(classes=classes).fit([])
-    evaluation: dict[str, Any] = {"classes": classes}
+    label_encoder = (
+        instantiate({**encoder, "classes": classes}) if encoder else OneHotEncoder(classes)
+    ).fit([])
+    multi_label = label_encoder.multi_label
+    evaluation: dict[str, Any] = {"classes": classes, "multi_label": multi_label}
     rows = []
     for purpose in purposes:
         subset = _usable(split_samples[split_samples["purpose"] == purpose], image_loader, ctx)
@@ -224,15 +231,20 @@ def evaluate(
         except tf.errors.InvalidArgumentError as exc:
             _raise_naming_bad_images(exc, subset, image_loader)
             raise
-        truth = label_encoder.indices(subset["category"])
-        predicted = scores.argmax(axis=1)
-        metrics = classification_metrics(truth, predicted, scores, classes)
+        if multi_label:
+            truth_rows = label_encoder.transform(subset["category"]).astype(np.int32)
+            metrics = multilabel_metrics(truth_rows, label_encoder.decide(scores), scores, classes)
+        else:
+            truth = label_encoder.indices(subset["category"])
+            metrics = classification_metrics(truth, scores.argmax(axis=1), scores, classes)
         for name, value in metrics["scalars"].items():
             ctx.add_metric(f"{purpose}/{name}", value)
         evaluation[purpose] = metrics
-        for path, t, p, s in zip(subset["path"], truth, predicted, scores, strict=True):
+        predicted = label_encoder.decode(scores)
+        for path, t, p, s in zip(subset["path"], subset["category"], predicted, scores,
+                                 strict=True):  # fmt: skip
             rows.append(
-                {"path": path, "purpose": purpose, "true": classes[t], "predicted": classes[p],
+                {"path": path, "purpose": purpose, "true": "+".join(t), "predicted": "+".join(p),
                  **{f"score_{c}": float(v) for c, v in zip(classes, s, strict=True)}}
             )  # fmt: skip
     storage.write_bytes(
@@ -270,42 +282,91 @@ def classification_metrics(
         "scalars": scalars,
         "confusion_matrix": confusion.tolist(),
         "count": int(len(truth)),
+        "threshold_curves": threshold_curves(np.eye(n, dtype=bool)[truth], scores, classes),
+    }
+
+
+def multilabel_metrics(
+    truth: np.ndarray, predicted: np.ndarray, scores: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    """Multi-label: ``accuracy`` is the exact-match ratio (all labels right), ``hamming_loss``
+    the share of wrong label decisions; per-label and macro precision/recall/F1, binary
+    cross-entropy, per-label counts (tp, fp, fn, tn) and threshold curves."""
+    truth, predicted = np.asarray(truth, bool), np.asarray(predicted, bool)
+    tp = (truth & predicted).sum(axis=0).astype(float)
+    fp = (~truth & predicted).sum(axis=0).astype(float)
+    fn = (truth & ~predicted).sum(axis=0).astype(float)
+    tn = (~truth & ~predicted).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.nan_to_num(tp / (tp + fp))
+        recall = np.nan_to_num(tp / (tp + fn))
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+    loss = -np.mean(truth * np.log(clipped) + (~truth) * np.log(1 - clipped))
+    scalars = {
+        "accuracy": float((truth == predicted).all(axis=1).mean()),
+        "hamming_loss": float((truth != predicted).mean()),
+        "loss": float(loss),
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+    }
+    for i, name in enumerate(classes):
+        scalars[f"precision/{name}"] = float(precision[i])
+        scalars[f"recall/{name}"] = float(recall[i])
+        scalars[f"f1/{name}"] = float(f1[i])
+    counts = {name: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]), "tn": int(tn[i])}
+              for i, name in enumerate(classes)}  # fmt: skip
+    return {
+        "scalars": scalars,
+        "label_counts": counts,
+        "count": int(len(truth)),
         "threshold_curves": threshold_curves(truth, scores, classes),
     }
 
 
 def threshold_curves(
-    truth: np.ndarray, scores: np.ndarray, classes: list[str], steps: int = 101
+    positive: np.ndarray, scores: np.ndarray, classes: list[str], steps: int = 101
 ) -> dict[str, dict[str, list[float]]]:
     """Per class, across thresholds on its score: the true reject rate (share of the class's
     samples scored at or above the threshold) and the false reject rate (share of the other
-    samples scored at or above it): the security curve of an inspection station."""
+    samples scored at or above it): the security curve of an inspection station.
+    ``positive``: ``[samples, classes]`` booleans, whether each sample belongs to each class."""
     thresholds = np.linspace(0.0, 1.0, steps)
+    positive = np.asarray(positive, bool)
     curves = {}
     for i, name in enumerate(classes):
-        positive = scores[truth == i, i]
-        negative = scores[truth != i, i]
+        negative = scores[~positive[:, i], i]
+        positive_scores = scores[positive[:, i], i]
         at_or_above = lambda s: (  # noqa: E731
             (s[None, :] >= thresholds[:, None]).mean(axis=1) if len(s) else np.zeros(steps)
         )
         curves[name] = {
             "threshold": thresholds.round(4).tolist(),
-            "true_reject_rate": at_or_above(positive).tolist(),
+            "true_reject_rate": at_or_above(positive_scores).tolist(),
             "false_reject_rate": at_or_above(negative).tolist(),
         }
     return curves
 
 
 def export(
-    ctx: StageContext, model: Any, classes: list[str], *, loader: dict[str, Any]
-) -> dict[str, Any]:
-    """``artifacts/model/``: ``model.keras``, ``saved_model.tar.gz`` and ``model.json``."""
+    ctx: StageContext, model: Any, classes: list[str], *, loader: dict[str, Any],
+    encoder: dict[str, Any] | None = None, task: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``artifacts/model/``: ``model.keras``, ``saved_model.tar.gz`` and ``model.json``.
+    ``task``: ``single_label``, ``multi_label`` (default: from the encoder) or
+    ``segmentation`` (``classes`` are then the mask classes by pixel value)."""
     image_loader: ImageLoader = instantiate(loader)
+    label_encoder = instantiate(encoder) if encoder else OneHotEncoder()
+    task = task or ("multi_label" if label_encoder.multi_label else "single_label")
     local = Path(ctx.job.temp_path("export", "model.keras")).parent
     model.save(local / "model.keras")
     model.export(str(local / "saved_model"), verbose=False)
     metadata = {
         "classes": classes,
+        "task": task,
+        "multi_label": task == "multi_label",
+        "threshold": float(getattr(label_encoder, "threshold", 0.0)) or None,
         "input_shape": list(image_loader.output_shape),
         "preprocessing": image_loader.metadata(),
         "brevpipe_version": __version__,
@@ -353,9 +414,10 @@ def report(
         specs["training_curves"] = vl.training_curves(ctx.job.history)
     for purpose in ("devel", "test"):
         if purpose in evaluation:
-            specs[f"confusion_{purpose}"] = vl.confusion_matrix(
-                evaluation[purpose]["confusion_matrix"], classes, purpose
-            )
+            if "confusion_matrix" in evaluation[purpose]:  # single-label only
+                specs[f"confusion_{purpose}"] = vl.confusion_matrix(
+                    evaluation[purpose]["confusion_matrix"], classes, purpose
+                )
             specs[f"thresholds_{purpose}"] = vl.threshold_curves(
                 evaluation[purpose]["threshold_curves"], purpose
             )
@@ -370,9 +432,11 @@ def report(
     predictions = pd.read_csv(io.BytesIO(predictions_csv))
     wrong = predictions[predictions["true"] != predictions["predicted"]].head(atlas_size)
     if len(wrong):
-        scores = [wrong[f"score_{p}"].iloc[i] for i, p in enumerate(wrong["predicted"])]
-        captions = [f"{t}>{p} {s:.2f}" for t, p, s in zip(wrong["true"], wrong["predicted"],
-                                                           scores, strict=True)]  # fmt: skip
+        captions = [
+            f"{t}>{p} {row[f'score_{p}']:.2f}" if f"score_{p}" in row else f"{t}>{p or '-'}"
+            for t, p, (_, row) in zip(wrong["true"], wrong["predicted"].fillna(""),
+                                      wrong.iterrows(), strict=True)
+        ]  # fmt: skip
         images["Misclassified (true > predicted, score)"] = _atlas(
             wrong["path"].tolist(), captions, image_loader, "misclassified.png", ctx
         )
