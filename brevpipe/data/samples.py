@@ -14,7 +14,7 @@ import pandas as pd
 
 from brevpipe import storage
 from brevpipe.config import stable_hash
-from brevpipe.errors import DataError
+from brevpipe.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SAMPLE_COLUMNS = ["path", "category", "folder", "dataset", "dataset_id", "etag"]
@@ -139,17 +139,36 @@ def find_samples(
 
 @dataclass
 class FolderDataset:
-    """A dataset given as one or more folder-per-class URLs (local, ``s3://``, ``memory://``)."""
+    """A dataset given as one or more folder-per-class URLs (local, ``s3://``, ``memory://``).
+
+    ``masks``: each image has a segmentation mask at ``<mask_url>/<folder>/<stem><mask_suffix>``
+    (a mirror tree of mask images or ``.json`` annotations; beside the image when ``mask_url``
+    is null), listed in the ``mask_path`` column."""
 
     url: str | Sequence[str]
     name: str = "folder"
     classes: Sequence[str] | None = None
     class_mapping: Mapping[str, Any] | None = None
+    masks: bool = False
+    mask_url: str | None = None
+    mask_suffix: str = ".png"
 
     def find_samples(self) -> pd.DataFrame:
-        return find_samples(
+        samples = find_samples(
             self.url, dataset=self.name, classes=self.classes, class_mapping=self.class_mapping
         )
+        if self.masks:
+            from brevpipe.data.segmentation import attach_masks
+
+            if not self.mask_url:  # masks beside the images: they are not samples themselves
+                if self.mask_suffix.startswith("."):
+                    raise ConfigError(f"dataset.mask_suffix={self.mask_suffix!r} with masks beside "
+                                      "the images: use a distinct suffix such as _mask.png, or "
+                                      "set dataset.mask_url to a mirror tree.")  # fmt: skip
+                keep = ~samples["path"].str.endswith(self.mask_suffix)
+                samples = samples[keep].reset_index(drop=True)
+            samples = attach_masks(samples, self.mask_url, self.mask_suffix)
+        return samples
 
 
 # -- sample tables as CSV (the category tuple travels as a JSON list) ------------------------

@@ -92,3 +92,24 @@ def threshold_curves(curves: dict[str, dict[str, list[float]]], purpose: str) ->
             },
         },
     )  # fmt: skip
+
+
+def per_class_scores(scalars: dict[str, float], kinds: list[str], purpose: str) -> dict[str, Any]:
+    """Grouped bars of per-class scores such as ``iou/<class>`` and ``dice/<class>``."""
+    rows = [{"class": name.split("/", 1)[1], "score": kind, "value": value}
+            for name, value in scalars.items() for kind in kinds
+            if name.startswith(f"{kind}/")]  # fmt: skip
+    return _chart(
+        f"{' and '.join(k.upper() if len(k) <= 3 else k.title() for k in kinds)} per class "
+        f"({purpose})", rows,
+        mark="bar",
+        encoding={
+            "x": {"field": "class", "type": "nominal", "title": None},
+            "xOffset": {"field": "score"},
+            "y": {"field": "value", "type": "quantitative", "scale": {"domain": [0, 1]},
+                  "title": None},
+            "color": {"field": "score", "type": "nominal"},
+            "tooltip": [{"field": "class"}, {"field": "score"},
+                        {"field": "value", "format": ".3f"}],
+        },
+    )  # fmt: skip

@@ -113,3 +113,19 @@ def thumbnails(images: np.ndarray, captions: Sequence[str]) -> bytes:
     from brevpipe.data.visual import preview_png
 
     return preview_png(np.asarray(images), list(captions))
+
+
+# Class colours of mask overlays (index 0, the background, stays unpainted).
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.float32)
+
+
+def overlay(images: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``images`` (0..255, ``[n, h, w, c]``) with each mask class painted in its colour."""
+    images = np.asarray(images, np.float32)
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    masks = np.asarray(masks).reshape(images.shape[:3])
+    colours = PALETTE[np.where(masks > 0, (masks - 1) % (len(PALETTE) - 1) + 1, 0)]
+    painted = masks[..., None] > 0
+    return np.where(painted, (1 - alpha) * images + alpha * colours, images).astype(np.uint8)
