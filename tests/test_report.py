@@ -36,6 +36,10 @@ def example_charts() -> dict[str, dict]:
             evaluation["confusion_matrix"], CLASSES, "devel"
         ),  # fmt: skip
         "thresholds_devel": charts.threshold_curves(evaluation["threshold_curves"], "devel"),
+        "iou_dice_devel": charts.per_class_scores(  # the segmentation report's
+            {"iou/circle": 0.5, "dice/circle": 0.67, "iou/square": 0.4, "dice/square": 0.57},
+            ["iou", "dice"], "devel",
+        ),  # fmt: skip
     }
 
 
