@@ -21,13 +21,19 @@ commands:
                             resume an interrupted job:  brevpipe run job.id=<id> ...
   rerun URL [overrides...]  run a job again, exactly, from its saved output.json
                             (local or s3://...); brevpipe rerun --help for options
+  predict MODEL IMAGES...   score images (files, globs, folders; local or s3://) with an
+                            exported model, a job id or an MLflow model URI; CSV or JSON
+  serve MODEL               an HTTP prediction service (FastAPI): /predict, /tasks, /health,
+                            /model, /docs; bearer-token (JWT) auth
+  jobs <action> ...         the job registry: list, show, stop, archive, unarchive,
+                            statistics (brevpipe jobs --help)
 
 options:
   -h, --help                show this message
   --version                 print the version
 """
 
-COMMANDS = ("run", "rerun")
+COMMANDS = ("run", "rerun", "predict", "serve", "jobs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,10 +53,28 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from brevpipe import app
-
     try:
-        return app.run_command(rest) if command == "run" else app.rerun_command(rest)
-    except KeyboardInterrupt:
-        print("brevpipe: interrupted; the job is marked 'stopped'.", file=sys.stderr)
+        if command == "run":
+            from brevpipe import app
+
+            return app.run_command(rest)
+        if command == "rerun":
+            from brevpipe import app
+
+            return app.rerun_command(rest)
+        if command == "predict":
+            from brevpipe import predict
+
+            return predict.main(rest)
+        if command == "serve":
+            from brevpipe import serve
+
+            return serve.main(rest)
+        from brevpipe import registry
+
+        return registry.main(rest)
+    except KeyboardInterrupt as exc:
+        cause = "stopped on request (brevpipe jobs stop)" if str(exc) else "interrupted"
+        job_note = "; the job is marked 'stopped'" if command in ("run", "rerun") else ""
+        print(f"brevpipe: {cause}{job_note}.", file=sys.stderr)
         return 130

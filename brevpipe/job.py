@@ -167,13 +167,16 @@ class Job:
         self.error = f"{type(error).__name__}: {error}"
         self._finish(JobStatus.FAILED)
 
-    def stop(self) -> None:
-        self.error = "stopped by the user (interrupt)"
+    def stop(self, reason: str = "stopped by the user (interrupt)") -> None:
+        self.error = reason
         self._finish(JobStatus.STOPPED)
 
     def _finish(self, status: JobStatus) -> None:
         self.status = status
         self.end_time = now()
+        for stage in self.stages.values():  # the stage that was running ends with the job
+            if stage.get("status") == "running":
+                stage["status"] = str(status)
         self.write_output()
         if self._temp_dir:
             shutil.rmtree(self._temp_dir, ignore_errors=True)

@@ -12,7 +12,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from brevpipe import storage
+from brevpipe import registry, storage
 from brevpipe.artifacts import load_output, save_output
 from brevpipe.config import code_version
 from brevpipe.dag import Pipeline, StageSpec
@@ -168,15 +168,21 @@ def run_job(
         configure_tensorflow(seed, bool(runtime.get("deterministic", True)))
         keys = pipeline.cache_keys(seed, code_version())
         values: dict[str, Any] = {}
+        session = registry.session_of(job.to_output())
         for stage in pipeline.order():
+            if registry.stop_requested(job.bucket_url, session):  # brevpipe jobs stop
+                raise registry.StopRequested(f"stop requested before stage '{stage.name}'")
             values.update(
                 run_stage(stage, keys[stage.name], job, values, runtime.get("verbose", "auto"))
             )
             job.write_output()
         job.complete()
         tracker.finish(job)
-    except KeyboardInterrupt:
-        job.stop()
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, registry.StopRequested):
+            job.stop(f"stopped on request (brevpipe jobs stop): {exc}")
+        else:
+            job.stop()
         tracker.finish(job)
         raise
     except BaseException as exc:

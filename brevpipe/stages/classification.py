@@ -165,7 +165,7 @@ def train(
     ctx.cleanups.append(checkpoint.remove)
     try:
         fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose,
-                checkpoint=checkpoint, task=task)  # fmt: skip
+                checkpoint=checkpoint, task=task, stop_url=ctx.job.bucket_url)  # fmt: skip
         if checkpoint.restored_epoch:
             ctx.notes["resumed_after_epoch"] = checkpoint.restored_epoch
     except tf.errors.InvalidArgumentError as exc:
