@@ -105,7 +105,8 @@ def train(
     ctx.cleanups.append(checkpoint.remove)
     try:
         fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose,
-                checkpoint=checkpoint, task="segmentation")  # fmt: skip
+                checkpoint=checkpoint, task="segmentation",
+                stop_url=ctx.job.bucket_url)  # fmt: skip
         if checkpoint.restored_epoch:
             ctx.notes["resumed_after_epoch"] = checkpoint.restored_epoch
     except tf.errors.InvalidArgumentError as exc:
@@ -139,13 +140,16 @@ def evaluate(
         if subset.empty:
             continue
         data = _pipeline(subset, image_loader, classes, masks, batch_size)
+        # images shown: spread over the (path-sorted, so category-grouped) subset
+        shown_rows = np.unique(np.linspace(0, len(subset) - 1, overlay_count).astype(int))
         images, truths, predictions = [], [], []
         for batch_images, batch_masks in data.numpy_iterator():
             scores = np.asarray(model.predict_on_batch(batch_images))
+            first = sum(len(t) for t in truths)
+            keep = shown_rows[(shown_rows >= first) & (shown_rows < first + len(batch_images))]
+            images.append(batch_images[keep - first])
             truths.append(batch_masks[..., 0])
             predictions.append(scores.argmax(axis=-1))
-            if len(images) * batch_size < overlay_count:
-                images.append(batch_images)
         truth, predicted = np.concatenate(truths), np.concatenate(predictions)
         scalars = pixel_metrics(truth, predicted, classes)
         for name, value in scalars.items():
@@ -156,11 +160,10 @@ def evaluate(
             rows.append({"path": path, "purpose": purpose, "pixel_accuracy": one["pixel_accuracy"],
                          "mean_iou": one["mean_iou"], "mean_dice": one["mean_dice"]})  # fmt: skip
         if purpose == "devel" or "overlays" not in evaluation:
-            shown = np.concatenate(images)[:overlay_count]
-            pixels = _display(shown)
-            n = len(shown)
-            pairs = np.stack([overlay(pixels, truth[:n]), overlay(pixels, predicted[:n])], axis=1)
-            captions = [f"{kind} {i}" for i in range(n) for kind in ("true", "predicted")]
+            pixels = _display(np.concatenate(images))
+            pairs = np.stack([overlay(pixels, truth[shown_rows]),
+                              overlay(pixels, predicted[shown_rows])], axis=1)  # fmt: skip
+            captions = [f"{kind} {i}" for i in shown_rows for kind in ("true", "predicted")]
             png = thumbnails(pairs.reshape(-1, *pairs.shape[2:]), captions)
             url = ctx.job.artifact_path("segmentation_overlays.png")
             storage.write_bytes(url, png)
