@@ -616,7 +616,10 @@ def _console() -> Any:
     """Rich console for tables; no markup, so that paths and errors print as they are."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True, markup=False)
+    console = Console(highlight=False, soft_wrap=True, markup=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # piped or logged: no terminal to fit, keep rows on one line
+    return console
 
 
 def _styled(*parts: str | tuple[str, str]) -> Any:
@@ -651,18 +654,19 @@ def print_list(records: list[JobRecord], root: str) -> None:
     short = short_ids([r.id for r in records])
     names = {r.key_metric[0] for r in records if r.output is not None}
     shared = names.pop() if len(names) == 1 else None  # one key metric: it heads the column
-    columns = ["id", "pipeline", "status", "start", "duration", shared or "key metric"]
+    # one key metric: it heads the value column; several: a column names each job's
+    columns = ["id", "pipeline", "status", "start", "duration",
+               *([shared] if shared else ["key metric", "value"])]  # fmt: skip
     table = _table(None, *columns, keep={"id": len(next(iter(short.values()))), "start": 12})
     for record in records:
         name, value = record.key_metric
         status = _styled((record.status, STATUS_STYLE.get(record.status, "")),
                          "*" if record.archived else "")  # fmt: skip
         metric = "-" if not name or value is None else format_value(value)
-        if not shared and name and value is not None:
-            metric = f"{name} {metric}"
+        named = [metric] if shared else [name or "-", metric]
         table.add_row(short[record.id], record.pipeline or "-", status,
                       format_time(record.job.get("start"), short=True),
-                      format_duration(record.duration_s), metric)  # fmt: skip
+                      format_duration(record.duration_s), *named)  # fmt: skip
     console.print(table)
     if any(r.archived for r in records):
         console.print("* archived (listed with --all only)", style="dim")
