@@ -41,6 +41,7 @@ lint: install  ## ruff
 bench: install  ## benchmarks: ratios against a hand-written tf.data baseline, saved in bench/results/
 	$(BIN)/python bench/input_pipeline.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/serving.py
 
 clean:  ## remove generated state (jobs, MLflow store, multirun folders), keep .venv
 	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache

@@ -7,10 +7,12 @@ preprocessing cannot drift.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +50,16 @@ class Predictor:
                     for row in scores]  # fmt: skip
         return [self.classes[i] for i in np.asarray(scores).argmax(axis=1)]
 
-    def predict_urls(self, urls: Sequence[str], batch_size: int = 32) -> pd.DataFrame:
-        """One row per image: ``path``, ``predicted``, ``score_<class>``..."""
+    def predict_urls(
+        self,
+        urls: Sequence[str],
+        batch_size: int = 32,
+        progress: Callable[[int], None] | None = None,
+    ) -> pd.DataFrame:
+        """One row per image: ``path``, ``predicted``, ``score_<class>``...
+
+        ``progress``, if given, is called with the number of images of each batch once it is
+        scored (for a progress bar)."""
         from brevpipe.data.pipeline import InputPipeline
 
         if self.metadata.get("task") == "segmentation":
@@ -59,7 +69,12 @@ class Predictor:
         samples = pd.DataFrame({"path": list(urls), "category": [()] * len(urls)})
         pipeline = InputPipeline(samples, self.loader, batch_size=batch_size,
                                  output_structure="image")  # fmt: skip
-        scores = np.concatenate([self.predict(b) for b in pipeline.numpy_iterator()])
+        batches = []
+        for batch in pipeline.numpy_iterator():
+            batches.append(self.predict(batch))
+            if progress is not None:
+                progress(len(batch))
+        scores = np.concatenate(batches)
         table = pd.DataFrame(
             {"path": list(urls), "predicted": self.decide(scores)}
         )
@@ -76,6 +91,7 @@ def load_predictor(archive_url: str) -> Predictor:
         raise ConfigError(f"{archive_url} does not exist: give the URL of a job's "
                           "artifacts/model/saved_model.tar.gz.")  # fmt: skip
     folder = Path(tempfile.mkdtemp(prefix="brevpipe-model-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the unpacked copy, at exit
     archive = folder / "saved_model.tar.gz"
     storage.download(archive_url, archive)
     with tarfile.open(archive) as tar:

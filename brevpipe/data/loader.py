@@ -24,8 +24,14 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _clean_tf_message(message: str) -> str:
     """The readable part of a TensorFlow op error (no node names, no ``[Op:...]``)."""
-    message = re.sub(r"\{\{.*?\}\}", "", message.strip().splitlines()[0])
-    return re.sub(r"\s*\[Op:\w+\]", "", message).strip() or "cannot decode"
+    message = re.sub(r"\{\{.*?\}\}|\s*\[Op:[^\]]*\]", "", message)
+    # graph errors put the op's message, after its status code, below a trace of the caller
+    coded = re.search(r"\b(?:INVALID_ARGUMENT|DATA_LOSS|NOT_FOUND|UNKNOWN|INTERNAL|"
+                      r"OUT_OF_RANGE|FAILED_PRECONDITION): (.+)", message)  # fmt: skip
+    if coded:
+        return coded.group(1).strip()
+    first = message.strip().splitlines()[0].strip() if message.strip() else ""
+    return "cannot decode" if not first or first.startswith("Graph execution") else first
 
 
 @dataclass

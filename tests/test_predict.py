@@ -1,0 +1,236 @@
+"""``brevpipe predict``: models named by archive (local, S3), job id or MLflow URI; images by
+folder, glob or file; CSV and JSON equal to ``Predictor.predict_urls``; clear errors."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brevpipe import predict, storage
+from brevpipe.errors import ConfigError, DataError
+from tests.conftest import compose_config, tiny_overrides
+
+JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01"
+
+
+@dataclass(frozen=True)
+class TinyJob:
+    """A trained tiny job (MLflow on) and some of its images."""
+
+    root: str
+    job_id: str
+    bucket: str
+    archive: str
+    tracking_uri: str
+    run_id: str
+    images: tuple[str, ...]  # PNG and JPEG files of its dataset, all classes
+
+
+@functools.cache
+def tiny_job(base: Path) -> TinyJob:
+    """Trained once per test session (test_serve.py reuses it)."""
+    from brevpipe.runner import run_job
+
+    folder = base / "tiny-job"
+    job = run_job(compose_config(tiny_overrides(folder)))
+    output = storage.read_json(job.output_url)
+    samples = pd.read_csv(job.artifact_path("samples.csv"))
+    images = tuple(sorted(samples.groupby(samples["path"].str.rsplit("/", n=2).str[1])
+                          .head(4)["path"]))  # fmt: skip
+    return TinyJob(root=job.root, job_id=job.id, bucket=job.bucket_url,
+                   archive=output["model"]["archive_url"],
+                   tracking_uri=output["mlflow"]["tracking_uri"],
+                   run_id=output["mlflow"]["run_id"], images=images)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> TinyJob:
+    return tiny_job(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def predictor(job: TinyJob):
+    from brevpipe.predictor import load_predictor
+
+    return load_predictor(job.archive)
+
+
+@pytest.fixture
+def image_folder(job: TinyJob, tmp_path: Path) -> Path:
+    """The job's images copied into ``tmp_path/images/<class>/``, plus a text file."""
+    folder = tmp_path / "images"
+    for path in job.images:
+        target = folder / Path(path).parent.name / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = predict.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def score_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith("score_")]
+
+
+def assert_same_scores(table: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert table["path"].tolist() == expected["path"].tolist()
+    assert table["predicted"].tolist() == expected["predicted"].tolist()
+    assert score_columns(table) == score_columns(expected)
+    np.testing.assert_allclose(table[score_columns(table)].to_numpy(float),
+                               expected[score_columns(expected)].to_numpy(float),
+                               rtol=0, atol=1e-6)  # fmt: skip
+
+
+# -- no model needed -----------------------------------------------------------------------
+def test_help_does_not_import_tensorflow() -> None:
+    code = ("import sys; from brevpipe import cli\n"
+            "try:\n    cli.main(['predict', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'tensorflow' not in sys.modules and 'mlflow' not in sys.modules")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--on-error" in result.stdout and "--job-root" in result.stdout
+
+
+def test_a_pattern_that_matches_nothing_is_named(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a.png").write_bytes(b"")
+    code, out, err = run_cli(["model.tar.gz", str(tmp_path / "*.png"),
+                              str(tmp_path / "nope" / "*.jpg")], capsys)  # fmt: skip
+    assert code == 1 and out == ""
+    assert f"no images match '{tmp_path / 'nope' / '*.jpg'}'" in err
+    with pytest.raises(DataError, match="no images match 'memory://empty'"):
+        predict.expand_images(["memory://empty"])
+
+
+def test_images_from_folders_globs_and_files(tmp_path: Path) -> None:
+    for name in ("a/1.png", "a/b/2.JPG", "a/b/3.tiff", "a/skip.txt", "c.bmp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    patterns = ["a", "*.bmp", "a/1.png", "a/skip.txt"]  # a folder, a glob, files
+    urls = predict.expand_images([str(tmp_path / p) for p in patterns])
+    assert urls == [str(tmp_path / p) for p in ("a/1.png", "a/b/2.JPG", "a/b/3.tiff", "c.bmp",
+                                                "a/skip.txt")]  # fmt: skip
+
+
+def test_unknown_models_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"no job 'deadbeef' under {tmp_path}"):
+        predict.model_archive_url("deadbeef", job_root=str(tmp_path))
+    (tmp_path / "1234-a").mkdir()
+    (tmp_path / "1234-b").mkdir()
+    with pytest.raises(ConfigError, match="job id '1234' is ambiguous.*1234-a, 1234-b"):
+        predict.model_archive_url("1234", job_root=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"job 1234-a \(status unknown\) has no exported model"):
+        predict.model_archive_url("1234-a", job_root=str(tmp_path))
+    with pytest.raises(ConfigError, match="holds no exported model"):
+        predict.model_archive_url(str(tmp_path / "1234-b"))
+    with pytest.raises(ConfigError, match="use models:/<name>/<version>"):
+        predict.model_archive_url("models:/tiny", tracking_uri=f"sqlite:///{tmp_path}/m.db")
+
+
+# -- with a trained model ------------------------------------------------------------------
+@pytest.mark.slow
+def test_folder_to_csv_equals_predict_urls(job, predictor, image_folder, capsys) -> None:
+    code, out, err = run_cli([job.archive, str(image_folder), "--batch-size", "5"], capsys)
+    assert code == 0, err
+    table = pd.read_csv(io.StringIO(out))
+    assert list(table.columns) == ["path", "predicted",
+                                   *(f"score_{c}" for c in predictor.classes)]  # fmt: skip
+    urls = sorted(str(p) for p in image_folder.rglob("*.*") if p.suffix != ".txt")
+    assert len(table) == len(job.images) == len(urls)
+    assert_same_scores(table, predictor.predict_urls(urls))
+
+
+@pytest.mark.slow
+def test_job_id_and_glob_to_json_file(job, predictor, image_folder, tmp_path, capsys) -> None:
+    out_file = tmp_path / "out" / "predictions.json"
+    argv = [job.job_id[:8], str(image_folder / "*" / "*.png"), "--job-root", job.root,  # prefix
+            "--output", str(out_file)]  # fmt: skip
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert out == ""
+    records = json.loads(out_file.read_text())  # JSON because of the .json suffix
+    assert isinstance(records, list) and set(records[0]) == {
+        "path", "predicted", *(f"score_{c}" for c in predictor.classes)}
+    urls = sorted(str(p) for p in image_folder.glob("*/*.png"))
+    assert [r["path"] for r in records] == urls
+    assert_same_scores(pd.DataFrame(records), predictor.predict_urls(urls))
+
+
+@pytest.mark.slow
+def test_archive_and_images_on_s3(job, predictor, image_folder, s3_bucket, capsys) -> None:
+    archive = f"{s3_bucket}/models/saved_model.tar.gz"
+    storage.upload(job.archive, archive)
+    storage.upload(image_folder, f"{s3_bucket}/images")
+    local_png = str(image_folder / "circle" / "*.png")  # local and S3 files in one call
+    code, out, err = run_cli([archive, f"{s3_bucket}/images/**/*.jpg", local_png,
+                              "--format", "json", "--batch-size", "4"], capsys)  # fmt: skip
+    assert code == 0, err
+    records = json.loads(out)
+    urls = [r["path"] for r in records]
+    remote = [u for u in urls if u.startswith(f"{s3_bucket}/images/") and u.endswith(".jpg")]
+    assert remote and urls == remote + sorted(str(p) for p in image_folder.glob("circle/*.png"))
+    local = [str(image_folder / u.removeprefix(f"{s3_bucket}/images/")) for u in urls]
+    expected = predictor.predict_urls(local).assign(path=urls)
+    assert_same_scores(pd.DataFrame(records), expected)
+
+
+@pytest.mark.slow
+def test_corrupt_jpeg_is_named_or_skipped(job, predictor, image_folder, capsys) -> None:
+    bad = image_folder / "circle" / "broken.jpg"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(JPEG_HEAD + b"\x00" * 40)
+    code, out, err = run_cli([job.archive, str(image_folder)], capsys)
+    assert code == 1 and out == ""
+    assert f"1 image(s) cannot be decoded: {bad}" in err and "--on-error skip" in err
+
+    code, out, err = run_cli([job.archive, str(image_folder), "--on-error", "skip"], capsys)
+    assert code == 0
+    assert f"warning: skipped {bad}" in err
+    table = pd.read_csv(io.StringIO(out))
+    assert str(bad) not in table["path"].tolist() and len(table) == len(job.images)
+
+
+@pytest.mark.slow
+def test_mlflow_uris_lead_to_the_jobs_archive(job, predictor, tmp_path, capsys) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"runs:/{job.run_id}/mlflow_model"
+    assert predict.model_archive_url(uri, tracking_uri=job.tracking_uri) == job.archive
+    # a registered version of the run's model
+    mlflow.set_tracking_uri(job.tracking_uri)
+    mlflow.set_registry_uri(job.tracking_uri)
+    try:
+        version = mlflow.register_model(uri, "tiny-shapes")
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for name in (f"models:/tiny-shapes/{version.version}", "models:/tiny-shapes/latest"):
+        assert predict.model_archive_url(name, tracking_uri=job.tracking_uri) == job.archive
+
+    # bucket gone: the copy of the archive in the run's artifacts (a copy of the store whose
+    # run tag points to a bucket that does not exist; artifacts stay where they were)
+    store = tmp_path / "mlflow.db"
+    shutil.copy(job.tracking_uri.removeprefix("sqlite:///"), store)
+    MlflowClient(f"sqlite:///{store}").set_tag(job.run_id, "brevpipe.bucket", str(tmp_path / "x"))
+    code, out, err = run_cli([uri, *job.images, "--tracking-uri", f"sqlite:///{store}"], capsys)
+    assert code == 0, err
+    assert_same_scores(pd.read_csv(io.StringIO(out)), predictor.predict_urls(list(job.images)))
+
+    with pytest.raises(ConfigError, match="MLflow run 0123abc not found"):
+        predict.model_archive_url("runs:/0123abc/mlflow_model", tracking_uri=job.tracking_uri)

@@ -1,0 +1,239 @@
+"""``brevpipe serve``: real HTTP on 127.0.0.1 (uvicorn in a thread, httpx). Results equal
+``brevpipe predict`` on the same files; tokens, limits and bad images are refused clearly."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from brevpipe import predict, serve
+from brevpipe.errors import ConfigError
+from tests.conftest import free_port
+from tests.test_predict import JPEG_HEAD, TinyJob, tiny_job
+
+SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+MAX_BATCH = 8
+MAX_BYTES = 64 * 1024
+
+
+# -- no model needed -----------------------------------------------------------------------
+def test_tokens_and_secrets(tmp_path: Path, monkeypatch, capsys) -> None:
+    token = serve.make_token(SECRET, expires_in=60, subject="ci")
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "ci" and 55 <= claims["exp"] - time.time() <= 60
+    with pytest.raises(ConfigError, match="at least 32"):
+        serve.make_token("short")
+
+    monkeypatch.delenv("BREVPIPE_JWT_SECRET", raising=False)
+    assert serve.main(["--make-token"]) == 1
+    assert "no JWT secret: set BREVPIPE_JWT_SECRET" in capsys.readouterr().err
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    assert serve.main(["--make-token", "--secret-file", str(tmp_path / "secret"),
+                       "--expires-in", "30"]) == 0  # fmt: skip
+    jwt.decode(capsys.readouterr().out.strip(), SECRET, algorithms=["HS256"])
+    monkeypatch.setenv("MY_SECRET", SECRET)
+    assert serve.main(["--make-token", "--secret-env", "MY_SECRET"]) == 0
+    jwt.decode(capsys.readouterr().out.strip(), SECRET, algorithms=["HS256"])
+
+
+# -- a served model ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> TinyJob:
+    return tiny_job(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def url(job: TinyJob) -> Iterator[str]:
+    """The service on a free 127.0.0.1 port, uvicorn in a background thread."""
+    import uvicorn
+
+    from brevpipe.predictor import load_predictor
+
+    app = serve.create_app(load_predictor(job.archive), SECRET, max_batch=MAX_BATCH,
+                           max_bytes=MAX_BYTES)  # fmt: skip
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def expected(job: TinyJob, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """``brevpipe predict`` on the job's images: file name -> record."""
+    out = tmp_path_factory.mktemp("expected") / "predictions.json"
+    assert predict.main([job.archive, *job.images, "--output", str(out)]) == 0
+    return {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+
+
+@pytest.fixture(scope="module")
+def headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {serve.make_token(SECRET, 600)}"}
+
+
+def files_of(paths: list[str]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (Path(p).name, Path(p).read_bytes(), "application/octet-stream"))
+            for p in paths]  # fmt: skip
+
+
+def assert_matches(predictions: list[dict], expected: dict[str, dict], names: list[str]) -> None:
+    assert [p["name"] for p in predictions] == names
+    for prediction in predictions:
+        want = expected[prediction["name"]]
+        assert prediction["predicted"] == want["predicted"]
+        assert set(prediction["scores"]) == {k.removeprefix("score_") for k in want
+                                             if k.startswith("score_")}  # fmt: skip
+        for cls, score in prediction["scores"].items():
+            assert abs(score - want[f"score_{cls}"]) <= 1e-6, (prediction["name"], cls)
+
+
+@pytest.mark.slow
+def test_health_docs_and_model(url, headers, job) -> None:
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{url}/docs").status_code == 200
+    spec = httpx.get(f"{url}/openapi.json").json()
+    assert {"/predict", "/tasks", "/tasks/{task_id}", "/model", "/health"} <= set(spec["paths"])
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+    model = httpx.get(f"{url}/model", headers=headers).json()
+    assert model["classes"] == ["circle", "square", "triangle"]
+    assert model["job_id"] == job.job_id
+
+
+@pytest.mark.slow
+def test_refused_without_a_valid_token(url) -> None:
+    now = int(time.time())
+    expired = jwt.encode({"exp": now - 10}, SECRET, algorithm="HS256")
+    wrong = jwt.encode({"exp": now + 600}, "another-secret-0123456789abcdef-0123456789",
+                       algorithm="HS256")  # fmt: skip
+    no_exp = jwt.encode({"sub": "x"}, SECRET, algorithm="HS256")
+    cases = {
+        None: "missing bearer token",
+        expired: "bearer token expired",
+        wrong: "signature does not match",
+        no_exp: "no 'exp' claim",
+        "not-a-jwt": "invalid bearer token",
+    }
+    for token, detail in cases.items():
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        for method, path in (("GET", "/model"), ("POST", "/predict"), ("POST", "/tasks"),
+                             ("GET", "/tasks/abc")):  # fmt: skip
+            response = httpx.request(method, f"{url}{path}", headers=auth)
+            assert response.status_code == 401, (token, path)
+            assert detail in response.json()["detail"]
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.slow
+def test_multipart_and_base64_equal_brevpipe_predict(url, headers, job, expected) -> None:
+    paths = list(job.images[:MAX_BATCH])
+    names = [Path(p).name for p in paths]
+    assert {Path(p).suffix for p in paths} == {".png", ".jpg"}
+    response = httpx.post(f"{url}/predict", headers=headers, files=files_of(paths))
+    assert response.status_code == 200, response.text
+    assert_matches(response.json()["predictions"], expected, names)
+
+    images = [{"name": Path(p).name, "data": base64.b64encode(Path(p).read_bytes()).decode()}
+              for p in paths]  # fmt: skip
+    response = httpx.post(f"{url}/predict", headers=headers, json={"images": images})
+    assert response.status_code == 200, response.text
+    assert_matches(response.json()["predictions"], expected, names)
+
+
+@pytest.mark.slow
+def test_async_task_succeeds_with_the_same_result(url, headers, job, expected) -> None:
+    paths = list(job.images[-3:])
+    response = httpx.post(f"{url}/tasks", headers=headers, files=files_of(paths))
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    deadline = time.monotonic() + 30
+    while (state := httpx.get(f"{url}/tasks/{task_id}", headers=headers).json())["state"] in (
+        "PENDING", "STARTED"
+    ):  # fmt: skip
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert state["state"] == "SUCCESS" and state["task_id"] == task_id and "error" not in state
+    assert_matches(state["result"]["predictions"], expected, [Path(p).name for p in paths])
+
+    bad = httpx.post(f"{url}/tasks", headers=headers,
+                     files=[("files", ("broken.jpg", JPEG_HEAD, "image/jpeg"))])  # fmt: skip
+    task_id = bad.json()["task_id"]
+    while (state := httpx.get(f"{url}/tasks/{task_id}", headers=headers).json())["state"] in (
+        "PENDING", "STARTED"
+    ):  # fmt: skip
+        time.sleep(0.05)
+    assert state["state"] == "FAILURE" and "image 'broken.jpg' cannot be decoded" in state["error"]
+
+    missing = httpx.get(f"{url}/tasks/nope", headers=headers)
+    assert missing.status_code == 404 and "no task 'nope'" in missing.json()["detail"]
+
+
+@pytest.mark.slow
+def test_limits(url, headers, job) -> None:
+    big = [("files", ("big.png", b"\0" * (MAX_BYTES + 1), "image/png"))]
+    response = httpx.post(f"{url}/predict", headers=headers, files=big)
+    assert response.status_code == 413 and "--max-bytes" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while reading
+        for _ in range(MAX_BYTES // 4096 + 2):
+            yield b"x" * 4096
+
+    response = httpx.post(f"{url}/predict", content=chunks(),
+                          headers={**headers, "Content-Type": "application/json"})  # fmt: skip
+    assert response.status_code == 413 and f"limit of {MAX_BYTES} bytes" in response.text
+
+    many = files_of([job.images[0]] * (MAX_BATCH + 1))
+    response = httpx.post(f"{url}/predict", headers=headers, files=many)
+    assert response.status_code == 413
+    assert f"{MAX_BATCH + 1} images in one request; at most {MAX_BATCH}" in response.text
+
+    for body, detail in (({"images": []}, "no images"),
+                         ({"pictures": []}, "JSON body must be"),
+                         ({"images": [{"name": "a", "data": "%%"}]}, "'data' is not valid base64"),
+                         ({"images": [{"name": "a"}]}, "needs a base64 string")):  # fmt: skip
+        response = httpx.post(f"{url}/predict", headers=headers, json=body)
+        assert response.status_code == 422 and detail in response.json()["detail"]
+    response = httpx.post(f"{url}/predict", content=b"x",
+                          headers={**headers, "Content-Type": "text/plain"})  # fmt: skip
+    assert response.status_code == 415 and "send multipart/form-data" in response.text
+
+
+@pytest.mark.slow
+def test_corrupt_image_is_named_and_the_service_goes_on(url, headers, job, expected) -> None:
+    files = files_of([job.images[0]]) + [("files", ("broken.jpg", JPEG_HEAD + b"\0" * 64,
+                                                     "image/jpeg"))]  # fmt: skip
+    response = httpx.post(f"{url}/predict", headers=headers, files=files)
+    assert response.status_code == 422
+    assert "image 'broken.jpg' cannot be decoded" in response.json()["detail"]
+    response = httpx.post(f"{url}/predict", headers=headers, files=files_of([job.images[0]]))
+    assert response.status_code == 200
+    assert_matches(response.json()["predictions"], expected, [Path(job.images[0]).name])
+
+
+@pytest.mark.slow
+def test_fifty_concurrent_requests(url, headers, job, expected) -> None:
+    def call(i: int) -> tuple[list[str], httpx.Response]:
+        paths = [job.images[(i + k) % len(job.images)] for k in range(1 + i % 3)]
+        with httpx.Client(timeout=60) as client:
+            return paths, client.post(f"{url}/predict", headers=headers, files=files_of(paths))
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(call, range(50)))
+    assert [r.status_code for _, r in results] == [200] * 50
+    for paths, response in results:
+        assert_matches(response.json()["predictions"], expected, [Path(p).name for p in paths])
