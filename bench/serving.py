@@ -126,7 +126,7 @@ def http_load(url: str, images: list[tuple[str, bytes]], count: int, concurrency
                         latencies.append(elapsed)
                         answers.append(response.json()["predictions"][0])
 
-    barrier = threading.Barrier(concurrency + 1)
+    barrier = threading.Barrier(concurrency + 1, timeout=120)  # a failed client breaks it
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     for thread in threads:
         thread.start()

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 ARCHIVE = "artifacts/model/saved_model.tar.gz"  # inside a job bucket
 RUN_ARCHIVE = "model/saved_model.tar.gz"  # inside an MLflow run's artifacts (tracking.py)
 BUCKET_TAG = "brevpipe.bucket"  # the MLflow run tag naming the job bucket (tracking.py)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # as training (samples.py)
 FORMATS = ("csv", "json")
 _GLOB_CHARS = "*?["
 

@@ -96,6 +96,7 @@ def load_predictor(archive_url: str) -> Predictor:
     storage.download(archive_url, archive)
     with tarfile.open(archive) as tar:
         tar.extractall(folder, filter="data")  # refuses absolute paths and links out
+    archive.unlink()
     if not (folder / "model.json").is_file():
         raise ConfigError(f"{archive_url} holds no model.json: export it again with brevpipe.")
     metadata = json.loads((folder / "model.json").read_text())

@@ -137,6 +137,15 @@ def run_stage(
     return outputs
 
 
+def _stop_requested(job: Job, session: str | None) -> bool:
+    """Whether ``brevpipe jobs stop`` asked this job to stop; a storage hiccup is no."""
+    try:
+        return registry.stop_requested(job.bucket_url, session)
+    except Exception as exc:  # noqa: BLE001 - checking must never fail the job
+        log.warning("cannot check %s for a stop request: %s", job.bucket_url, exc)
+        return False
+
+
 def run_job(
     cfg: DictConfig, choices: dict[str, str] | None = None, parent: dict[str, Any] | None = None
 ) -> Job:
@@ -170,7 +179,7 @@ def run_job(
         values: dict[str, Any] = {}
         session = registry.session_of(job.to_output())
         for stage in pipeline.order():
-            if registry.stop_requested(job.bucket_url, session):  # brevpipe jobs stop
+            if _stop_requested(job, session):  # brevpipe jobs stop
                 raise registry.StopRequested(f"stop requested before stage '{stage.name}'")
             values.update(
                 run_stage(stage, keys[stage.name], job, values, runtime.get("verbose", "auto"))

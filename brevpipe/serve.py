@@ -2,16 +2,18 @@
 
 Endpoints: ``POST /predict`` (synchronous), ``POST /tasks`` + ``GET /tasks/{id}`` (asynchronous,
 a thread pool), ``GET /model`` (the archive's model.json), ``GET /health`` (no token), and
-FastAPI's ``/docs``. Every endpoint except ``/health`` and the docs needs a bearer JWT (HS256,
-with ``exp``) signed with the service's secret; ``brevpipe serve --make-token`` prints one.
+FastAPI's ``/docs`` and ``/openapi.json``. Every endpoint except ``/health`` needs a bearer JWT
+(HS256, with ``exp``) signed with the service's secret (``brevpipe serve --make-token`` prints
+one); ``--public-docs`` opens the docs.
 
 Uploads are decoded by the model's own :class:`ImageLoader` (``decode`` then ``normalize``, the
 steps the input pipeline runs for an image without augmentation), so scores equal
 ``brevpipe predict`` on the same files. One model call runs at a time (a lock).
 
 Limits: a body over ``max_bytes`` gets 413; more images than ``max_batch`` in one request get
-413 too (the request is too large to take, whatever its bytes); an image that does not decode
-gets 422 naming it (``/tasks``: the task ends in ``FAILURE`` naming it).
+413 too (the request is too large to take, whatever its bytes); an image that does not decode,
+or whose header announces more than ``max_pixels``, gets 422 naming it (``/tasks``: the task
+ends in ``FAILURE`` naming it); more than ``max_pending`` tasks waiting get 503 (Retry-After).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ DEFAULT_SECRET_ENV = "BREVPIPE_JWT_SECRET"
 MIN_SECRET_BYTES = 32  # HS256 wants a key of at least 256 bits (RFC 7518, 3.2)
 ALGORITHM = "HS256"
 MAX_FINISHED_TASKS = 1000  # finished tasks kept for GET /tasks/{id}; the oldest go first
+MAX_PENDING_TASKS = 256  # tasks queued or running (each holds its images): more get 503
+MAX_PIXELS = 25_000_000  # per image, read from its header before decoding (decompression bombs)
+DECODE_SLOTS = 4  # images decoded at once, whatever the number of request threads
 STATES = ("PENDING", "STARTED", "SUCCESS", "FAILURE")
 NEW_SECRET = "python -c 'import secrets; print(secrets.token_hex(32))'"
 
@@ -92,11 +97,21 @@ def read_secret(secret_env: str = DEFAULT_SECRET_ENV, secret_file: str | None = 
 
 
 # -- the model behind the service ----------------------------------------------------------
+class ServiceBusy(BrevpipeError):
+    """Too many asynchronous tasks are waiting (HTTP 503)."""
+
+
 class ModelService:
     """Decodes uploads with the model's ImageLoader and scores them, one model call at a time;
     runs asynchronous tasks in a thread pool and remembers their state."""
 
-    def __init__(self, predictor: Predictor, task_threads: int = 2) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        task_threads: int = 2,
+        max_pending: int = MAX_PENDING_TASKS,
+        max_pixels: int = MAX_PIXELS,
+    ) -> None:
         import tensorflow as tf
 
         if predictor.metadata.get("task") == "segmentation":
@@ -105,6 +120,9 @@ class ModelService:
         self.predictor = predictor
         self._model_lock = threading.Lock()
         self._tasks_lock = threading.Lock()
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+        self.max_pending = int(max_pending)
+        self.max_pixels = int(max_pixels)
         self.tasks: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.executor = ThreadPoolExecutor(max(1, task_threads), thread_name_prefix="brevpipe-task")
         loader = predictor.loader
@@ -127,13 +145,31 @@ class ModelService:
 
         if not data:
             raise DataError(f"image {name!r} is empty.")
+        self._check_pixels(name, data)
         try:
-            return self._decode(data).numpy()
+            with self._decode_slots:
+                return self._decode(data).numpy()
         except Exception as exc:  # noqa: BLE001 - any decode failure makes the image unusable
             reason = _clean_tf_message(getattr(exc, "message", None) or str(exc) or "")
             if reason == "cannot decode":  # graph-mode errors keep their detail in the log
                 reason = "not a readable JPEG, PNG, BMP, GIF or WebP file (corrupt or truncated?)"
             raise DataError(f"image {name!r} cannot be decoded: {reason}.") from None
+
+    def _check_pixels(self, name: str, data: bytes) -> None:
+        """Refuse images whose header announces more than ``max_pixels`` (a few kilobytes of
+        PNG can decode to gigabytes); formats Pillow cannot read are left to the decoder."""
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                width, height = image.size
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            return
+        if width * height > self.max_pixels:
+            raise DataError(f"image {name!r} is {width}x{height} pixels, over the limit of "
+                            f"{self.max_pixels} (--max-pixels): send a smaller image.")  # fmt: skip
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         """Scores for preprocessed images; the model is called by one thread at a time."""
@@ -156,9 +192,14 @@ class ModelService:
 
     # -- asynchronous tasks ----------------------------------------------------------------
     def submit(self, images: Sequence[tuple[str, bytes]]) -> str:
-        """Queue a prediction; returns its task id."""
+        """Queue a prediction; returns its task id. :class:`ServiceBusy` when ``max_pending``
+        tasks are already queued or running."""
         task_id = uuid.uuid4().hex
         with self._tasks_lock:
+            busy = sum(v["state"] in ("PENDING", "STARTED") for v in self.tasks.values())
+            if busy >= self.max_pending:
+                raise ServiceBusy(f"{busy} tasks are queued or running (the limit, "
+                                  "--max-pending); retry later.")  # fmt: skip
             self.tasks[task_id] = {"task_id": task_id, "state": "PENDING"}
             self._forget_old()
         self.executor.submit(self._run, task_id, list(images))
@@ -258,12 +299,14 @@ async def read_images(request: Request, max_batch: int, max_bytes: int) -> list[
         form = await StarletteRequest(request.scope, replay).form(
             max_files=max_bytes // 64 + 1, max_fields=1000
         )
-        for i, item in enumerate(form.getlist("files")):
-            if isinstance(item, str):
-                raise HTTPException(422, f"field 'files' #{i} is text, not a file: send images "
-                                         "as file parts (curl -F files=@image.png).")
-            images.append((item.filename or f"image-{i}", await item.read()))
-        await form.close()
+        try:
+            for i, item in enumerate(form.getlist("files")):
+                if isinstance(item, str):
+                    raise HTTPException(422, f"field 'files' #{i} is text, not a file: send "
+                                             "images as file parts (curl -F files=@image.png).")
+                images.append((item.filename or f"image-{i}", await item.read()))
+        finally:
+            await form.close()
     elif kind == "application/json":
         try:
             payload = json.loads(body)
@@ -328,14 +371,18 @@ def create_app(
     max_batch: int = 64,
     max_bytes: int = 10 * 2**20,
     task_threads: int = 2,
+    max_pending: int = MAX_PENDING_TASKS,
+    max_pixels: int = MAX_PIXELS,
+    public_docs: bool = False,
 ) -> FastAPI:
-    """The FastAPI app serving ``predictor``; tokens are checked against ``secret``."""
+    """The FastAPI app serving ``predictor``; tokens are checked against ``secret``. The docs
+    (``/docs``, ``/openapi.json``) need a token too unless ``public_docs``."""
     from brevpipe import __version__
 
     check_secret(secret)
     if max_batch < 1 or max_bytes < 1:
         raise ConfigError(f"max_batch={max_batch}, max_bytes={max_bytes}: use 1 or more.")
-    service = ModelService(predictor, task_threads)
+    service = ModelService(predictor, task_threads, max_pending, max_pixels)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -348,6 +395,7 @@ def create_app(
         description="Scores images with an exported brevpipe model. Authorize with a bearer "
         "token from `brevpipe serve --make-token`.",
         lifespan=lifespan,
+        **({} if public_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
     app.state.service = service
     refused = {"WWW-Authenticate": "Bearer"}
@@ -380,6 +428,22 @@ def create_app(
     @app.exception_handler(DataError)
     async def undecodable(_: Request, exc: DataError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(ServiceBusy)
+    async def busy(_: Request, exc: ServiceBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    if not public_docs:  # the same docs, behind the token
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=secured)
+        def openapi() -> dict[str, Any]:
+            return app.openapi()
+
+        @app.get("/docs", include_in_schema=False, dependencies=secured)
+        def docs() -> Any:
+            from fastapi.openapi.docs import get_swagger_ui_html
+
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, str]:
@@ -449,6 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest request body (larger: 413); default 10 MiB")
     parser.add_argument("--workers-threads", type=int, default=2, metavar="N",
                         help="threads running /tasks in the background; default 2")
+    parser.add_argument("--max-pending", type=int, default=MAX_PENDING_TASKS, metavar="N",
+                        help=f"most /tasks queued or running (more: 503); default "
+                        f"{MAX_PENDING_TASKS}")  # fmt: skip
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                        help=f"largest image in pixels (larger: 422); default {MAX_PIXELS}")
+    parser.add_argument("--public-docs", action="store_true",
+                        help="serve /docs and /openapi.json without a token")
     parser.add_argument("--job-root", default="./jobs", metavar="URL",
                         help="where job ids are looked up (default ./jobs)")
     parser.add_argument("--tracking-uri", metavar="URI", help="MLflow store for runs:/ and "
@@ -466,7 +537,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.make_token and not args.model:
         parser.error("give MODEL (or --make-token)")
-    for flag in ("max_batch", "max_bytes", "workers_threads", "expires_in"):
+    for flag in ("max_batch", "max_bytes", "workers_threads", "expires_in", "max_pending",
+                 "max_pixels"):  # fmt: skip
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: use 1 or more")
     try:
@@ -479,7 +551,8 @@ def main(argv: list[str]) -> int:
         from brevpipe.predict import resolve_model
 
         predictor = resolve_model(args.model, args.job_root, args.tracking_uri)
-        app = create_app(predictor, secret, args.max_batch, args.max_bytes, args.workers_threads)
+        app = create_app(predictor, secret, args.max_batch, args.max_bytes, args.workers_threads,
+                         args.max_pending, args.max_pixels, args.public_docs)  # fmt: skip
     except BrevpipeError as exc:
         print(f"brevpipe serve: error: {exc}", file=sys.stderr)
         return 1

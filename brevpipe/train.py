@@ -69,6 +69,7 @@ class Trainer:
     mixed_precision: bool = False
     strategy: str = "default"
     callbacks: Sequence[Any] = field(default_factory=list)
+    stop_check_s: float = 2.0  # how often training looks for a `brevpipe jobs stop` request
 
     def __post_init__(self) -> None:
         from brevpipe.errors import ConfigError
@@ -171,7 +172,7 @@ class Trainer:
             with self.scope():
                 self.compile(model, steps, task)
         start = checkpoint.restore(model) if checkpoint is not None else 0
-        callbacks = [stop_callback(stop_url)] if stop_url else []
+        callbacks = [stop_callback(stop_url, self.stop_check_s)] if stop_url else []
         if on_epoch is not None:
             for row in checkpoint.history if start else []:
                 on_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})

@@ -234,3 +234,18 @@ def test_mlflow_uris_lead_to_the_jobs_archive(job, predictor, tmp_path, capsys) 
 
     with pytest.raises(ConfigError, match="MLflow run 0123abc not found"):
         predict.model_archive_url("runs:/0123abc/mlflow_model", tracking_uri=job.tracking_uri)
+
+
+@pytest.mark.slow
+def test_scores_equal_the_jobs_own_evaluation(job, capsys) -> None:
+    """The evaluate stage scored the devel images with the trained model in the training
+    process; brevpipe predict on the exported archive gives the same scores (no drift)."""
+    evaluated = pd.read_csv(storage.join(job.bucket, "artifacts", "predictions.csv"))
+    paths = evaluated["path"].tolist()
+    code, out, err = run_cli([job.archive, *paths], capsys)
+    assert code == 0, err
+    table = pd.read_csv(io.StringIO(out))
+    assert table["path"].tolist() == paths
+    assert table["predicted"].tolist() == evaluated["predicted"].tolist()
+    scores = [c for c in evaluated.columns if c.startswith("score_")]
+    assert np.abs(table[scores].to_numpy() - evaluated[scores].to_numpy()).max() <= 1e-6

@@ -436,6 +436,21 @@ def test_stop_writes_the_marker_for_running_jobs_only(job_root: JobRoot, capsys)
         registry.clear_stop(bucket)
 
 
+def test_a_stop_request_before_a_stage_ends_the_job_as_stopped(tmp_path: Path) -> None:
+    """The runner looks for a request before each stage (no model is trained here)."""
+    from brevpipe.runner import run_job
+
+    root, job_id = str(tmp_path / "jobs"), str(uuid.uuid4())
+    registry.request_stop(f"{root}/{job_id}")  # e.g. asked for while the job was queued
+    settings = root_overrides(root, tmp_path, f"job.id={job_id}")
+    with pytest.raises(StopRequested, match="stop requested before stage 'samples'"):
+        run_job(compose_config(settings))
+    output = output_of(root, job_id)
+    assert output["job"]["status"] == "stopped"
+    assert "brevpipe jobs stop" in output["job"]["error"]
+    assert output["stages"] == {}
+
+
 @pytest.mark.slow
 def test_a_stop_request_ends_a_training_job_as_stopped_and_it_resumes(tmp_path: Path) -> None:
     """``brevpipe jobs stop`` during epoch 1's end; the job ends as ``stopped`` at the next
@@ -446,11 +461,10 @@ def test_a_stop_request_ends_a_training_job_as_stopped_and_it_resumes(tmp_path: 
     report = tmp_path / "stop-report.json"
     callbacks = (
         f"trainer.callbacks=[{{_target_: tests.test_registry.request_stop_after_epoch, "
-        f"root: '{root}', job_id: '{job_id}', report: '{report}'}}, "
-        f"{{_target_: brevpipe.registry.stop_callback, bucket_url: '{root}/{job_id}', "
-        f"check_every_s: 0}}]"
-    )
-    settings = root_overrides(root, tmp_path, f"job.id={job_id}", "trainer.epochs=3", callbacks)
+        f"root: '{root}', job_id: '{job_id}', report: '{report}'}}]"
+    )  # the trainer's own stop check (stop_url) looks at every batch end here
+    settings = root_overrides(root, tmp_path, f"job.id={job_id}", "trainer.epochs=3", callbacks,
+                              "trainer.stop_check_s=0")  # fmt: skip
     with pytest.raises(StopRequested, match="stop requested"):
         run_job(compose_config(settings))
     seen = json.loads(report.read_text())

@@ -105,8 +105,11 @@ def assert_matches(predictions: list[dict], expected: dict[str, dict], names: li
 @pytest.mark.slow
 def test_health_docs_and_model(url, headers, job) -> None:
     assert httpx.get(f"{url}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{url}/docs").status_code == 200
-    spec = httpx.get(f"{url}/openapi.json").json()
+    for path in ("/docs", "/openapi.json"):  # behind the token (no --public-docs)
+        assert httpx.get(f"{url}{path}").status_code == 401
+    assert httpx.get(f"{url}/redoc").status_code == 404
+    assert "swagger" in httpx.get(f"{url}/docs", headers=headers).text.lower()
+    spec = httpx.get(f"{url}/openapi.json", headers=headers).json()
     assert {"/predict", "/tasks", "/tasks/{task_id}", "/model", "/health"} <= set(spec["paths"])
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
@@ -122,7 +125,17 @@ def test_refused_without_a_valid_token(url) -> None:
     wrong = jwt.encode({"exp": now + 600}, "another-secret-0123456789abcdef-0123456789",
                        algorithm="HS256")  # fmt: skip
     no_exp = jwt.encode({"sub": "x"}, SECRET, algorithm="HS256")
+    hs512 = jwt.encode({"exp": now + 600}, SECRET, algorithm="HS512")  # not the service's alg
+    unsigned = jwt.encode({"exp": now + 600}, None, algorithm="none")  # alg: none
+    header, payload, signature = serve.make_token(SECRET, 600).split(".")
+    forged = base64.urlsafe_b64encode(json.dumps({"exp": now + 10**6}).encode()).rstrip(b"=")
+    tampered = f"{header}.{forged.decode()}.{signature}"  # payload changed, signature kept
+    not_yet = jwt.encode({"exp": now + 600, "nbf": now + 300}, SECRET, algorithm="HS256")
     cases = {
+        hs512: "invalid bearer token",
+        unsigned: "invalid bearer token",
+        tampered: "signature does not match",
+        not_yet: "invalid bearer token",
         None: "missing bearer token",
         expired: "bearer token expired",
         wrong: "signature does not match",
@@ -132,7 +145,8 @@ def test_refused_without_a_valid_token(url) -> None:
     for token, detail in cases.items():
         auth = {"Authorization": f"Bearer {token}"} if token else {}
         for method, path in (("GET", "/model"), ("POST", "/predict"), ("POST", "/tasks"),
-                             ("GET", "/tasks/abc")):  # fmt: skip
+                             ("GET", "/tasks/abc"), ("GET", "/docs"),
+                             ("GET", "/openapi.json")):  # fmt: skip
             response = httpx.request(method, f"{url}{path}", headers=auth)
             assert response.status_code == 401, (token, path)
             assert detail in response.json()["detail"]
@@ -173,9 +187,11 @@ def test_async_task_succeeds_with_the_same_result(url, headers, job, expected) -
     bad = httpx.post(f"{url}/tasks", headers=headers,
                      files=[("files", ("broken.jpg", JPEG_HEAD, "image/jpeg"))])  # fmt: skip
     task_id = bad.json()["task_id"]
+    deadline = time.monotonic() + 30
     while (state := httpx.get(f"{url}/tasks/{task_id}", headers=headers).json())["state"] in (
         "PENDING", "STARTED"
     ):  # fmt: skip
+        assert time.monotonic() < deadline
         time.sleep(0.05)
     assert state["state"] == "FAILURE" and "image 'broken.jpg' cannot be decoded" in state["error"]
 
@@ -232,8 +248,56 @@ def test_fifty_concurrent_requests(url, headers, job, expected) -> None:
         with httpx.Client(timeout=60) as client:
             return paths, client.post(f"{url}/predict", headers=headers, files=files_of(paths))
 
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        results = list(pool.map(call, range(50)))
+    start = threading.Barrier(50, timeout=60)
+
+    def together(i: int) -> tuple[list[str], httpx.Response]:
+        start.wait()  # all 50 requests in flight at once
+        return call(i)
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(together, range(50)))
     assert [r.status_code for _, r in results] == [200] * 50
     for paths, response in results:
         assert_matches(response.json()["predictions"], expected, [Path(p).name for p in paths])
+
+
+@pytest.mark.slow
+def test_decompression_bomb_is_refused_before_decoding(url, headers, job, expected) -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (6000, 5000)).save(buffer, format="PNG")  # 30 Mpx in a few kB
+    assert len(buffer.getvalue()) < MAX_BYTES
+    files = [("files", ("bomb.png", buffer.getvalue(), "image/png"))]
+    response = httpx.post(f"{url}/predict", headers=headers, files=files)
+    assert response.status_code == 422
+    assert "image 'bomb.png' is 6000x5000 pixels, over the limit" in response.json()["detail"]
+    response = httpx.post(f"{url}/predict", headers=headers, files=files_of([job.images[0]]))
+    assert response.status_code == 200
+
+
+@pytest.mark.slow
+def test_too_many_waiting_tasks_get_503(job) -> None:
+    from fastapi.testclient import TestClient
+
+    from brevpipe.predictor import load_predictor
+
+    app = serve.create_app(load_predictor(job.archive), SECRET, task_threads=1, max_pending=1)
+    service = app.state.service
+    auth = {"Authorization": f"Bearer {serve.make_token(SECRET, 600)}"}
+    with TestClient(app) as client:
+        with service._model_lock:  # the first task waits for the model
+            first = client.post("/tasks", headers=auth, files=files_of([job.images[0]]))
+            assert first.status_code == 202
+            second = client.post("/tasks", headers=auth, files=files_of([job.images[0]]))
+            assert second.status_code == 503 and second.headers["retry-after"] == "1"
+            assert "--max-pending" in second.json()["detail"]
+        deadline = time.monotonic() + 30
+        task_id = first.json()["task_id"]
+        while client.get(f"/tasks/{task_id}", headers=auth).json()["state"] != "SUCCESS":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        again = client.post("/tasks", headers=auth, files=files_of([job.images[0]]))
+        assert again.status_code == 202  # room again once the first one is done
