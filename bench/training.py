@@ -114,15 +114,23 @@ def main() -> None:
         print(f"round {round_ + 1}: plain Keras {runs['baseline'][-1]:.3f} s/epoch   "
               f"brevpipe {runs['brevpipe'][-1]:.3f} s/epoch")  # fmt: skip
     medians = {k: statistics.median(v) for k, v in runs.items()}
+    best = {k: min(v) for k, v in runs.items()}
     ratio = medians["brevpipe"] / medians["baseline"]
+    ratio_best = best["brevpipe"] / best["baseline"]
     print(f"median: plain Keras {medians['baseline']:.3f} s/epoch, brevpipe "
           f"{medians['brevpipe']:.3f} s/epoch; brevpipe / plain = {ratio:.3f} "
           f"(overhead {100 * (ratio - 1):+.1f}%, target <= +5%)")  # fmt: skip
+    # On 2 cores the plain script's AUTOTUNE map competes with the training step, and its
+    # epochs vary (2.5 to 5 s measured); the best epochs compare the two at their quietest.
+    print(f"best:   plain Keras {best['baseline']:.3f} s/epoch, brevpipe "
+          f"{best['brevpipe']:.3f} s/epoch; brevpipe / plain = {ratio_best:.3f} "
+          f"(overhead {100 * (ratio_best - 1):+.1f}%)")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "training", "images": len(samples), "batch_size": args.batch_size,
         "rounds": args.rounds, "median_seconds_per_epoch": medians, "runs": runs,
         "ratio": ratio, "overhead_percent": 100 * (ratio - 1), "target_percent": 5.0,
+        "best_seconds_per_epoch": best, "ratio_best": ratio_best,
         "machine": {"python": platform.python_version(), "tensorflow": tf.__version__},
     }, indent=2))  # fmt: skip
     print(f"saved {RESULTS}")
