@@ -183,4 +183,5 @@ def test_cli_run_prints_job_and_ctrl_c_marks_it_stopped(tmp_path: Path) -> None:
     (bucket,) = (tmp_path / "stopped").iterdir()
     output = json.loads((bucket / "artifacts" / "output.json").read_text())
     assert output["job"]["status"] == "stopped"
-    assert output["stages"]["train"]["status"] == "running"
+    assert output["stages"]["train"]["status"] == "stopped"  # the stage ends with the job
+    assert output["job"]["error"] == "stopped by the user (interrupt)"

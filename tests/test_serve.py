@@ -119,6 +119,7 @@ def test_health_docs_and_model(url, headers, job) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the HS512 forgery
 def test_refused_without_a_valid_token(url) -> None:
     now = int(time.time())
     expired = jwt.encode({"exp": now - 10}, SECRET, algorithm="HS256")
@@ -279,6 +280,7 @@ def test_decompression_bomb_is_refused_before_decoding(url, headers, job, expect
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_too_many_waiting_tasks_get_503(job) -> None:
     from fastapi.testclient import TestClient
 
