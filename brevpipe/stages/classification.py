@@ -40,10 +40,15 @@ def find_samples(
     """Find the dataset's images; write ``artifacts/samples.csv``. In a rerun, check that they
     are the original job's."""
     samples = instantiate(dataset).find_samples()
-    check_fingerprint(fingerprint(samples), rerun)
-    storage.write_bytes(ctx.job.artifact_path("samples.csv"), samples_to_csv(samples))
+    record_samples(ctx, samples, rerun)
     log.info("found %d images in %d classes", len(samples), samples["category"].nunique())
     return {"samples": samples}
+
+
+def record_samples(ctx: StageContext, samples: pd.DataFrame, rerun: dict[str, Any] | None) -> None:
+    """In a rerun, check the images are the original job's; write ``artifacts/samples.csv``."""
+    check_fingerprint(fingerprint(samples), rerun)
+    storage.write_bytes(ctx.job.artifact_path("samples.csv"), samples_to_csv(samples))
 
 
 def split_samples(

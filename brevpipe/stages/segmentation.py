@@ -18,12 +18,11 @@ from brevpipe import storage
 from brevpipe.checkpoint import Checkpoint
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
-from brevpipe.data.samples import fingerprint, samples_to_csv, summarize
+from brevpipe.data.samples import summarize
 from brevpipe.data.segmentation import MaskLoader
 from brevpipe.errors import ConfigError, DataError
-from brevpipe.rerun import check_fingerprint
 from brevpipe.runner import StageContext
-from brevpipe.stages.classification import _raise_naming_bad_images, _seed, _usable
+from brevpipe.stages.classification import _raise_naming_bad_images, _seed, _usable, record_samples
 from brevpipe.stages.classification import segmentation_metrics as pixel_metrics
 
 log = logging.getLogger("brevpipe")
@@ -48,8 +47,7 @@ def find_samples(
     if len(classes) < 2:
         raise ConfigError("masks.classes: list the mask classes by pixel value, background "
                           "first, e.g. masks.classes=[background,scratch,dent].")  # fmt: skip
-    check_fingerprint(fingerprint(samples), rerun)
-    storage.write_bytes(ctx.job.artifact_path("samples.csv"), samples_to_csv(samples))
+    record_samples(ctx, samples, rerun)
     log.info("found %d images with masks; %d mask classes", len(samples), len(classes))
     return {"samples": samples, "mask_classes": classes}
 
