@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from brevpipe import storage
+from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.errors import ConfigError
 
@@ -34,6 +35,11 @@ class Predictor:
         self.classes: list[str] = list(metadata["classes"])
         preprocessing = dict(metadata["preprocessing"])
         self.loader = ImageLoader(**preprocessing)
+        self.encoder = (
+            MultiHotEncoder(self.classes, threshold=float(metadata.get("threshold") or 0.5))
+            if metadata.get("multi_label")
+            else OneHotEncoder(self.classes)
+        ).fit([])
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Scores ``[n, classes]`` for a float32 batch preprocessed like the training data."""
@@ -43,12 +49,9 @@ class Predictor:
 
     def decide(self, scores: np.ndarray) -> list[str]:
         """The predicted category per row: the top class, or for a multi-label model the
-        classes scored at or above its threshold, joined by ``+`` (empty when none)."""
-        if self.metadata.get("multi_label"):
-            threshold = float(self.metadata.get("threshold") or 0.5)
-            return ["+".join(c for c, v in zip(self.classes, row, strict=True) if v >= threshold)
-                    for row in scores]  # fmt: skip
-        return [self.classes[i] for i in np.asarray(scores).argmax(axis=1)]
+        classes scored at or above its threshold, joined by ``+`` (empty when none); the
+        training encoder's own rule."""
+        return ["+".join(category) for category in self.encoder.decode(np.asarray(scores))]
 
     def predict_urls(
         self,
