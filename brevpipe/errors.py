@@ -11,3 +11,7 @@ class ConfigError(BrevpipeError):
 
 class DataError(BrevpipeError):
     """The dataset cannot be used as it is (missing, empty, corrupt)."""
+
+
+class StorageError(BrevpipeError):
+    """A storage call failed or got no answer in time (the message names the URL)."""

@@ -1,4 +1,9 @@
-"""fsspec helpers: file systems from URLs, joining, and atomic writes."""
+"""fsspec helpers: file systems from URLs, joining, atomic writes, and calls that time out.
+
+Every call to an asynchronous file system (s3fs, gcsfs, ...) made here carries a total time
+limit (``storage.timeout_s``), so a request that never gets an answer, or never gets a pooled
+connection, fails with a :class:`StorageError` naming the URL instead of hanging the job.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,45 @@ from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.exceptions import FSTimeoutError
+
+from brevpipe.errors import StorageError
 
 # Per-protocol fsspec keyword arguments (``storage.options`` in the config). Set once per
 # process by the runner; never contains anything we write into artifacts.
 _STORAGE_OPTIONS: dict[str, dict[str, Any]] = {}
+DEFAULT_TIMEOUT_S = 300.0
+_TIMEOUT_S = [DEFAULT_TIMEOUT_S]
+# Concurrent reads per request batch of :func:`cat_many` (s3fs pools 10 connections per client).
+CAT_BATCH = 64
 
 
-def set_storage_options(options: dict[str, dict[str, Any]] | None) -> None:
-    """Register fsspec keyword arguments per protocol, e.g. ``{"s3": {"client_kwargs": ...}}``."""
+def set_storage_options(
+    options: dict[str, dict[str, Any]] | None, timeout_s: float | None = None
+) -> None:
+    """Register fsspec keyword arguments per protocol, e.g. ``{"s3": {"client_kwargs": ...}}``,
+    and the time limit of one remote call (``storage.timeout_s``)."""
     _STORAGE_OPTIONS.clear()
     _STORAGE_OPTIONS.update({k: dict(v or {}) for k, v in (options or {}).items()})
+    _TIMEOUT_S[0] = float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S
+
+
+def call(fs: fsspec.AbstractFileSystem, url: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``fs.<method>(*args, **kwargs)`` within ``storage.timeout_s`` on asynchronous file systems.
+
+    fsspec's synchronous wrapper waits for its event loop without a limit; with ``timeout`` it
+    cancels the request (which gives its pooled connection back) and raises. ``url`` names the
+    thing in the error.
+    """
+    if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
+        kwargs["timeout"] = _TIMEOUT_S[0]
+    try:
+        return getattr(fs, method)(*args, **kwargs)
+    except FSTimeoutError:
+        raise StorageError(
+            f"{url}: no answer within {_TIMEOUT_S[0]:g} s; check the endpoint and the network "
+            "(storage.options), or give slow storage more time with storage.timeout_s=..."
+        ) from None
 
 
 def protocol_of(url: str) -> str:
@@ -55,12 +89,32 @@ def join(base: str, *parts: str) -> str:
 
 def exists(url: str) -> bool:
     fs, path = get_fs(url)
-    return fs.exists(path)
+    return call(fs, url, "exists", path)
 
 
 def read_bytes(url: str) -> bytes:
     fs, path = get_fs(url)
-    return fs.cat_file(path)
+    return call(fs, url, "cat_file", path)
+
+
+def cat_many(urls: list[str]) -> dict[str, bytes | BaseException]:
+    """The bytes of each URL (or the exception that reading it raised), read concurrently:
+    one ``fs.cat`` per batch of :data:`CAT_BATCH` URLs of the same file system, each batch
+    within ``storage.timeout_s``. Call it from the thread that owns the work, not from tf.data's
+    threads (see :mod:`brevpipe.data.mirror`)."""
+    out: dict[str, bytes | BaseException] = {}
+    for start in range(0, len(urls), CAT_BATCH):
+        batch = urls[start : start + CAT_BATCH]
+        groups: dict[int, tuple[fsspec.AbstractFileSystem, dict[str, str]]] = {}
+        for url in batch:
+            fs, path = get_fs(url)
+            groups.setdefault(id(fs), (fs, {}))[1][path] = url
+        for fs, by_path in groups.values():
+            contents = call(fs, next(iter(by_path.values())), "cat", list(by_path),
+                            on_error="return")  # fmt: skip
+            for path, url in by_path.items():
+                out[url] = contents.get(path, FileNotFoundError(url))
+    return out
 
 
 def read_json(url: str) -> Any:
@@ -81,7 +135,7 @@ def write_bytes(url: str, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     else:
-        fs.pipe_file(path, data)
+        call(fs, url, "pipe_file", path, data)
 
 
 def write_json(url: str, obj: Any) -> None:
@@ -99,11 +153,11 @@ def upload(local_path: str | Path, url: str) -> None:
     if is_local(url):
         write_bytes(url, local_path.read_bytes())
     else:
-        fs.put_file(str(local_path), path)
+        call(fs, url, "put_file", str(local_path), path)
 
 
 def download(url: str, local_path: str | Path) -> None:
     """Copy a remote file to a local path."""
     fs, path = get_fs(url)
     Path(local_path).parent.mkdir(parents=True, exist_ok=True)
-    fs.get_file(path, str(local_path))
+    call(fs, url, "get_file", path, str(local_path))

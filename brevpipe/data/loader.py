@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from brevpipe import storage
 from brevpipe.errors import ConfigError, DataError
 
 RESCALES = ("none", "unit", "imagenet")
@@ -38,9 +37,10 @@ def _clean_tf_message(message: str) -> str:
 class ImageLoader:
     """Turns a path tensor into a float32 image tensor of ``target_size`` (height, width).
 
-    Local files are read with ``tf.io.read_file``; other URLs (``s3://``, ``memory://``) through
-    fsspec. ``on_error``: ``raise`` names the unreadable files; ``skip`` drops them (see
-    :meth:`find_unreadable`) and the pipeline counts them in output.json.
+    tf.data reads local files with ``tf.io.read_file``; the input pipeline copies remote URLs
+    (``s3://``, ``memory://``) to local disk first. ``on_error``: ``raise`` names the
+    unreadable files; ``skip`` drops them (see :meth:`find_unreadable`) and the pipeline counts
+    them in output.json.
     """
 
     target_size: Sequence[int] = field(default_factory=lambda: [64, 64])
@@ -102,36 +102,12 @@ class ImageLoader:
         }
 
     # -- tf graph functions -----------------------------------------------------------------
-    def read(self, path: Any, local: bool) -> Any:
-        """Encoded bytes of one image (fsspec for remote URLs; see :meth:`read_many`)."""
+    def read(self, path: Any) -> Any:
+        """Encoded bytes of one local image file (remote URLs are copied to local disk first,
+        outside tf.data: see :mod:`brevpipe.data.mirror`)."""
         import tensorflow as tf
 
-        if local:
-            return tf.io.read_file(path)
-        data = tf.py_function(
-            lambda p: storage.read_bytes(p.numpy().decode()), [path], Tout=tf.string
-        )
-        data.set_shape([])
-        return data
-
-    @staticmethod
-    def read_many(paths: Any) -> Any:
-        """Encoded bytes of a batch of URLs, fetched concurrently in one fsspec call."""
-        import tensorflow as tf
-
-        def fetch(urls: np.ndarray) -> np.ndarray:
-            names = [u.decode() for u in urls]
-            fs, _ = storage.get_fs(names[0])
-            keys = [storage.get_fs(name)[1] for name in names]
-            contents = fs.cat(keys, on_error="return")
-            for name, key in zip(names, keys, strict=True):
-                if isinstance(contents.get(key), BaseException):
-                    raise DataError(f"cannot read image {name}: {contents[key]}")
-            return np.array([contents[key] for key in keys], dtype=object)
-
-        data = tf.numpy_function(fetch, [paths], tf.string, stateful=False)
-        data.set_shape(paths.shape)
-        return data
+        return tf.io.read_file(path)
 
     def decode(self, data: Any) -> Any:
         """Encoded bytes -> float32 image in [0, 255] of ``output_shape`` (not rescaled).
@@ -244,25 +220,33 @@ class ImageLoader:
             return (image / 255.0 - mean) / std
         return image
 
-    def load(self, path: Any, local: bool = True) -> Any:
-        """Path -> decoded, resized and rescaled image."""
-        return self.normalize(self.decode(self.read(path, local)))
+    def load(self, path: Any) -> Any:
+        """Local path -> decoded, resized and rescaled image."""
+        return self.normalize(self.decode(self.read(path)))
 
     # -- error handling ---------------------------------------------------------------------
-    def find_unreadable(self, paths: Sequence[str]) -> list[tuple[str, str]]:
-        """``(url, reason)`` for each image that cannot be read and decoded."""
+    def find_unreadable(
+        self, paths: Sequence[str], etags: Sequence[str | None] | None = None
+    ) -> list[tuple[str, str]]:
+        """``(url, reason)`` for each image that cannot be read and decoded (remote ones are
+        checked on their local copies; ``etags`` as in the sample table)."""
         import tensorflow as tf
 
-        def check(path: str) -> tuple[str, str] | None:
+        from brevpipe.data.mirror import local_copies
+
+        def check(pair: tuple[str, str]) -> tuple[str, str] | None:
+            url, local = pair
             try:
-                self.decode(tf.constant(storage.read_bytes(path)))
+                with open(local, "rb") as f:
+                    self.decode(tf.constant(f.read()))
                 return None
             except Exception as exc:  # noqa: BLE001 - any failure makes the image unusable
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                return path, _clean_tf_message(reason)
+                return url, _clean_tf_message(reason)
 
+        pairs = list(zip(paths, local_copies(paths, etags), strict=True))
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return [r for r in pool.map(check, paths) if r is not None]
+            return [r for r in pool.map(check, pairs) if r is not None]
 
     def unreadable_error(self, bad: list[tuple[str, str]]) -> DataError:
         listing = "; ".join(f"{url} ({reason})" for url, reason in bad[:5])

@@ -21,11 +21,11 @@ from brevpipe import storage
 from brevpipe.config import stable_hash
 from brevpipe.data.augment import NoAugmenter
 from brevpipe.data.loader import ImageLoader
+from brevpipe.data.mirror import local_copies
 from brevpipe.data.sampler import Sampler
 from brevpipe.errors import ConfigError
 
 Component = Callable[[dict[str, Any]], dict[str, Any]]
-REMOTE_READ_BATCH = 32
 
 
 class InputPipeline:
@@ -68,6 +68,7 @@ class InputPipeline:
             raise ConfigError("cache works for images only; drop cache or the mask loader.")
         self.cache = cache
         self._store: np.ndarray | None = None
+        self._local: dict[str, list[str]] = {}
         self.components: list[Component] = []
         self.labels = encoder.transform(self.samples["category"]) if encoder is not None else None
 
@@ -108,6 +109,16 @@ class InputPipeline:
         self._store = images
         return images
 
+    def local_files(self, column: str) -> list[str]:
+        """Local paths of the files in ``column`` (``path`` or ``mask_path``): remote ones are
+        copied to local disk once, here, in the calling thread (see :mod:`brevpipe.data.mirror`)."""
+        if column not in self._local:
+            urls = self.samples[column].tolist()
+            etags = self.samples["etag"].tolist() if column == "path" and "etag" in self.samples \
+                else None  # fmt: skip
+            self._local[column] = local_copies(urls, etags)
+        return self._local[column]
+
     def __len__(self) -> int:
         """Batches per epoch."""
         return self.sampler.batches(self.samples, self.batch_size)
@@ -123,19 +134,17 @@ class InputPipeline:
         paths = tf.constant(self.samples["path"].tolist())
         labels = None if self.labels is None else tf.constant(self.labels)
         masks = self.mask_loader is not None
-        mask_paths = tf.constant(self.samples["mask_path"].tolist() if masks else [""])
         mask_is_json = tf.constant(
             self.samples["mask_path"].str.lower().str.endswith(".json").tolist()
             if masks
             else [False]
         )
-        urls = self.samples["path"].tolist() + (self.samples["mask_path"].tolist() if masks else [])
-        local = all(storage.is_local(u) for u in urls)
         base_seed = tf.constant([self.seed, 0], tf.int64)
-        read = self.loader.read
         if self.cache:
             store = self.decoded_images()
-            local, read = True, lambda path, _local: tf.constant(b"")  # nothing to read
+        else:  # tf.data reads local files only: remote ones are copied first (data.mirror)
+            files = tf.constant(self.local_files("path"))
+            mask_files = tf.constant(self.local_files("mask_path") if masks else [""])
 
         def epoch_rows(epoch: Any) -> Any:
             rows = tf.numpy_function(
@@ -144,20 +153,11 @@ class InputPipeline:
             )  # fmt: skip
             rows.set_shape([None])
             pairs = tf.data.Dataset.from_tensor_slices(rows).map(lambda row: (epoch, row))
-            if local:
-                return pairs.map(
-                    lambda e, row: (e, row, read(paths[row], True),
-                                    read(mask_paths[row], True) if masks else tf.constant(b""))
-                )  # fmt: skip
-            # remote: one concurrent fetch per small batch of URLs
-            return (
-                pairs.batch(REMOTE_READ_BATCH)
-                .map(lambda e, rows: (
-                    e, rows, self.loader.read_many(tf.gather(paths, rows)),
-                    self.loader.read_many(tf.gather(mask_paths, rows)) if masks
-                    else tf.fill(tf.shape(rows), b""),
-                ))
-                .unbatch()
+            if self.cache:  # nothing to read
+                return pairs.map(lambda e, row: (e, row, tf.constant(b""), tf.constant(b"")))
+            return pairs.map(
+                lambda e, row: (e, row, tf.io.read_file(files[row]),
+                                tf.io.read_file(mask_files[row]) if masks else tf.constant(b""))
             )  # fmt: skip
 
         def element(epoch: Any, row: Any, data: Any, mask_data: Any) -> Any:

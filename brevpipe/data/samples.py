@@ -35,7 +35,8 @@ def _md5_of_files(fs: Any, paths: Sequence[str], local: bool) -> list[str]:
     digests = []
     for start in range(0, len(paths), _CAT_CHUNK):
         chunk = list(paths[start : start + _CAT_CHUNK])
-        contents = fs.cat(chunk)  # one concurrent batch of requests on async file systems
+        # one concurrent batch of requests on async file systems, within storage.timeout_s
+        contents = storage.call(fs, chunk[0], "cat", chunk)
         digests += [hashlib.md5(contents[p], usedforsecurity=False).hexdigest() for p in chunk]
     return digests
 
