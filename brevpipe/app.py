@@ -75,8 +75,10 @@ the same job root. Value overrides apply on top (trainer.epochs=10 job.root=./ot
 
 options:
   --allow-data-change   go on when the data no longer matches the original sample table
-  rerun.allow_targets=[pkg.module]
-                        also allow these _target_ prefixes (output.json is untrusted input)
+  rerun.allow_targets=[pkg.module.Name]
+                        also build these unregistered _target_s, by exact dotted name
+                        (output.json is untrusted input: only registered components are
+                        built otherwise; brevpipe schema --components lists them)
 """
 
 

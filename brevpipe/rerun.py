@@ -5,24 +5,26 @@ their ``${...}`` links to the top-level config (``pipeline_template``). A rerun 
 two, applies the user's overrides (Hydra's override grammar), reuses the original job's split,
 checks that the data did not change, and runs as a new job that records ``rerun_of``.
 
-An output.json from a bucket is untrusted input: every ``_target_`` must be inside the
-allow-list, and the stage declarations may only link config nodes (no resolvers).
+An output.json from a bucket is untrusted input: every ``_target_`` must be a registered
+component (:mod:`brevpipe.components`), or an exact dotted name that the command line allows
+(``rerun.allow_targets``, recorded in the new output.json); the stage declarations may only link
+config nodes (no resolvers).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from brevpipe import storage
+from brevpipe.components import allowed_target_list, check_registered
 from brevpipe.config import CONF_DIR, REDACTED
 from brevpipe.errors import ConfigError, DataError
 
-ALLOWED_TARGET_PREFIXES = ("brevpipe.", "keras.", "tensorflow.", "tf_keras.", "albumentations.")
 # A stage declaration may link config nodes (``${trainer}``), nothing else (no resolvers).
 _LINK = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_.]*\}")
 
@@ -49,33 +51,6 @@ def read_output(url: str) -> dict[str, Any]:
         raise ConfigError(f"{url} has no pipeline_template: it was written by an older "
                           "brevpipe; run the job again with brevpipe run.")  # fmt: skip
     return output
-
-
-def targets(tree: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    """Every ``(config path, _target_)`` in a plain config tree."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            where = f"{path}.{key}" if path else str(key)
-            if key == "_target_":
-                yield where, str(value)
-            else:
-                yield from targets(value, where)
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from targets(value, f"{path}[{i}]")
-
-
-def check_targets(config: dict[str, Any], allow: Sequence[str]) -> None:
-    """Refuse any ``_target_`` outside the allow-list (built-in prefixes plus ``allow``)."""
-    allowed = (*ALLOWED_TARGET_PREFIXES, *allow)
-    for where, target in targets(config):
-        if not any(target == a.rstrip(".") or target.startswith(a.rstrip(".") + ".")
-                   for a in allowed):  # fmt: skip
-            raise ConfigError(
-                f"refusing {where}: {target!r} is not an allowed _target_ (allowed: "
-                f"{', '.join(a.rstrip('.') for a in allowed)}). If you trust this output.json, "
-                f"add it: brevpipe rerun URL rerun.allow_targets=[{target}]"
-            )
 
 
 def _check_links(template: Any, path: str = "pipeline") -> None:
@@ -171,7 +146,9 @@ def rebuild_config(
         cfg.split.reuse_url = split_url
     apply_overrides(cfg, overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    check_targets(resolved, resolved["rerun"].get("allow_targets") or [])
+    allow = allowed_target_list(resolved["rerun"].get("allow_targets"))
+    check_registered({k: v for k, v in resolved.items() if k != "pipeline"}, allow)
+    check_registered(resolved["pipeline"], allow, "pipeline")
     return cfg
 
 

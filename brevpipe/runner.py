@@ -14,6 +14,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from brevpipe import registry, storage
 from brevpipe.artifacts import load_output, save_output
+from brevpipe.components import REGISTRY
 from brevpipe.config import code_version
 from brevpipe.dag import Pipeline, StageSpec
 from brevpipe.errors import ConfigError
@@ -83,6 +84,15 @@ def configure_tensorflow(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def stage_function(stage: StageSpec) -> Callable[..., Any]:
+    """The stage's function: a registered stage (short name or dotted path), or any dotted
+    path in a config the user composed (reruns check the registry before they get here)."""
+    component = REGISTRY.find(stage.target)
+    if component is None and "." not in stage.target:
+        REGISTRY.get(stage.target, f"stage '{stage.name}'")  # raises, naming close matches
+    return component.load() if component else get_method(stage.target)
+
+
 def run_stage(
     stage: StageSpec, key: str, job: Job, values: dict[str, Any], verbose: str | int
 ) -> dict[str, Any]:
@@ -106,7 +116,7 @@ def run_stage(
     job.stages[stage.name] = {"cache_key": key, "status": "running", "seconds": None}
     job.write_output()
     started = time.perf_counter()
-    function = get_method(stage.target)
+    function = stage_function(stage)
     inputs = {name: values[name] for name in stage.inputs}
     outputs = function(ctx, **inputs, **stage.params) or {}
     if set(outputs) != set(stage.outputs):
@@ -152,7 +162,8 @@ def run_job(
     """Compose-and-run entry point used by the CLI and the tests; ``parent`` is the MLflow
     run of the sweep this job belongs to."""
     plain = resolve_config(cfg)
-    storage.set_storage_options(plain.get("storage", {}).get("options"))
+    storage_cfg = plain.get("storage") or {}
+    storage.set_storage_options(storage_cfg.get("options"), storage_cfg.get("timeout_s"))
     pipeline = Pipeline.from_config(plain["pipeline"])
     seed = int(plain["seed"])
     job = Job(

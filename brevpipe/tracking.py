@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,19 @@ class MlflowTracker:
 
         with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=5):
             pass
+
+
+@dataclass
+class TrackingSettings:
+    """Where each job is mirrored in MLflow.
+
+    ``uri``: null = ``sqlite:///`` beside the job root, or any tracking URI (``http://host:5000``);
+    ``experiment``: null = the pipeline's name; ``enabled: false`` turns the mirror off.
+    """
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str | None = None
 
 
 def make_tracker(

@@ -93,6 +93,9 @@ def test_albumentations_transforms_get_independent_seeds(samples: pd.DataFrame) 
 def test_unknown_albumentations_transform_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown albumentations transform 'Flipz'"):
         AlbumentationsAugmenter([{"name": "Flipz"}])
+    for attribute in ("save", "Compose", "core"):  # module attributes, not transforms
+        with pytest.raises(ConfigError, match=f"unknown albumentations transform '{attribute}'"):
+            AlbumentationsAugmenter([{"name": attribute, "filepath_or_buffer": "/tmp/x"}])
     with pytest.raises(ConfigError, match="HorizontalFlip"):
         AlbumentationsAugmenter([{"name": "HorizontalFlip", "probability": 2}])
 

@@ -52,11 +52,12 @@ def test_planted_targets_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not match its config"):
         rebuild_config(output, "u", [])  # planted in one place only
     output["config"]["pipeline"]["stages"]["train"]["model"]["_target_"] = "os.system"
-    with pytest.raises(ConfigError, match=r"refusing model._target_: 'os.system'.*allow_targets"):
+    with pytest.raises(ConfigError, match=r"refusing model._target_: 'os.system' is not a "
+                                          r"registered component.*allow_targets"):
         rebuild_config(output, "u", [])
     # the saved allow-list is untrusted; only the command line's counts
-    output["config"]["rerun"]["allow_targets"] = ["os"]
-    output["config"]["pipeline"]["stages"]["samples"]["rerun"]["allow_targets"] = ["os"]
+    output["config"]["rerun"]["allow_targets"] = ["os.system"]
+    output["config"]["pipeline"]["stages"]["samples"]["rerun"]["allow_targets"] = ["os.system"]
     with pytest.raises(ConfigError, match="os.system"):
         rebuild_config(output, "u", [])
     rebuild_config(output, "u", ["rerun.allow_targets=[os.system]"])

@@ -191,7 +191,8 @@ class AlbumentationsAugmenter:
             params = dict(spec)
             name = params.pop("name", None)
             transform = getattr(A, str(name), None) if name else None
-            if transform is None:
+            # a config names transforms only: not A.save, A.load or any other module attribute
+            if not (isinstance(transform, type) and issubclass(transform, A.BasicTransform)):
                 raise ConfigError(
                     f"augmenter.transforms: unknown albumentations transform {name!r} "
                     "(use the class name, e.g. {name: HorizontalFlip, p: 0.5})."

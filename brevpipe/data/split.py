@@ -59,6 +59,8 @@ class SampleSplit:
     - ``uniqueness`` columns (e.g. ``etag``, the content hash) and ``uniqueness_regex`` (e.g.
       a part id in the file name): samples that share any of them form one group that is
       never divided between purposes.
+    - ``reuse_url``: another job's ``sample_identification.csv`` to keep assignments from
+      (the split stage reads it; a job's own earlier split is reused anyway).
     - ``previous``: an earlier assignment (``path``, ``purpose``, uniqueness columns); its
       samples keep their purpose, new samples fill each stratum towards the fractions.
     """
@@ -70,6 +72,7 @@ class SampleSplit:
     uniqueness: Sequence[str] = ("etag",)
     stratify_regex: str | None = None
     uniqueness_regex: str | None = None
+    reuse_url: str | None = None  # a sample_identification.csv whose assignments to keep
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
 
 from brevpipe import __version__, storage
 from brevpipe.checkpoint import Checkpoint
+from brevpipe.components import instantiate
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
@@ -55,16 +55,9 @@ def split_samples(
     ctx: StageContext, samples: pd.DataFrame, *, split: dict[str, Any]
 ) -> dict[str, Any]:
     """Assign purposes; keep assignments from an earlier split of this job or ``reuse_url``."""
-    splitter = SampleSplit(
-        fractions=split["fractions"],
-        stratify=split.get("stratify") or [],
-        uniqueness=split.get("uniqueness") or [],
-        stratify_regex=split.get("stratify_regex"),
-        uniqueness_regex=split.get("uniqueness_regex"),
-        seed=ctx.seed,
-    )
+    splitter: SampleSplit = instantiate({"_target_": "split:default", **split}, seed=ctx.seed)
     identification_url = ctx.job.artifact_path("sample_identification.csv")
-    previous_url = split.get("reuse_url") or (
+    previous_url = splitter.reuse_url or (
         identification_url if storage.exists(identification_url) else None
     )
     previous = samples_from_csv(storage.read_bytes(previous_url)) if previous_url else None
@@ -79,7 +72,7 @@ def _usable(samples: pd.DataFrame, loader: ImageLoader, ctx: StageContext) -> pd
     """Drop unreadable images when ``loader.on_error=skip``, counting them in output.json."""
     if loader.on_error != "skip":
         return samples
-    bad = loader.find_unreadable(samples["path"].tolist())
+    bad = loader.find_unreadable(samples["path"].tolist(), _etags(samples))
     if bad:
         for url, reason in bad:
             log.warning("skipping unreadable image %s (%s)", url, reason)
@@ -89,9 +82,13 @@ def _usable(samples: pd.DataFrame, loader: ImageLoader, ctx: StageContext) -> pd
     return samples[~samples["path"].isin({u for u, _ in bad})]
 
 
+def _etags(samples: pd.DataFrame) -> list[str | None] | None:
+    return samples["etag"].tolist() if "etag" in samples else None
+
+
 def _raise_naming_bad_images(exc: Exception, samples: pd.DataFrame, loader: ImageLoader) -> None:
     """Turn a decode failure deep in tf.data into an error that names the files."""
-    bad = loader.find_unreadable(samples["path"].tolist())
+    bad = loader.find_unreadable(samples["path"].tolist(), _etags(samples))
     if bad:
         raise loader.unreadable_error(bad) from exc
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
 
 from brevpipe import storage
 from brevpipe.checkpoint import Checkpoint
+from brevpipe.components import instantiate
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.samples import summarize

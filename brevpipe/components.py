@@ -1,0 +1,245 @@
+"""The component registry: every object a config may build, by kind and short name.
+
+A config names a component with Hydra's ``_target_``: the dotted path (``brevpipe.train.Trainer``)
+or the registered short name (``trainer``, or ``kind:name`` where a name is used by two kinds).
+brevpipe's own components are registered below; another package registers its own through the
+``brevpipe.components`` entry-point group, whose value is a function taking this module's
+:class:`Registry`::
+
+    # pyproject.toml of the user's package
+    [project.entry-points."brevpipe.components"]
+    my_project = "my_project.components:register"
+
+    # my_project/components.py
+    def register(registry):
+        registry.add("model", "my_net", "my_project.models.build_my_net", runtime=MODEL_RUNTIME)
+
+The registry is also the trust boundary: a config that brevpipe did not compose itself (an
+output.json given to ``brevpipe rerun``) may build registered components only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from brevpipe.errors import ConfigError
+
+log = logging.getLogger("brevpipe")
+ENTRY_POINT_GROUP = "brevpipe.components"
+# Parameters a model builder gets from the job at build time, not from its config.
+MODEL_RUNTIME = ("input_shape", "num_classes", "multi_label")
+KINDS = (
+    "dataset", "split", "sampler", "loader", "augmenter", "encoder", "model", "trainer",
+    "tracking", "stage", "optimizer", "callback",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: ``kind``, short ``name`` and dotted ``target``.
+
+    ``runtime`` names the parameters the caller passes when it builds the component (the
+    model's input shape, a seed), which its config therefore does not declare.
+    """
+
+    kind: str
+    name: str
+    target: str
+    runtime: tuple[str, ...] = ()
+    package: str = "brevpipe"
+
+    def load(self) -> Any:
+        """The class or function itself (imports its module)."""
+        from hydra.utils import get_object
+
+        return get_object(self.target)
+
+
+class Registry:
+    """Components by kind and name; entry points of other packages are read on first use."""
+
+    def __init__(self) -> None:
+        self._by_target: dict[str, Component] = {}
+        self._by_name: dict[tuple[str, str], Component] = {}
+        self._entry_points_loaded = False
+
+    def add(
+        self, kind: str, name: str, target: str, *, runtime: Sequence[str] = (),
+        package: str | None = None,
+    ) -> Component:  # fmt: skip
+        """Register ``target`` (a dotted path) as the component ``kind:name``."""
+        if kind not in KINDS:
+            raise ConfigError(f"cannot register {name!r}: unknown kind {kind!r}; use one of "
+                              f"{', '.join(KINDS)}.")  # fmt: skip
+        if "." not in target:
+            raise ConfigError(f"cannot register {kind}:{name}: target {target!r} must be a "
+                              "dotted path such as my_package.module.Class.")  # fmt: skip
+        component = Component(kind, name, target, tuple(runtime),
+                              package or target.split(".", 1)[0])  # fmt: skip
+        known = self._by_name.get((kind, name))
+        if known and known.target != target:
+            raise ConfigError(f"{kind}:{name} is registered twice ({known.target} by "
+                              f"{known.package}, {target} by {component.package}); rename one.")
+        self._by_name[(kind, name)] = component
+        self._by_target.setdefault(target, component)
+        return component
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            try:
+                register = entry.load()
+                register(self)
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - name the package that failed
+                raise ConfigError(f"the brevpipe.components entry point {entry.name!r} "
+                                  f"({entry.value}) failed: {exc}") from exc  # fmt: skip
+
+    def __iter__(self) -> Iterator[Component]:
+        self._load_entry_points()
+        return iter(sorted(self._by_name.values(), key=lambda c: (c.kind, c.name)))
+
+    def of_kind(self, kind: str) -> list[Component]:
+        return [c for c in self if c.kind == kind]
+
+    def find(self, reference: str) -> Component | None:
+        """The component named by a ``_target_`` value: a dotted path, ``name`` or
+        ``kind:name``; None when nothing is registered under it."""
+        self._load_entry_points()
+        if ":" in reference:
+            kind, _, name = reference.partition(":")
+            return self._by_name.get((kind, name))
+        if "." in reference:
+            return self._by_target.get(reference)
+        matches = [c for (_, name), c in self._by_name.items() if name == reference]
+        if len(matches) > 1:
+            kinds = ", ".join(f"{c.kind}:{c.name}" for c in matches)
+            raise ConfigError(f"_target_: {reference!r} names several components ({kinds}); "
+                              "write kind:name.")  # fmt: skip
+        return matches[0] if matches else None
+
+    def get(self, reference: str, where: str = "_target_") -> Component:
+        """Like :meth:`find`, but an unknown reference is a ConfigError with close matches."""
+        component = self.find(reference)
+        if component is not None:
+            return component
+        raise ConfigError(f"{where}: {self.unknown(reference)}")
+
+    def unknown(self, reference: str) -> str:
+        """One line on an unregistered reference: its kind's close matches, how to register."""
+        kind = reference.partition(":")[0] if ":" in reference else None
+        pool = [c for c in self if kind in (None, c.kind)]
+        names = [c.target for c in pool] + [f"{c.kind}:{c.name}" for c in pool]
+        close = difflib.get_close_matches(reference, names, n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        return (f"{reference!r} is not a registered component.{hint} Register it from your "
+                f"package with an entry point in the {ENTRY_POINT_GROUP!r} group (see brevpipe "
+                "init), or list the registered ones with brevpipe schema --components.")
+
+
+def _builtins(registry: Registry) -> None:
+    add = registry.add
+    add("dataset", "shapes", "brevpipe.data.shapes.ShapesDataset")
+    add("dataset", "folder", "brevpipe.data.samples.FolderDataset")
+    add("split", "default", "brevpipe.data.split.SampleSplit", runtime=("seed",))
+    add("sampler", "sampler", "brevpipe.data.sampler.Sampler", runtime=("seed",))
+    add("loader", "image_loader", "brevpipe.data.loader.ImageLoader")
+    add("augmenter", "none", "brevpipe.data.augment.NoAugmenter")
+    add("augmenter", "tf", "brevpipe.data.augment.TfAugmenter")
+    add("augmenter", "albumentations", "brevpipe.data.augment.AlbumentationsAugmenter")
+    add("encoder", "onehot", "brevpipe.data.encoder.OneHotEncoder")
+    add("encoder", "multihot", "brevpipe.data.encoder.MultiHotEncoder")
+    add("model", "small_cnn", "brevpipe.models.small_cnn.build", runtime=MODEL_RUNTIME)
+    add("model", "keras_application", "brevpipe.models.applications.build",
+        runtime=MODEL_RUNTIME)  # fmt: skip
+    add("model", "unet", "brevpipe.models.unet.build", runtime=MODEL_RUNTIME)
+    add("trainer", "trainer", "brevpipe.train.Trainer")
+    add("tracking", "mlflow", "brevpipe.tracking.TrackingSettings")
+    for module, names in {
+        "classification": ("find_samples", "split_samples", "train", "evaluate", "preview",
+                           "export", "report"),
+        "segmentation": ("find_samples", "train", "evaluate", "report"),
+    }.items():  # fmt: skip
+        for name in names:
+            add("stage", f"{module}.{name}", f"brevpipe.stages.{module}.{name}")
+    for name in ("Adam", "AdamW", "SGD", "RMSprop", "Nadam", "Adagrad"):
+        add("optimizer", name.lower(), f"keras.optimizers.{name}", runtime=("learning_rate",))
+    for name in ("EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"):
+        add("callback", name.lower(), f"keras.callbacks.{name}")
+
+
+REGISTRY = Registry()
+_builtins(REGISTRY)
+
+
+def targets(tree: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every ``(config path, _target_)`` in a plain config tree, lists and nesting included."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield where, str(value)
+            else:
+                yield from targets(value, where)
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            yield from targets(value, f"{path}[{i}]")
+
+
+def check_registered(tree: Any, allow: Sequence[str] = (), path: str = "") -> None:
+    """Refuse any ``_target_`` in ``tree`` that is not a registered component (nor one of the
+    exact dotted names in ``allow``)."""
+    for where, target in targets(tree, path):
+        if target in allow:
+            continue
+        try:
+            found = REGISTRY.find(target)
+        except ConfigError as exc:
+            raise ConfigError(f"refusing {where}: {exc}") from None
+        if found is None:
+            raise ConfigError(
+                f"refusing {where}: {REGISTRY.unknown(target)} If you trust this output.json "
+                f"and its component, allow it once: rerun.allow_targets=[{target}]"
+            )
+
+
+def expand(tree: Any) -> Any:
+    """A copy of a plain config tree whose short ``_target_`` names are dotted paths."""
+    if isinstance(tree, dict):
+        out = {k: expand(v) for k, v in tree.items()}
+        target = out.get("_target_")
+        if isinstance(target, str) and ("." not in target or ":" in target):
+            out["_target_"] = REGISTRY.get(target).target
+        return out
+    if isinstance(tree, list | tuple):
+        return [expand(v) for v in tree]
+    return tree
+
+
+def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """Hydra's ``instantiate`` of a plain config mapping, with short names expanded."""
+    from hydra.utils import instantiate as hydra_instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    return hydra_instantiate(expand(config), *args, **kwargs)
+
+
+def allowed_target_list(allow: Any) -> list[str]:
+    """``rerun.allow_targets`` checked: exact dotted names only (no prefixes, no wildcards)."""
+    names = [str(a) for a in (allow or [])]
+    for name in names:
+        parts = name.split(".")
+        if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+            raise ConfigError(f"rerun.allow_targets: {name!r} is not a dotted name such as "
+                              "my_package.module.Class (prefixes are not accepted).")
+    return names
