@@ -27,13 +27,17 @@ commands:
                             /model, /docs; bearer-token (JWT) auth
   jobs <action> ...         the job registry: list, show, stop, archive, unarchive,
                             statistics (brevpipe jobs --help)
+  schema [GROUP[=OPTION]]   the settings as JSON Schema; --components lists the registered
+                            components (brevpipe schema --help)
+  init DIR                  write a minimal user project: a package with its own model
+                            builder (registered by entry point), a preset and a README
 
 options:
   -h, --help                show this message
   --version                 print the version
 """
 
-COMMANDS = ("run", "rerun", "predict", "serve", "jobs")
+COMMANDS = ("run", "rerun", "predict", "serve", "jobs", "schema", "init")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
             from brevpipe import serve
 
             return serve.main(rest)
+        if command == "schema":
+            from brevpipe import schema_command
+
+            return schema_command.main(rest)
+        if command == "init":
+            from brevpipe import user_project
+
+            return user_project.main(rest)
         from brevpipe import registry
 
         return registry.main(rest)

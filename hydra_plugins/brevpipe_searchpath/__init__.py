@@ -1,4 +1,5 @@
-"""Hydra search-path plugin: makes ``pipelines/*.yaml`` (the DAG declarations) composable.
+"""Hydra search-path plugin: makes ``pipelines/*.yaml`` (the DAG declarations) composable, and
+stores the components' typed settings (``schema/<kind>/<name>``) that the presets start from.
 
 ``conf/pipeline/<name>.yaml`` pulls its stages from ``pipelines/<name>.yaml`` with the
 defaults entry ``/<name>@_here_``. Only brevpipe's own config gets this search path.
@@ -15,4 +16,7 @@ class BrevpipeSearchPathPlugin(SearchPathPlugin):
         if any(
             str(entry.path).rstrip("/").endswith(str(CONF_DIR)) for entry in search_path.get_path()
         ):
+            from brevpipe.schema import store_schemas
+
+            store_schemas()
             search_path.append(provider="brevpipe-pipelines", path=f"file://{PIPELINES_DIR}")

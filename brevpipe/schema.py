@@ -1,0 +1,271 @@
+"""Typed settings: each registered component's parameters, read once from its own code.
+
+A component's signature (a dataclass's fields, or a function's or class's parameters, with
+their annotations and defaults) is the one home of its defaults. From it this module makes:
+
+- a Hydra structured config, stored in the ConfigStore as ``schema/<kind>/<name>``; the YAML
+  presets start from it (``defaults: [/schema/model/small_cnn@_here_, _self_]``) and only
+  change values, so a misspelt key or a wrong type fails at compose time, before TensorFlow;
+- a JSON Schema (draft 2020-12) for ``brevpipe schema``: what a web form needs to render
+  the settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional, Union
+
+from omegaconf import MISSING
+
+from brevpipe.components import REGISTRY, Component
+
+SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
+# config groups whose options are components of the kind of the same name
+GROUP_KINDS = ("dataset", "split", "sampler", "loader", "augmenter", "encoder", "model",
+               "trainer", "tracking")  # fmt: skip
+_PRIMITIVES = (int, float, bool, str)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    name: str
+    annotation: Any  # an OmegaConf-supported type (Any where OmegaConf has none)
+    default: Any  # MISSING when required
+    description: str = ""
+
+
+def _omegaconf_type(annotation: Any) -> Any:
+    """The nearest type OmegaConf can check: primitives, Optional, List and Dict of them."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation in _PRIMITIVES:
+        return annotation
+    if origin in (Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            inner = _omegaconf_type(rest[0])
+            return Any if inner is Any else Optional[inner]  # noqa: UP045 - OmegaConf needs it
+        return Any
+    if origin in (list, tuple, Sequence, typing.Sequence):
+        item = args[0] if args else Any
+        return list[item] if item in _PRIMITIVES else list[Any]
+    if origin in (dict, Mapping, typing.Mapping):
+        value = args[1] if len(args) == 2 else Any
+        return dict[str, value] if value in _PRIMITIVES else dict[str, Any]
+    return Any
+
+
+def _field_docs(doc: str) -> dict[str, str]:
+    """``name: text`` descriptions from a docstring's ````name````: text`` mentions."""
+    found: dict[str, str] = {}
+    for match in re.finditer(r"``(\w+)``(?: \([^)]*\))?:? ([^;]+?)(?:;|\.\s|\.$|$)", doc, re.M):
+        found.setdefault(match.group(1), " ".join(match.group(2).split()))
+    return found
+
+
+def parameters(component: Component) -> list[Parameter]:
+    """The configurable parameters of a component, in declaration order."""
+    target = component.load()
+    doc = inspect.getdoc(target) or ""
+    docs = _field_docs(doc)
+    skip = set(component.runtime)
+    out = []
+    if dataclasses.is_dataclass(target):
+        hints = typing.get_type_hints(target)
+        for f in dataclasses.fields(target):
+            if f.name in skip or not f.init:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = MISSING
+            out.append(Parameter(f.name, _omegaconf_type(hints.get(f.name, Any)),
+                                 _plain(default), docs.get(f.name, "")))  # fmt: skip
+        return out
+    signature = inspect.signature(target, eval_str=True)
+    for p in signature.parameters.values():
+        if p.name in skip or p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = MISSING if p.default is inspect.Parameter.empty else _plain(p.default)
+        annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
+        out.append(Parameter(p.name, _omegaconf_type(annotation), default,
+                             docs.get(p.name, "")))  # fmt: skip
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (YAML has no tuples); other values as they are."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_class(component: Component) -> type:
+    """A dataclass for Hydra's ConfigStore: ``_target_`` plus the component's parameters."""
+    fields: list[tuple[str, Any, Any]] = [
+        ("_target_", str, dataclasses.field(default=component.target))
+    ]
+    if component.kind == "model":  # builders get the input shape and class count at fit time
+        fields.append(("_partial_", bool, dataclasses.field(default=True)))
+    for p in parameters(component):
+        if isinstance(p.default, list | dict):
+            default = dataclasses.field(default_factory=_factory(p.default))
+        else:
+            default = dataclasses.field(default=p.default)
+        fields.append((p.name, p.annotation, default))
+    words = re.split(r"[\W_]+", component.name if component.name == component.kind
+                     else f"{component.name}_{component.kind}")  # fmt: skip
+    name = "".join(word.title() for word in words)
+    return dataclasses.make_dataclass(f"{name}Config", fields)
+
+
+def _factory(value: Any) -> Callable[[], Any]:
+    import copy
+
+    return lambda: copy.deepcopy(value)
+
+
+_STORED: set[str] = set()
+
+
+def store_schemas() -> None:
+    """Put every registered component of a config group's kind into Hydra's ConfigStore as
+    ``schema/<kind>/<name>`` (idempotent; entry points of other packages included)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for component in REGISTRY:
+        key = f"{component.kind}/{component.name}"
+        if component.kind not in GROUP_KINDS or key in _STORED:
+            continue
+        store.store(group=f"schema/{component.kind}", name=component.name,
+                    node=config_class(component), provider=component.package)  # fmt: skip
+        _STORED.add(key)
+
+
+# -- JSON Schema --------------------------------------------------------------------------------
+def _json_type(annotation: Any) -> dict[str, Any]:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    simple = {int: "integer", float: "number", bool: "boolean", str: "string"}
+    if annotation in simple:
+        return {"type": simple[annotation]}
+    if origin is Union:
+        inner = _json_type(next(a for a in args if a is not type(None)))
+        if "type" in inner:
+            return {**inner, "type": [inner["type"], "null"]}
+        return {"anyOf": [inner, {"type": "null"}]}
+    if origin is list:
+        return {"type": "array", "items": _json_type(args[0]) if args else {}}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _json_type(args[1]) if args else {}}
+    return {}
+
+
+def _interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+def component_schema(component: Component) -> dict[str, Any]:
+    """The JSON Schema of one component's settings (``_target_`` included)."""
+    doc = (inspect.getdoc(component.load()) or "").split("\n\n")[0]
+    names = [component.target, component.name, f"{component.kind}:{component.name}"]
+    properties: dict[str, Any] = {"_target_": {"enum": names, "default": component.target}}
+    if component.kind == "model":
+        properties["_partial_"] = {"const": True, "default": True}
+    required = ["_target_"]
+    for p in parameters(component):
+        prop = _json_type(p.annotation)
+        if p.default is MISSING:
+            required.append(p.name)
+        else:
+            prop["default"] = p.default
+        if p.description:
+            prop["description"] = p.description
+        properties[p.name] = prop
+    return {
+        "title": f"{component.kind}: {component.name}",
+        "description": " ".join(doc.split()),
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def _value_schema(value: Any) -> dict[str, Any]:
+    """A schema inferred from a value of brevpipe's own top-level settings (config.yaml)."""
+    if isinstance(value, bool):
+        return {"type": "boolean", "default": value}
+    if isinstance(value, int):
+        return {"type": "integer", "default": value}
+    if isinstance(value, float):
+        return {"type": "number", "default": value}
+    if isinstance(value, str):
+        return {"type": "string", "default": value}
+    if isinstance(value, Mapping):
+        if not value:
+            return {"type": "object"}
+        return {"type": "object", "properties": {k: _value_schema(v) for k, v in value.items()},
+                "additionalProperties": False}  # fmt: skip
+    if isinstance(value, list):
+        return {"type": "array", "default": value}
+    return {}
+
+
+def config_schema(
+    composed: Mapping[str, Any], options: Mapping[str, Sequence[str]],
+    choices: Mapping[str, str], preset_targets: Mapping[str, Mapping[str, str]],
+) -> dict[str, Any]:  # fmt: skip
+    """The JSON Schema of a whole composed config (``composed``, unresolved): each group takes
+    any component of its kind; ``x-brevpipe-options`` lists the group's options (the enums a
+    form offers), with the chosen one as default."""
+    defs: dict[str, Any] = {}
+    properties: dict[str, Any] = {}
+    for group in GROUP_KINDS:
+        if group not in composed:
+            continue
+        refs = []
+        for component in REGISTRY.of_kind(group):
+            key = f"{component.kind}.{component.name}"
+            defs[key] = component_schema(component)
+            refs.append({"$ref": f"#/$defs/{key}"})
+        properties[group] = {
+            "title": group,
+            "anyOf": refs,
+            "x-brevpipe-options": {
+                "enum": list(options.get(group, [])),
+                "default": choices.get(group),
+                "targets": dict(preset_targets.get(group, {})),
+            },
+        }
+    for key, value in composed.items():
+        if key in properties:
+            continue
+        if key == "pipeline":
+            properties[key] = {"type": "object", "description": "the DAG of stages "
+                               "(pipelines/*.yaml)",
+                               "x-brevpipe-options": {"enum": list(options.get(key, [])),
+                                                      "default": choices.get(key)}}  # fmt: skip
+        elif key == "seed":
+            properties[key] = {"type": "integer", "default": value,
+                               "description": "the root seed: every stage and component "
+                               "derives its own seed from it"}  # fmt: skip
+        else:
+            properties[key] = _value_schema(value)
+    return {
+        "$schema": SCHEMA_URI,
+        "title": "brevpipe config",
+        "type": "object",
+        "properties": properties,
+        "required": sorted(properties),
+        "additionalProperties": False,
+        "$defs": defs,
+    }
