@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from enum import StrEnum
+from enum import Enum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +23,13 @@ ENVIRONMENT_PACKAGES = (
 )  # fmt: skip
 
 
-class JobStatus(StrEnum):
+class JobStatus(str, Enum):  # enum.StrEnum is Python 3.11+; this behaves the same
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
     CREATED = "created"
     RUNNING = "running"
     COMPLETED = "completed"

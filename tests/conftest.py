@@ -46,6 +46,13 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
+def preset(group: str, option: str) -> dict:
+    """A group option's settings as composed (its component's defaults + the preset's values)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose_config([f"{group}={option}"])[group], resolve=True)
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path):
     """A factory: ``tiny_config("seed=3", ...)`` -> composed config on tiny data in tmp_path."""

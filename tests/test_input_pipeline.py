@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from brevpipe import storage
 from brevpipe.config import CONF_DIR
@@ -20,6 +19,7 @@ from brevpipe.data.sampler import WEIGHTINGS, Sampler
 from brevpipe.data.samples import find_samples
 from brevpipe.data.shapes import ShapesDataset
 from brevpipe.errors import ConfigError, DataError
+from tests.conftest import preset
 
 AUGMENTERS = sorted(p.stem for p in (CONF_DIR / "augmenter").glob("*.yaml"))
 
@@ -32,7 +32,7 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
 
 
 def augmenter(name: str):
-    return instantiate(OmegaConf.load(CONF_DIR / "augmenter" / f"{name}.yaml"))
+    return instantiate(preset("augmenter", name))
 
 
 def pipeline(samples: pd.DataFrame, aug=None, seed: int = 1, **kwargs) -> InputPipeline:

@@ -7,18 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from brevpipe.config import CONF_DIR
 from brevpipe.errors import ConfigError
 from brevpipe.train import Trainer
+from tests.conftest import preset
 
 BUILDERS = ["small_cnn", "mobilenet_v2", "efficientnet_b0", "resnet50"]
 
 
 def builder(name: str, **overrides):
-    cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
-    return instantiate(OmegaConf.merge(cfg, overrides))
+    return instantiate({**preset("model", name), **overrides})
 
 
 def tiny_batch(n: int = 8, size: int = 32, classes: int = 3, seed: int = 0):

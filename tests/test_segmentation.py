@@ -9,15 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
-from brevpipe.config import CONF_DIR
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.sampler import Sampler
 from brevpipe.data.segmentation import MaskLoader, attach_masks
 from brevpipe.errors import ConfigError, DataError
+from tests.conftest import preset
 
 CLASSES = ["background", "box", "wedge"]
 COLOURS = {"box": [255, 0, 0], "wedge": [0, 0, 255]}
@@ -69,7 +68,7 @@ def samples_of(root: Path) -> pd.DataFrame:
 
 
 def augmenter(name: str):
-    return instantiate(OmegaConf.load(CONF_DIR / "augmenter" / f"{name}.yaml"))
+    return instantiate(preset("augmenter", name))
 
 
 @pytest.mark.parametrize("source", ["index", "colour", "json"])
