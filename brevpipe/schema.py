@@ -69,10 +69,14 @@ def _field_docs(doc: str) -> dict[str, str]:
 
 def parameters(component: Component) -> list[Parameter]:
     """The configurable parameters of a component, in declaration order."""
-    target = component.load()
+    return parameters_of(component.load(), component.runtime)
+
+
+def parameters_of(target: Any, skip: Sequence[str] = ()) -> list[Parameter]:
+    """The parameters of a dataclass, class or function (less ``skip``), in order."""
     doc = inspect.getdoc(target) or ""
     docs = _field_docs(doc)
-    skip = set(component.runtime)
+    skip = set(skip)
     out = []
     if dataclasses.is_dataclass(target):
         hints = typing.get_type_hints(target)
@@ -200,24 +204,19 @@ def component_schema(component: Component) -> dict[str, Any]:
     }
 
 
-def _value_schema(value: Any) -> dict[str, Any]:
-    """A schema inferred from a value of brevpipe's own top-level settings (config.yaml)."""
-    if isinstance(value, bool):
-        return {"type": "boolean", "default": value}
-    if isinstance(value, int):
-        return {"type": "integer", "default": value}
-    if isinstance(value, float):
-        return {"type": "number", "default": value}
-    if isinstance(value, str):
-        return {"type": "string", "default": value}
-    if isinstance(value, Mapping):
-        if not value:
-            return {"type": "object"}
-        return {"type": "object", "properties": {k: _value_schema(v) for k, v in value.items()},
-                "additionalProperties": False}  # fmt: skip
-    if isinstance(value, list):
-        return {"type": "array", "default": value}
-    return {}
+def settings_schema(settings: type) -> dict[str, Any]:
+    """The JSON Schema of one of brevpipe's own settings dataclasses (brevpipe.settings)."""
+    properties: dict[str, Any] = {}
+    for p in parameters_of(settings):
+        prop = _json_type(p.annotation)
+        if p.default is not MISSING:
+            prop["default"] = p.default
+        if p.description:
+            prop["description"] = p.description
+        properties[p.name] = prop
+    doc = (inspect.getdoc(settings) or "").split("\n\n")[0]
+    return {"description": " ".join(doc.split()), "type": "object", "properties": properties,
+            "additionalProperties": False}  # fmt: skip
 
 
 def config_schema(
@@ -246,20 +245,24 @@ def config_schema(
                 "targets": dict(preset_targets.get(group, {})),
             },
         }
-    for key, value in composed.items():
-        if key in properties:
+    from brevpipe.settings import Settings
+
+    for f in dataclasses.fields(Settings):
+        if f.name in properties or f.name not in composed:
             continue
-        if key == "pipeline":
-            properties[key] = {"type": "object", "description": "the DAG of stages "
-                               "(pipelines/*.yaml)",
-                               "x-brevpipe-options": {"enum": list(options.get(key, [])),
-                                                      "default": choices.get(key)}}  # fmt: skip
-        elif key == "seed":
-            properties[key] = {"type": "integer", "default": value,
-                               "description": "the root seed: every stage and component "
-                               "derives its own seed from it"}  # fmt: skip
+        kind = typing.get_type_hints(Settings)[f.name]
+        if dataclasses.is_dataclass(kind):
+            properties[f.name] = settings_schema(kind)
+        elif f.name == "pipeline":
+            pipelines = {"enum": list(options.get(f.name, [])), "default": choices.get(f.name)}
+            properties[f.name] = {"type": "object", "x-brevpipe-options": pipelines,
+                                  "description": "the stages (pipelines/*.yaml)"}  # fmt: skip
+        elif f.name == "seed":
+            properties[f.name] = {"type": "integer", "default": f.default,
+                                  "description": "the root seed: every stage and component "
+                                  "derives its own seed from it"}  # fmt: skip
         else:
-            properties[key] = _value_schema(value)
+            properties[f.name] = {}
     return {
         "$schema": SCHEMA_URI,
         "title": "brevpipe config",

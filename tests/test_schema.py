@@ -54,7 +54,9 @@ def test_a_misspelt_key_or_a_wrong_type_is_rejected_by_schema_and_compose(schema
         node[leaf] = value
         assert not validator.is_valid(bad), path
     for override in ("trainer.epochs=many", "trainer.epocs=3", "model.filterz=[1]",
-                     "loader.target_size=[a,b]", "augmenter=tf_light augmenter.rotate=lots"):
+                     "loader.target_size=[a,b]", "augmenter=tf_light augmenter.rotate=lots",
+                     "seed=abc", "runtime.deterministic=maybe", "job.rot=x",
+                     "storage.timeout_s=soon"):
         with pytest.raises(ConfigCompositionException):
             compose_config(override.split())
 

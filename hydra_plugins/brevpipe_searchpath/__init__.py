@@ -17,6 +17,8 @@ class BrevpipeSearchPathPlugin(SearchPathPlugin):
             str(entry.path).rstrip("/").endswith(str(CONF_DIR)) for entry in search_path.get_path()
         ):
             from brevpipe.schema import store_schemas
+            from brevpipe.settings import store_settings
 
+            store_settings()
             store_schemas()
             search_path.append(provider="brevpipe-pipelines", path=f"file://{PIPELINES_DIR}")

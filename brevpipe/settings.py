@@ -1,0 +1,98 @@
+"""brevpipe's own top-level settings, typed: the one home of their defaults.
+
+``conf/config.yaml`` starts from :class:`Settings` (stored in Hydra's ConfigStore as
+``brevpipe_settings``) and only picks the config groups; so ``seed=abc`` or
+``runtime.deterministic=maybe`` fails at compose time like a component's wrong type does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+# Optional[...] rather than X | None below: OmegaConf reads these annotations at run time.
+# ruff: noqa: UP045
+
+
+@dataclass
+class JobSettings:
+    """``id``: an existing job's id resumes it; ``root``: any fsspec URL (./jobs,
+    s3://bucket/jobs, memory://jobs) under which each job gets its bucket."""
+
+    id: Optional[str] = None
+    name: Optional[str] = "${pipeline.name}"
+    root: str = "./jobs"
+
+
+@dataclass
+class StorageSettings:
+    """``options``: fsspec keyword arguments per protocol, such as
+    ``options.s3.client_kwargs.endpoint_url`` (the AWS environment variables work without
+    them); ``timeout_s``: one remote call (a read, a batch of reads, a write) fails after it."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 300.0
+
+
+@dataclass
+class RuntimeSettings:
+    """``deterministic``: TensorFlow op determinism (same bytes and metrics on CPU);
+    ``verbose``: auto (bars on a terminal, a line per epoch otherwise) or a Keras verbosity;
+    ``cache``: decoded training images for later epochs, null, memory or a local folder."""
+
+    deterministic: bool = True
+    verbose: Any = "auto"
+    cache: Optional[str] = None
+
+
+@dataclass
+class SweepSettings:
+    """What sweeps optimise (hydra/sweeper=optuna) and rank by (the MLflow parent run's
+    summary): ``objective`` a metric name, ``direction`` maximize or minimize."""
+
+    objective: Optional[str] = "${pipeline.key_metric}"
+    direction: str = "maximize"
+
+
+@dataclass
+class RerunSettings:
+    """Set by ``brevpipe rerun URL`` (leave as is for a new job). ``allow_targets``:
+    unregistered _target_s a rerun may build, by exact dotted name."""
+
+    of: Optional[str] = None
+    job_id: Optional[str] = None
+    fingerprint: Optional[str] = None
+    allow_data_change: bool = False
+    allow_targets: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Settings:
+    """The whole config: brevpipe's settings plus one node per config group."""
+
+    seed: int = 42  # the root seed: every stage and component derives its own from it
+    job: JobSettings = field(default_factory=JobSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    sweep: SweepSettings = field(default_factory=SweepSettings)
+    rerun: RerunSettings = field(default_factory=RerunSettings)
+    # the config groups' nodes, typed by their own components' settings
+    dataset: Any = MISSING
+    split: Any = MISSING
+    sampler: Any = MISSING
+    loader: Any = MISSING
+    augmenter: Any = MISSING
+    encoder: Any = MISSING
+    model: Any = MISSING
+    trainer: Any = MISSING
+    tracking: Any = MISSING
+    pipeline: Any = MISSING
+    masks: Any = None  # segmentation: mask classes and colours (pipeline=segmentation)
+
+
+def store_settings() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="brevpipe_settings", node=Settings, provider="brevpipe")
