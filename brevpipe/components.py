@@ -211,6 +211,24 @@ def check_registered(tree: Any, allow: Sequence[str] = (), path: str = "") -> No
             )
 
 
+def check_names(tree: Any, path: str = "") -> None:
+    """Before a job starts: every short name in ``tree`` is registered and every other dotted
+    ``_target_`` can be imported (one clear line instead of a failure inside a stage)."""
+    from hydra.utils import get_object
+
+    for where, target in targets(tree, path):
+        if REGISTRY.find(target) is not None:
+            continue
+        if "." not in target or ":" in target:
+            raise ConfigError(f"{where}: {REGISTRY.unknown(target)}")
+        try:
+            get_object(target)
+        except Exception as exc:  # noqa: BLE001 - any import failure: name the target
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"{where}: cannot import {target!r} ({cause}); check the name, "
+                              "and that its package is installed.") from None
+
+
 def expand(tree: Any) -> Any:
     """A copy of a plain config tree whose short ``_target_`` names are dotted paths."""
     if isinstance(tree, dict):

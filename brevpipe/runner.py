@@ -14,7 +14,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from brevpipe import registry, storage
 from brevpipe.artifacts import load_output, save_output
-from brevpipe.components import REGISTRY
+from brevpipe.components import REGISTRY, check_names
 from brevpipe.config import code_version
 from brevpipe.dag import Pipeline, StageSpec
 from brevpipe.errors import ConfigError
@@ -162,6 +162,7 @@ def run_job(
     """Compose-and-run entry point used by the CLI and the tests; ``parent`` is the MLflow
     run of the sweep this job belongs to."""
     plain = resolve_config(cfg)
+    check_names(plain)  # before any job bucket or MLflow run exists
     storage_cfg = plain.get("storage") or {}
     storage.set_storage_options(storage_cfg.get("options"), storage_cfg.get("timeout_s"))
     pipeline = Pipeline.from_config(plain["pipeline"])

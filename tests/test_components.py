@@ -40,6 +40,17 @@ def test_unknown_names_get_one_line_with_close_matches() -> None:
         Registry().add("widget", "x", "a.b")
 
 
+def test_a_run_with_an_unknown_name_stops_before_any_job(tiny_config, tmp_path: Path) -> None:
+    from brevpipe.runner import run_job
+
+    with pytest.raises(ConfigError, match=r"model._target_: 'small_cnm' is not a registered "
+                                          r"component\. Did you mean model:small_cnn\?"):
+        run_job(tiny_config("model._target_=small_cnm"))
+    with pytest.raises(ConfigError, match=r"model._target_: cannot import 'acme.nets.build'"):
+        run_job(tiny_config("model._target_=acme.nets.build"))
+    assert not (tmp_path / "jobs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_package_registers_its_components_by_entry_point(tmp_path: Path) -> None:
     """A distribution on sys.path with a ``brevpipe.components`` entry point (what pip writes
     for ``[project.entry-points."brevpipe.components"]``) adds its components."""

@@ -61,6 +61,26 @@ def test_a_misspelt_key_or_a_wrong_type_is_rejected_by_schema_and_compose(schema
             compose_config(override.split())
 
 
+@pytest.mark.parametrize("component", [c for c in REGISTRY if c.kind in GROUP_KINDS],
+                         ids=lambda c: f"{c.kind}:{c.name}")  # fmt: skip
+def test_every_component_round_trips_its_settings(component) -> None:
+    """Contract: its settings make a structured config whose defaults its own JSON Schema
+    accepts, and a config of those defaults builds the component (runtime values added)."""
+    from brevpipe.components import instantiate
+    from brevpipe.schema import component_schema, config_class
+
+    defaults = OmegaConf.to_container(OmegaConf.structured(config_class(component)))
+    jsonschema.validate({k: v for k, v in defaults.items() if v != "???"},
+                        {**component_schema(component), "required": []})  # fmt: skip
+    runtime = {"seed": 1} if "seed" in component.runtime else {}
+    if component.kind == "dataset" and component.name == "folder":
+        defaults["url"] = str(CONF_DIR)
+    built = instantiate(defaults, **runtime)
+    assert built is not None
+    if component.kind == "model":
+        assert callable(built)  # a partial: the job adds input_shape and num_classes
+
+
 def test_no_default_is_declared_twice() -> None:
     """A preset only changes values: none repeats its component's default."""
     for group, option in PRESETS:
