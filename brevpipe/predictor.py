@@ -97,10 +97,86 @@ def load_predictor(archive_url: str) -> Predictor:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the unpacked copy, at exit
     archive = folder / "saved_model.tar.gz"
     storage.download(archive_url, archive)
-    with tarfile.open(archive) as tar:
-        tar.extractall(folder, filter="data")  # refuses absolute paths and links out
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")  # refuses absolute paths and links out
+    except tarfile.FilterError as exc:
+        member = getattr(getattr(exc, "tarinfo", None), "name", "?")
+        raise ConfigError(f"{archive_url}: refusing archive member {member!r} ({exc}); an "
+                          "exported model holds only files inside its folder.") from None
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ConfigError(f"{archive_url} is not a readable .tar.gz archive ({exc}): give a "
+                          "job's artifacts/model/saved_model.tar.gz.") from None  # fmt: skip
     archive.unlink()
     if not (folder / "model.json").is_file():
         raise ConfigError(f"{archive_url} holds no model.json: export it again with brevpipe.")
-    metadata = json.loads((folder / "model.json").read_text())
-    return Predictor(tf.saved_model.load(str(folder / "saved_model")), metadata)
+    try:
+        metadata = json.loads((folder / "model.json").read_text())
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{archive_url}: model.json is not JSON ({exc}).") from None
+    check_metadata_fields(metadata, archive_url)
+    try:
+        model = tf.saved_model.load(str(folder / "saved_model"))
+    except Exception as exc:  # noqa: BLE001 - any failure: the archive is unusable
+        raise ConfigError(f"{archive_url}: cannot load its SavedModel ({type(exc).__name__}); "
+                          "export the model again.") from None  # fmt: skip
+    check_signature(metadata, model, archive_url)
+    return Predictor(model, metadata)
+
+
+MAX_SIDE = 8192  # pixels per side of a model's input; model.json is untrusted input
+
+
+def check_metadata_fields(metadata: Any, url: str) -> None:
+    """model.json's fields, checked before anything is built from them (one clear error
+    naming the field): classes, preprocessing, input_shape."""
+    def bad(field: str, why: str) -> ConfigError:
+        return ConfigError(f"{url}: model.json {field} {why}; export the model again.")
+
+    if not isinstance(metadata, dict):
+        raise bad("", "is not an object")
+    classes = metadata.get("classes")
+    if (not isinstance(classes, list) or not classes or len(classes) > 100_000
+            or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes)):
+        raise bad("'classes'", "must be a non-empty list of distinct names")
+    preprocessing = metadata.get("preprocessing")
+    if not isinstance(preprocessing, dict):
+        raise bad("'preprocessing'", "must be an object (the loader's settings)")
+    size = preprocessing.get("target_size")
+    if (not isinstance(size, list) or len(size) != 2
+            or not all(isinstance(v, int) and 1 <= v <= MAX_SIDE for v in size)):
+        raise bad("'preprocessing.target_size'", f"must be [height, width], 1 to {MAX_SIDE}")
+    known = set(ImageLoader.__dataclass_fields__)
+    unknown = sorted(set(preprocessing) - known)
+    if unknown:
+        raise bad("'preprocessing'", f"has unknown keys {unknown}")
+    try:
+        loader = ImageLoader(**preprocessing)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise bad("'preprocessing'", f"is invalid ({exc})") from None
+    shape = metadata.get("input_shape")
+    if shape is not None and list(shape) != list(loader.output_shape):
+        raise bad("'input_shape'", f"{shape} does not match preprocessing "
+                                   f"{list(loader.output_shape)}")  # fmt: skip
+
+
+def check_signature(metadata: dict[str, Any], model: Any, url: str) -> None:
+    """The SavedModel's serving signature against model.json: input shape, channels and (for
+    classification) the number of classes."""
+    loader_shape = list(ImageLoader(**metadata["preprocessing"]).output_shape)
+    try:
+        [(inputs, _)] = [f.structured_input_signature for f in model.serve.concrete_functions]
+        outputs = model.serve.concrete_functions[0].structured_outputs
+    except (AttributeError, ValueError):
+        raise ConfigError(f"{url}: the SavedModel has no single 'serve' signature; export the "
+                          "model again with brevpipe.") from None  # fmt: skip
+    expected = [d for d in inputs[0].shape.as_list()[1:]]
+    if expected != loader_shape:
+        raise ConfigError(f"{url}: model.json preprocessing gives images of shape {loader_shape} "
+                          f"(target_size, color_mode) but the model takes {expected}; export "
+                          "the model again.")  # fmt: skip
+    if metadata.get("task", "classification") != "segmentation":
+        classes = outputs.shape.as_list()[-1] if hasattr(outputs, "shape") else None
+        if classes is not None and classes != len(metadata["classes"]):
+            raise ConfigError(f"{url}: model.json lists {len(metadata['classes'])} classes but "
+                              f"the model scores {classes}; export the model again.")

@@ -157,16 +157,24 @@ class ModelService:
 
     def _check_pixels(self, name: str, data: bytes) -> None:
         """Refuse images whose header announces more than ``max_pixels`` (a few kilobytes of
-        PNG can decode to gigabytes); formats Pillow cannot read are left to the decoder."""
+        PNG can decode to gigabytes), and images whose header Pillow cannot read: no decoder
+        sees an image of unknown size."""
         import io
+        import warnings
 
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         try:
-            with Image.open(io.BytesIO(data)) as image:  # reads the header only
-                width, height = image.size
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-            return
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                    width, height = image.size
+        except Image.DecompressionBombError:  # Pillow's own limit, far above ours
+            raise DataError(f"image {name!r} is over the limit of {self.max_pixels} pixels "
+                            "(--max-pixels): send a smaller image.") from None  # fmt: skip
+        except Exception:  # noqa: BLE001 - whatever Pillow raises on a header it cannot read
+            raise DataError(f"image {name!r} cannot be decoded: not a readable JPEG, PNG, BMP, "
+                            "GIF or WebP file (corrupt or truncated?).") from None  # fmt: skip
         if width * height > self.max_pixels:
             raise DataError(f"image {name!r} is {width}x{height} pixels, over the limit of "
                             f"{self.max_pixels} (--max-pixels): send a smaller image.")  # fmt: skip
@@ -192,8 +200,13 @@ class ModelService:
 
     # -- asynchronous tasks ----------------------------------------------------------------
     def submit(self, images: Sequence[tuple[str, bytes]]) -> str:
-        """Queue a prediction; returns its task id. :class:`ServiceBusy` when ``max_pending``
-        tasks are already queued or running."""
+        """Queue a prediction; returns its task id. Each image's header is checked first
+        (:class:`DataError`); :class:`ServiceBusy` when ``max_pending`` tasks are already queued
+        or running."""
+        for name, data in images:  # refused now (422), not in the task: no decoder sees them
+            if not data:
+                raise DataError(f"image {name!r} is empty.")
+            self._check_pixels(name, data)
         task_id = uuid.uuid4().hex
         with self._tasks_lock:
             busy = sum(v["state"] in ("PENDING", "STARTED") for v in self.tasks.values())
@@ -272,6 +285,27 @@ REQUEST_BODY = {
 }
 
 
+MAX_NAME_CHARS = 255
+
+
+def image_name(name: Any, index: int) -> str:
+    """An image's name as the responses carry it: text that encodes as UTF-8 (a lone surrogate
+    does not), at most :data:`MAX_NAME_CHARS` characters, no control characters; else 422."""
+    if name is None or name == "":
+        return f"image-{index}"
+    if not isinstance(name, str):
+        raise HTTPException(422, f"images[{index}]: 'name' must be a string.")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HTTPException(422, f"images[{index}]: 'name' is not valid Unicode (a lone "
+                                 "surrogate?): send UTF-8 text.") from None  # fmt: skip
+    if len(name) > MAX_NAME_CHARS:
+        raise HTTPException(422, f"images[{index}]: 'name' has {len(name)} characters; at most "
+                                 f"{MAX_NAME_CHARS}.")  # fmt: skip
+    return "".join(c if c.isprintable() else "\ufffd" for c in name)
+
+
 async def read_images(request: Request, max_batch: int, max_bytes: int) -> list[tuple[str, bytes]]:
     """``(name, bytes)`` of the images in a multipart (field ``files``) or JSON request."""
     from starlette.requests import Request as StarletteRequest
@@ -304,7 +338,7 @@ async def read_images(request: Request, max_batch: int, max_bytes: int) -> list[
                 if isinstance(item, str):
                     raise HTTPException(422, f"field 'files' #{i} is text, not a file: send "
                                              "images as file parts (curl -F files=@image.png).")
-                images.append((item.filename or f"image-{i}", await item.read()))
+                images.append((image_name(item.filename, i), await item.read()))
         finally:
             await form.close()
     elif kind == "application/json":
@@ -313,12 +347,18 @@ async def read_images(request: Request, max_batch: int, max_bytes: int) -> list[
             entries = payload["images"]
             if not isinstance(entries, list):
                 raise TypeError("images is not a list")
+        except RecursionError:  # "[" * 100000: nested deeper than the parser goes
+            raise HTTPException(422, "JSON body is nested too deeply: send "
+                                     '{"images": [{"name": "...", "data": "<base64>"}]}.') from None
         except (ValueError, KeyError, TypeError) as exc:
             raise HTTPException(422, 'JSON body must be {"images": [{"name": "...", "data": '
                                      f'"<base64>"}}, ...]}} ({exc}).') from None
         for i, entry in enumerate(entries):
-            name = str(entry.get("name") or f"image-{i}") if isinstance(entry, dict) else ""
-            data = entry.get("data") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict):
+                raise HTTPException(422, f"images[{i}] must be an object "
+                                         '{"name": "...", "data": "<base64>"}.')  # fmt: skip
+            name = image_name(entry.get("name"), i)
+            data = entry.get("data")
             if not isinstance(data, str):
                 raise HTTPException(422, f"images[{i}] needs a base64 string in 'data'.")
             try:
@@ -351,6 +391,26 @@ class Prediction(BaseModel):
 
 class Predictions(BaseModel):
     predictions: list[Prediction]
+
+
+class Problem(BaseModel):
+    """An error: ``detail`` names the thing and the fix."""
+
+    detail: str
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for error status codes, each with the :class:`Problem` body."""
+    meaning = {
+        400: "a multipart body that cannot be parsed",
+        401: "missing, expired or invalid bearer token",
+        404: "no such task",
+        413: "body or image count over the limits",
+        415: "neither multipart/form-data nor application/json",
+        422: "a malformed body, or an image that does not decode or is too large (named)",
+        503: "too many tasks waiting (Retry-After)",
+    }
+    return {code: {"model": Problem, "description": meaning[code]} for code in codes}
 
 
 class TaskCreated(BaseModel):
@@ -450,30 +510,30 @@ def create_app(
         """Liveness: no token needed."""
         return {"status": "ok"}
 
-    @app.get("/model", tags=["service"], dependencies=secured)
+    @app.get("/model", tags=["service"], dependencies=secured, responses=problems(401))
     def model() -> dict[str, Any]:
         """The model's metadata (model.json of its archive): classes, input shape,
         preprocessing."""
         return predictor.metadata
 
     @app.post("/predict", tags=["predict"], dependencies=secured, response_model=Predictions,
-              openapi_extra=body_doc,
-              responses={413: {"description": "body or image count over the limits"},
-                         422: {"description": "an image does not decode (named)"}})  # fmt: skip
+              openapi_extra=body_doc, responses=problems(400, 401, 413, 415, 422))  # fmt: skip
     async def predict(request: Request) -> dict[str, Any]:
         """Score the images now: multipart ``files`` or JSON ``{"images": [{name, data}]}``."""
         images = await read_images(request, max_batch, max_bytes)
         return {"predictions": await run_in_threadpool(service.predict, images)}
 
     @app.post("/tasks", tags=["predict"], dependencies=secured, status_code=202,
-              response_model=TaskCreated, openapi_extra=body_doc)  # fmt: skip
+              response_model=TaskCreated, openapi_extra=body_doc,
+              responses=problems(400, 401, 413, 415, 422, 503))  # fmt: skip
     async def create_task(request: Request) -> dict[str, str]:
         """Score the images in the background; poll ``GET /tasks/{task_id}``."""
         images = await read_images(request, max_batch, max_bytes)
-        return {"task_id": service.submit(images)}
+        return {"task_id": await run_in_threadpool(service.submit, images)}
 
     @app.get("/tasks/{task_id}", tags=["predict"], dependencies=secured,
-             response_model=TaskState, response_model_exclude_none=True)  # fmt: skip
+             response_model=TaskState, response_model_exclude_none=True,
+             responses=problems(401, 404))  # fmt: skip
     def get_task(task_id: str) -> dict[str, Any]:
         """``state``: PENDING, STARTED, SUCCESS (with ``result``) or FAILURE (with ``error``)."""
         record = service.task(task_id)

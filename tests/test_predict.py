@@ -249,3 +249,60 @@ def test_scores_equal_the_jobs_own_evaluation(job, capsys) -> None:
     assert table["predicted"].tolist() == evaluated["predicted"].tolist()
     scores = [c for c in evaluated.columns if c.startswith("score_")]
     assert np.abs(table[scores].to_numpy() - evaluated[scores].to_numpy()).max() <= 1e-6
+
+
+def repacked(archive: str, folder: Path, edit_json=None, extra=None) -> str:
+    """A copy of ``archive`` with model.json edited and/or extra tar members added."""
+    import io
+    import json
+    import tarfile
+
+    unpacked = folder / "unpacked"
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="data")
+    if edit_json:
+        meta = json.loads((unpacked / "model.json").read_text())
+        edit_json(meta)
+        (unpacked / "model.json").write_text(json.dumps(meta))
+    out = folder / "saved_model.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        for path in sorted(unpacked.rglob("*")):
+            tar.add(path, arcname=path.relative_to(unpacked).as_posix(), recursive=False)
+        for member in extra or []:
+            tar.addfile(member, io.BytesIO(b"x") if member.isfile() else None)
+    return str(out)
+
+
+@pytest.mark.slow
+def test_tampered_archives_and_model_json_get_one_line(job, tmp_path: Path, capsys) -> None:
+    import tarfile
+
+    traversal = tarfile.TarInfo("../escaped.txt")
+    traversal.size = 1
+    link = tarfile.TarInfo("link")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    cases = [
+        ("traversal", None, [traversal], "refusing archive member '../escaped.txt'"),
+        ("symlink", None, [link], "refusing archive member 'link'"),
+        ("huge input", lambda m: m["preprocessing"].update(target_size=[50000, 50000]), None,
+         "model.json 'preprocessing.target_size' must be"),
+        ("shape mismatch", lambda m: m["preprocessing"].update(target_size=[65, 64]), None,
+         "model.json 'input_shape' [32, 32, 3] does not match preprocessing [65, 64, 3]"),
+        ("signature mismatch", lambda m: (m["preprocessing"].update(target_size=[65, 64]),
+                                          m.update(input_shape=[65, 64, 3])), None,
+         "gives images of shape [65, 64, 3] (target_size, color_mode) but the model takes"),
+        ("channels", lambda m: (m["preprocessing"].update(color_mode="greyscale"),
+                                m.pop("input_shape")), None, "but the model takes [32, 32, 3]"),
+        ("classes", lambda m: m.update(classes=["a", "b"]), None,
+         "model.json lists 2 classes but the model scores 3"),
+        ("unknown key", lambda m: m["preprocessing"].update(evil={"_target_": "os.system"}),
+         None, "model.json 'preprocessing' has unknown keys ['evil']"),
+    ]  # fmt: skip
+    for name, edit, extra, message in cases:
+        folder = tmp_path / name.replace(" ", "_")
+        archive = repacked(job.archive, folder, edit, extra)
+        code, out, err = run_cli([archive, job.images[0]], capsys)
+        assert code == 1, (name, err)
+        assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, (
+            name, err)
+        assert not (tmp_path / "escaped.txt").exists()
