@@ -297,12 +297,43 @@ def load_jobs(root: str, ids: Iterable[str] | None = None) -> list[JobRecord]:
             missing="a job still starting, or not a job folder",
         )  # fmt: skip
         registry, _ = _parse_json(contents.get(fs._strip_protocol(registry_path)), REGISTRY_FILE)
-        if output is not None and not isinstance(output.get("job"), dict):
-            output, problem = None, "artifacts/output.json is not a brevpipe output.json"
+        if output is not None and (wrong := shape_problem(output)):
+            output, problem = None, f"artifacts/output.json is not a brevpipe output.json: {wrong}"
         records.append(
             JobRecord(job_id, storage.join(root, job_id), output, registry or {}, problem)
         )
     return records
+
+
+# The fields that listing and statistics read, with the types a job writes (None allowed).
+_OUTPUT_SHAPE: dict[str, tuple[type, ...]] = {
+    "job": (dict,), "job.id": (str,), "job.name": (str,), "job.pipeline": (str,),
+    "job.status": (str,), "job.start": (str,), "job.end": (str,), "metrics": (dict,),
+    "config": (dict,), "config.pipeline": (dict,), "pipeline_template": (dict,),
+    "stages": (dict,), "history": (list,),
+}  # fmt: skip
+
+
+def shape_problem(output: dict[str, Any]) -> str | None:
+    """What is wrong with the types of an output.json's fields (None when nothing is): one
+    malformed file makes its job ``unknown`` with this note, never breaks a listing."""
+    for path, types in _OUTPUT_SHAPE.items():
+        node: Any = output
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, types):
+            return f"'{path}' is {type(node).__name__}, not {types[0].__name__}"
+    if not isinstance(output.get("job"), dict):
+        return "no 'job' object"
+    if output["job"].get("status") not in (None, *STATUSES):
+        return f"'job.status' {str(output['job']['status'])[:40]!r} is not a job status"
+    metrics = output.get("metrics") or {}
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()):
+        return "'metrics' holds values that are not numbers"
+    stages = output.get("stages") or {}
+    if not all(isinstance(v, dict) for v in stages.values()):
+        return "'stages' holds entries that are not objects"
+    return None
 
 
 def _parse_json(
@@ -315,6 +346,8 @@ def _parse_json(
         return None, f"cannot read {what}: {type(data).__name__}: {data}"
     try:
         parsed = json.loads(data)
+    except RecursionError:
+        return None, f"{what} is nested too deeply to be a job's file"
     except ValueError as exc:
         return None, f"{what} is not valid JSON ({exc})"
     if not isinstance(parsed, dict):

@@ -116,6 +116,48 @@ def test_bad_job_folders_are_listed_as_unknown(capsys) -> None:
     assert code == 1 and "has no readable output.json" in err
 
 
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_malformed_output_json_shows_as_unknown_and_hides_no_job(fmt: str, capsys) -> None:
+    """Valid JSON with wrong types (issue: one such file broke the whole listing)."""
+    root = f"memory://registry-malformed-{fmt}"
+    good = []
+    for _ in range(2):
+        job = unit_job(root)
+        job.open()
+        job.complete()
+        good.append(job.id)
+    base = output_of(root, good[0])
+    planted = {
+        "start-number": {"job": {**base["job"], "start": 12345}},
+        "start-list": {"job": {**base["job"], "start": ["2026"]}},
+        "metrics-string": {"metrics": "high"},
+        "metrics-values": {"metrics": {"devel/accuracy": "0.9"}},
+        "status-object": {"job": {**base["job"], "status": {"x": 1}}},
+        "status-made-up": {"job": {**base["job"], "status": "exploded"}},
+        "stages-list": {"stages": [1, 2]},
+        "config-string": {"config": "x"},
+    }
+    for name, change in planted.items():
+        storage.write_json(storage.join(root, name, "artifacts", "output.json"),
+                           {**base, **change})  # fmt: skip
+    deep = b"[" * 100_000 + b"]" * 100_000
+    storage.write_bytes(storage.join(root, "deep", "artifacts", "output.json"), deep)
+    code, out, err = jobs_cli(root, "list", "--format", fmt, capsys=capsys)
+    assert code == 0 and "Traceback" not in err, err
+    bad = [*planted, "deep"]
+    if fmt == "json":
+        rows = {r["id"]: r for r in json.loads(out)}
+        assert all(rows[i]["status"] == "completed" for i in good)
+        assert all(rows[i]["status"] == "unknown" and rows[i]["problem"] for i in bad), rows
+        assert "'job.start' is int, not str" in rows["start-number"]["problem"]
+        assert "nested too deeply" in rows["deep"]["problem"]
+    else:
+        assert all(i[:8] in out for i in good) and all(f"note: {i[:8]}" in out for i in bad)
+    for action in ("show", "statistics"):
+        code, _, err = jobs_cli(root, action, "metrics-string", capsys=capsys)
+        assert code == 1 and "has no readable output.json" in err and "Traceback" not in err
+
+
 def test_stop_markers_and_sessions() -> None:
     bucket = "memory://registry-markers/job"
     assert not registry.stop_requested(bucket)
