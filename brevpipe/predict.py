@@ -16,7 +16,9 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brevpipe import storage
@@ -356,6 +358,7 @@ def main(argv: list[str]) -> int:
     fmt = args.format or ("json" if (args.output or "").lower().endswith(".json") else "csv")
     try:
         urls = expand_images(args.images)  # cheap mistakes first, before loading TensorFlow
+        output = check_destination(args.output) if args.output else None
         predictor = resolve_model(args.model, args.job_root, args.tracking_uri)
         with _progress_bar(len(urls) > args.batch_size) as progress:
             table = predict_images(predictor, urls, args.batch_size, on_error=args.on_error,
@@ -363,8 +366,8 @@ def main(argv: list[str]) -> int:
         for url, reason in table.attrs.get("skipped", []):
             print(f"brevpipe predict: warning: skipped {url}: {reason}", file=sys.stderr)
         data = format_table(table, fmt)
-        if args.output:
-            storage.write_bytes(storage.normalize(args.output), data)
+        if output:
+            write_output(output, data, fmt, len(table))
         else:
             sys.stdout.write(data.decode())
             sys.stdout.flush()
@@ -372,6 +375,44 @@ def main(argv: list[str]) -> int:
         print(f"brevpipe predict: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_destination(url: str) -> str:
+    """The absolute ``--output`` URL, checked before any scoring: not a folder, and for remote
+    storage reachable with the credentials at hand (a ConfigError naming it otherwise)."""
+    url = storage.normalize(url)
+    if storage.is_local(url):
+        if Path(url).is_dir():
+            raise ConfigError(f"--output {url} is a folder: give a file name such as "
+                              f"{url}/predictions.csv.")  # fmt: skip
+        return url
+    try:
+        fs, path = storage.get_fs(url)
+        bucket = path.split("/", 1)[0]
+        found = storage.call(fs, url, "exists", bucket)
+    except BrevpipeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint, permissions: name them
+        found, problem = False, f"{type(exc).__name__}: {exc}"
+    else:
+        problem = f"its bucket {bucket!r} does not exist or cannot be seen"
+    if not found:
+        raise ConfigError(f"cannot write --output {url}: {problem}; check the bucket and the "
+                          "credentials (AWS_* variables), or write to a local file.")  # fmt: skip
+    return url
+
+
+def write_output(url: str, data: bytes, fmt: str, rows: int) -> None:
+    """Write the results to ``url`` and say where; if that fails now, keep them in a local
+    file and say so (scores are never lost)."""
+    try:
+        storage.write_bytes(url, data)
+    except Exception as exc:  # noqa: BLE001 - whatever storage raises, keep the results
+        keep = Path(f"brevpipe-predictions-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}").resolve()
+        keep.write_bytes(data)
+        raise ConfigError(f"cannot write {url} ({type(exc).__name__}: {exc}); the {rows} "
+                          f"results are in {keep}.") from None  # fmt: skip
+    print(f"brevpipe predict: wrote {rows} results to {url}", file=sys.stderr)
 
 
 class _progress_bar:  # noqa: N801 - used like a function: with _progress_bar(...) as update

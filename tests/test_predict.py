@@ -306,3 +306,31 @@ def test_tampered_archives_and_model_json_get_one_line(job, tmp_path: Path, caps
         assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, (
             name, err)
         assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_output_destination_is_checked_before_scoring(s3_server, tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:  # fmt: skip
+    """No credentials for an s3:// --output: one line before any model is loaded (the model
+    given here does not even exist)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    storage.set_storage_options({"s3": {"skip_instance_cache": True}})
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    code, out, err = run_cli([str(tmp_path / "no-model.tar.gz"), str(image), "--output",
+                              "s3://results/x.csv"], capsys)  # fmt: skip
+    assert code == 1 and "cannot write --output s3://results/x.csv" in err, err
+    assert "Traceback" not in err and "no-model" not in err and len(err.splitlines()) == 1
+    (tmp_path / "folder.csv").mkdir()
+    code, _, err = run_cli([str(tmp_path / "no-model.tar.gz"), str(image), "--output",
+                            str(tmp_path / "folder.csv")], capsys)  # fmt: skip
+    assert code == 1 and "is a folder" in err
+
+
+@pytest.mark.slow
+def test_predict_says_where_it_wrote(job, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli([job.archive, job.images[0], "--output", "../out/x.csv"], capsys)
+    target = (tmp_path / ".." / "out" / "x.csv").resolve()
+    assert code == 0 and f"wrote 1 results to {target}" in err and target.exists()
