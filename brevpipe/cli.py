@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if command in ("run", "rerun"):
+        from brevpipe.liveness import terminate_as_interrupt
+
+        terminate_as_interrupt()  # SIGTERM ends a job as 'stopped', like Ctrl-C
     try:
         if command == "run":
             from brevpipe import app
@@ -86,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return registry.main(rest)
     except KeyboardInterrupt as exc:
-        cause = "stopped on request (brevpipe jobs stop)" if str(exc) else "interrupted"
+        terminated = type(exc).__name__ == "Terminated"
+        if terminated:
+            cause = "terminated (SIGTERM)"
+        else:
+            cause = "stopped on request (brevpipe jobs stop)" if str(exc) else "interrupted"
         job_note = "; the job is marked 'stopped'" if command in ("run", "rerun") else ""
         print(f"brevpipe: {cause}{job_note}.", file=sys.stderr)
-        return 130
+        return 143 if terminated else 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import shutil
 import subprocess
@@ -117,7 +118,8 @@ class Job:
     def temp_path(self, *parts: str) -> str:
         """A local scratch path (not persisted); its parent folder exists."""
         if self._temp_dir is None:
-            self._temp_dir = tempfile.mkdtemp(prefix=f"brevpipe-{self.id[:8]}-")
+            # the pid in the name: a later job removes it if this process was killed
+            self._temp_dir = tempfile.mkdtemp(prefix=f"brevpipe-{os.getpid()}-{self.id[:8]}-")
         path = Path(self._temp_dir, *parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         return str(path)

@@ -132,7 +132,7 @@ def _archive_from_mlflow(uri: str, job_root: str, tracking_uri: str | None) -> s
     bucket = run.data.tags.get(BUCKET_TAG)
     if bucket and _exists(storage.join(bucket, ARCHIVE)):
         return storage.join(bucket, ARCHIVE)
-    download = tempfile.mkdtemp(prefix="brevpipe-mlflow-")
+    download = tempfile.mkdtemp(prefix=f"brevpipe-mlflow-{os.getpid()}-")
     atexit.register(shutil.rmtree, download, ignore_errors=True)
     try:
         return mlflow.artifacts.download_artifacts(

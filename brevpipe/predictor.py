@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import shutil
 import tarfile
 import tempfile
@@ -93,7 +94,7 @@ def load_predictor(archive_url: str) -> Predictor:
     if not storage.exists(archive_url):
         raise ConfigError(f"{archive_url} does not exist: give the URL of a job's "
                           "artifacts/model/saved_model.tar.gz.")  # fmt: skip
-    folder = Path(tempfile.mkdtemp(prefix="brevpipe-model-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"brevpipe-model-{os.getpid()}-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the unpacked copy, at exit
     archive = folder / "saved_model.tar.gz"
     storage.download(archive_url, archive)

@@ -26,6 +26,7 @@ from typing import Any
 from brevpipe import storage
 from brevpipe.errors import BrevpipeError
 from brevpipe.job import JobStatus, now
+from brevpipe.liveness import HEARTBEAT_FILE, is_stale
 
 log = logging.getLogger("brevpipe")
 
@@ -33,7 +34,8 @@ DEFAULT_ROOT = "./jobs"
 STOP_MARKER = "control/stop.json"
 REGISTRY_FILE = "registry.json"
 UNKNOWN = "unknown"
-STATUSES = (*(str(s) for s in JobStatus), UNKNOWN)
+LOST = "lost"  # output.json says running, but the heartbeat went stale (killed without a word)
+STATUSES = (*(str(s) for s in JobStatus), LOST, UNKNOWN)
 DONE_STAGE_STATUSES = ("completed", "cached")
 SHORT_ID = 8
 KEY_PARAMS = (
@@ -170,6 +172,7 @@ class JobRecord:
     output: dict[str, Any] | None
     registry: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
+    heartbeat: dict[str, Any] | None = None
 
     @property
     def job(self) -> dict[str, Any]:
@@ -177,7 +180,10 @@ class JobRecord:
 
     @property
     def status(self) -> str:
-        return str(self.job.get("status") or UNKNOWN) if self.output else UNKNOWN
+        status = str(self.job.get("status") or UNKNOWN) if self.output else UNKNOWN
+        if status == JobStatus.RUNNING and is_stale(self.heartbeat):
+            return LOST
+        return status
 
     @property
     def archived(self) -> bool:
@@ -285,23 +291,25 @@ def load_jobs(root: str, ids: Iterable[str] | None = None) -> list[JobRecord]:
         paths[job_id] = (
             storage.join(root_path, job_id, "artifacts", "output.json"),
             storage.join(root_path, job_id, REGISTRY_FILE),
+            storage.join(root_path, job_id, HEARTBEAT_FILE),
         )
     try:
         contents = fs.cat([p for pair in paths.values() for p in pair], on_error="return")
     except Exception as exc:  # noqa: BLE001
         raise _storage_error(root, exc) from exc
     records = []
-    for job_id, (output_path, registry_path) in paths.items():
+    for job_id, (output_path, registry_path, heartbeat_path) in paths.items():
         output, problem = _parse_json(
             contents.get(fs._strip_protocol(output_path)), "artifacts/output.json",
             missing="a job still starting, or not a job folder",
         )  # fmt: skip
         registry, _ = _parse_json(contents.get(fs._strip_protocol(registry_path)), REGISTRY_FILE)
+        heartbeat, _ = _parse_json(contents.get(fs._strip_protocol(heartbeat_path)),
+                                   HEARTBEAT_FILE)  # fmt: skip
         if output is not None and (wrong := shape_problem(output)):
             output, problem = None, f"artifacts/output.json is not a brevpipe output.json: {wrong}"
-        records.append(
-            JobRecord(job_id, storage.join(root, job_id), output, registry or {}, problem)
-        )
+        records.append(JobRecord(job_id, storage.join(root, job_id), output, registry or {},
+                                 problem, heartbeat))  # fmt: skip
     return records
 
 
@@ -531,6 +539,8 @@ def _stage_markers(bucket: str, names: list[str]) -> dict[str, dict[str, Any]]:
 def stop_job(root: str, job_id: str) -> dict[str, Any]:
     """Request a stop of a running job; an error if it is not running."""
     record = get_job(root, job_id)
+    if record.status == LOST:
+        return {"id": record.id, "bucket": record.bucket, "settled": settle_lost(record)}
     if record.status != JobStatus.RUNNING:
         raise JobRegistryError(
             f"job {record.id} is {record.status}, not running: there is nothing to stop "
@@ -544,6 +554,32 @@ def stop_job(root: str, job_id: str) -> dict[str, Any]:
     return {"id": record.id, "bucket": record.bucket, "already": False, **marker}
 
 
+def settle_lost(record: JobRecord) -> str:
+    """End a lost job for the record: output.json ``stopped`` (with why), its running stage too,
+    its MLflow run KILLED. ``brevpipe run job.id=...`` can still resume it."""
+    output = dict(record.output or {})
+    beat = (record.heartbeat or {}).get("time")
+    reason = f"lost: no heartbeat since {beat}; settled by brevpipe jobs ({who()})"
+    job = {**output.get("job", {}), "status": str(JobStatus.STOPPED), "end": now(),
+           "error": reason}  # fmt: skip
+    stages = {name: {**stage, "status": str(JobStatus.STOPPED)}
+              if stage.get("status") == "running" else stage
+              for name, stage in (output.get("stages") or {}).items()}  # fmt: skip
+    storage.write_json(storage.join(record.bucket, "artifacts", "output.json"),
+                       {**output, "job": job, "stages": stages})  # fmt: skip
+    record.output = {**output, "job": job, "stages": stages}
+    mlflow = output.get("mlflow") or {}
+    if mlflow.get("tracking_uri") and mlflow.get("run_id"):
+        try:
+            _check_tracking_store(mlflow["tracking_uri"])
+            from mlflow import MlflowClient
+
+            MlflowClient(mlflow["tracking_uri"]).set_terminated(mlflow["run_id"], "KILLED")
+        except Exception as exc:  # noqa: BLE001 - the bucket's copy is what counts
+            log.warning("could not mark MLflow run %s KILLED: %s", mlflow["run_id"], exc)
+    return reason
+
+
 def set_archived(root: str, job_id: str, archived: bool) -> dict[str, Any]:
     """Archive (hide from ``list``) or unarchive a job; its MLflow run is deleted or restored.
 
@@ -551,6 +587,8 @@ def set_archived(root: str, job_id: str, archived: bool) -> dict[str, Any]:
     MLflow store that cannot be reached gives a warning in the result, not an error.
     """
     record = get_job(root, job_id)
+    if archived and record.status == LOST:
+        settle_lost(record)
     if archived and record.status == JobStatus.RUNNING:
         raise JobRegistryError(
             f"job {record.id} is running; stop it first (brevpipe jobs stop {record.id}), "
@@ -905,6 +943,9 @@ def _stop(args: argparse.Namespace, root: str, as_json: bool) -> int:
     result = stop_job(root, args.id)
     if as_json:
         print_json(result)
+    elif "settled" in result:
+        print(f"job {result['id']} was lost (killed without a word); now marked 'stopped' "
+              f"({result['settled']}); resume it with brevpipe run job.id={result['id']} ...")
     elif result["already"]:
         print(f"a stop of job {result['id']} was already requested at "
               f"{result.get('requested')} by {result.get('by')}; it ends as 'stopped' at its "

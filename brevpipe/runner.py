@@ -19,6 +19,7 @@ from brevpipe.config import code_version
 from brevpipe.dag import Pipeline, StageSpec
 from brevpipe.errors import ConfigError
 from brevpipe.job import Job
+from brevpipe.liveness import Heartbeat, Terminated, clean_stale_temp
 from brevpipe.tracking import make_tracker
 
 log = logging.getLogger("brevpipe")
@@ -182,9 +183,13 @@ def run_job(
         job.extra["rerun_of"] = {"url": rerun_of, "job_id": plain["rerun"].get("job_id")}
     tracker = make_tracker(plain.get("tracking", {}), job, parent)
     runtime = plain.get("runtime", {})
+    clean_stale_temp()
     job.open()
     log.info("job %s  bucket %s", job.id, job.bucket_url)
+    heartbeat = Heartbeat(job.bucket_url, float(runtime.get("heartbeat_s", 10.0)),
+                          registry.session_of(job.to_output()))  # fmt: skip
     try:
+        heartbeat.start()
         tracker.start()
         configure_tensorflow(seed, bool(runtime.get("deterministic", True)))
         keys = pipeline.cache_keys(seed, code_version())
@@ -202,6 +207,8 @@ def run_job(
     except KeyboardInterrupt as exc:
         if isinstance(exc, registry.StopRequested):
             job.stop(f"stopped on request (brevpipe jobs stop): {exc}")
+        elif isinstance(exc, Terminated):
+            job.stop("terminated (SIGTERM)")
         else:
             job.stop()
         tracker.finish(job)
@@ -210,4 +217,6 @@ def run_job(
         job.fail(exc)
         tracker.finish(job)
         raise
+    finally:
+        heartbeat.stop()
     return job

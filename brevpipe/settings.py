@@ -40,11 +40,13 @@ class StorageSettings:
 class RuntimeSettings:
     """``deterministic``: TensorFlow op determinism (same bytes and metrics on CPU);
     ``verbose``: auto (bars on a terminal, a line per epoch otherwise) or a Keras verbosity;
-    ``cache``: decoded training images for later epochs, null, memory or a local folder."""
+    ``cache``: decoded training images for later epochs, null, memory or a local folder;
+    ``heartbeat_s``: seconds between the liveness records of a running job (0: none)."""
 
     deterministic: bool = True
     verbose: Any = "auto"
     cache: Optional[str] = None
+    heartbeat_s: float = 10.0
 
 
 @dataclass

@@ -1,0 +1,130 @@
+"""Whether a job is still alive: a heartbeat in its bucket, SIGTERM as a stop, stale temp folders.
+
+A running job rewrites ``control/heartbeat.json`` every ``runtime.heartbeat_s`` seconds. A job
+whose output.json says ``running`` but whose heartbeat is older than :data:`STALE_PERIODS`
+periods was killed without a chance to say so (SIGKILL, the OOM killer, a lost machine):
+``brevpipe jobs`` shows it as ``lost`` and can settle it. SIGTERM (``timeout``, ``docker
+stop``) ends a job like Ctrl-C does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from brevpipe import storage
+
+log = logging.getLogger("brevpipe")
+HEARTBEAT_FILE = "control/heartbeat.json"
+STALE_PERIODS = 3
+# brevpipe-<pid>-..., brevpipe-mirror-<pid>-..., brevpipe-model-<pid>-...: the creating process
+_TEMP_NAME = re.compile(r"^brevpipe-(?:[a-z]+-)?(\d+)-")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a job ends as ``stopped`` (like Ctrl-C)."""
+
+
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM raise :class:`Terminated` in the main thread (no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("terminated (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Heartbeat:
+    """Writes ``<bucket>/control/heartbeat.json`` every ``period_s`` seconds from a daemon
+    thread while a job runs; a storage hiccup is logged, never fatal."""
+
+    def __init__(self, bucket_url: str, period_s: float, session: str | None) -> None:
+        self.url = storage.join(bucket_url, HEARTBEAT_FILE)
+        self.period_s = float(period_s)
+        self.session = session
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        storage.write_json(self.url, {
+            "time": now().isoformat(timespec="milliseconds"), "period_s": self.period_s,
+            "pid": os.getpid(), "host": socket.gethostname(), "session": self.session,
+        })  # fmt: skip
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.beat()
+            except Exception as exc:  # noqa: BLE001 - a missed beat is not a failed job
+                log.warning("cannot write the heartbeat %s: %s", self.url, exc)
+
+    def start(self) -> Heartbeat:
+        if self.period_s <= 0:
+            return self
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.period_s + 30)
+
+
+def is_stale(heartbeat: dict[str, Any] | None, at: dt.datetime | None = None) -> bool:
+    """Whether a heartbeat record is older than :data:`STALE_PERIODS` of its periods (a job
+    without one, written before heartbeats existed, is never stale)."""
+    if not isinstance(heartbeat, dict):
+        return False
+    try:
+        beat = dt.datetime.fromisoformat(str(heartbeat["time"]))
+        period = float(heartbeat.get("period_s") or 0)
+    except (KeyError, ValueError, TypeError):
+        return False
+    if period <= 0:
+        return False
+    return ((at or now()) - beat).total_seconds() > STALE_PERIODS * period
+
+
+def clean_stale_temp(folder: str | None = None) -> list[str]:
+    """Remove ``brevpipe-*`` temporary folders whose process has ended (a killed job's
+    scratch space, image copies, unpacked models); returns what was removed."""
+    removed = []
+    base = Path(folder or tempfile.gettempdir())
+    for path in base.glob("brevpipe-*"):
+        match = _TEMP_NAME.match(path.name)
+        if not match or not path.is_dir() or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    if removed:
+        log.info("removed %d temporary folder(s) of ended processes", len(removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
