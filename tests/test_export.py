@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,3 +36,30 @@ def test_archive_from_s3_predicts_the_trained_models_scores(tiny_config, s3_buck
 
     with pytest.raises(ConfigError, match="does not exist"):
         load_predictor(f"{s3_bucket}/jobs/nope/saved_model.tar.gz")
+
+
+@pytest.mark.slow
+def test_readme_tensorflow_only_script_reproduces_predictions(tmp_path: Path) -> None:
+    """The README's plain-TensorFlow script, run on a trained job's archive with only
+    model.json's numbers, gives the scores of the job's own predictions.csv."""
+    import re
+    import subprocess
+    import sys
+
+    from brevpipe.config import REPO_DIR
+    from tests.conftest import compose_config, tiny_overrides
+
+    readme = (REPO_DIR / "README.md").read_text()
+    (script,) = re.findall(r"```python\n(# score_with_tensorflow\.py.*?)```", readme, re.S)
+    assert "brevpipe" not in script.replace("score_with_tensorflow.py", "")
+    (tmp_path / "score.py").write_text(script)
+    job = run_job(compose_config([*tiny_overrides(tmp_path), "tracking=none"]))
+    expected = pd.read_csv(job.artifact_path("predictions.csv")).head(12)
+    archive = job.artifact_path("model", "saved_model.tar.gz")
+    command = [sys.executable, str(tmp_path / "score.py"), archive, *expected["path"]]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    got = pd.read_csv(io.StringIO(done.stdout))
+    scores = [c for c in expected.columns if c.startswith("score_")]
+    assert list(got.columns) == ["path", *scores]
+    assert (got["path"] == expected["path"]).all()
+    assert abs(got[scores].to_numpy() - expected[scores].to_numpy()).max() <= 1e-6

@@ -101,6 +101,39 @@ class ImageLoader:
             "roi": self.roi,
         }
 
+    def rescale_numbers(self) -> tuple[list[float], list[float]]:
+        """``rescale`` as per-channel ``(scale, offset)``: the image is ``x * scale + offset``
+        for x in [0, 255] (imagenet: ``(x / 255 - mean) / std`` folded into the two)."""
+        channels = self.channels
+        if isinstance(self.rescale, Mapping):
+            return [self.rescale["scale"]] * channels, [self.rescale["offset"]] * channels
+        if self.rescale == "unit":
+            return [1 / 255] * channels, [0.0] * channels
+        if self.rescale == "imagenet":
+            mean = _IMAGENET_MEAN if channels == 3 else (0.449,)
+            std = _IMAGENET_STD if channels == 3 else (0.226,)
+            return ([1 / (255 * s) for s in std], [-m / s for m, s in zip(mean, std, strict=True)])
+        return [1.0] * channels, [0.0] * channels
+
+    def recipe(self) -> dict[str, Any]:
+        """The preprocessing as numbers and TensorFlow calls, for model.json: enough to score
+        the exported model with TensorFlow alone (see the README's plain-TensorFlow script)."""
+        scale, offset = self.rescale_numbers()
+        return {
+            "decode": {"op": "tf.io.decode_image", "channels": self.channels,
+                       "expand_animations": False,
+                       "color_order": "RGB" if self.channels == 3 else "grey",
+                       "tiff": "Pillow, converted to the same channels"},  # fmt: skip
+            "crop": {"roi": self.roi},  # [top, left, bottom, right] before resizing, or null
+            "resize": {"op": "tf.image.resize", "size": list(self.target_size),
+                       "method": "bilinear", "antialias": self.antialias,
+                       "keep_aspect_ratio": self.keep_aspect_ratio,
+                       "padding_mode": self.padding_mode},  # fmt: skip
+            "rescale": {"formula": "x * scale + offset", "scale": scale, "offset": offset},
+            "dtype": "float32",
+            "layout": "NHWC",
+        }
+
     # -- tf graph functions -----------------------------------------------------------------
     def read(self, path: Any) -> Any:
         """Encoded bytes of one local image file (remote URLs are copied to local disk first,
@@ -207,18 +240,14 @@ class ImageLoader:
                               [rest_w // 2, rest_w - rest_w // 2], [0, 0]])  # fmt: skip
 
     def normalize(self, image: Any) -> Any:
-        """Apply ``rescale`` to a float32 image in [0, 255]."""
+        """Apply ``rescale`` to a float32 image in [0, 255]: ``x * scale + offset`` with the
+        per-channel numbers that model.json records (:meth:`rescale_numbers`)."""
         import tensorflow as tf
 
-        if isinstance(self.rescale, Mapping):
-            return image * self.rescale["scale"] + self.rescale["offset"]
-        if self.rescale == "unit":
-            return image / 255.0
-        if self.rescale == "imagenet":
-            mean = tf.constant(_IMAGENET_MEAN if self.channels == 3 else [0.449])
-            std = tf.constant(_IMAGENET_STD if self.channels == 3 else [0.226])
-            return (image / 255.0 - mean) / std
-        return image
+        if self.rescale == "none":
+            return image
+        scale, offset = self.rescale_numbers()
+        return image * tf.constant(scale, tf.float32) + tf.constant(offset, tf.float32)
 
     def load(self, path: Any) -> Any:
         """Local path -> decoded, resized and rescaled image."""

@@ -371,6 +371,7 @@ def export(
         "threshold": float(getattr(label_encoder, "threshold", 0.0)) or None,
         "input_shape": list(image_loader.output_shape),
         "preprocessing": image_loader.metadata(),
+        "recipe": image_loader.recipe(),  # the same as numbers: TensorFlow alone can score
         "brevpipe_version": __version__,
         "job_id": ctx.job.id,
     }
