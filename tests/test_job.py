@@ -73,14 +73,30 @@ def test_secrets_never_reach_info_or_output_json(tmp_path: Path) -> None:
 
 
 def test_failed_stage_marks_the_job_failed_with_the_error(tiny_config, tmp_path: Path) -> None:
-    cfg = tiny_config("tracking=none", "pipeline.stages.split._target_=json.no_such_function")
-    with pytest.raises(Exception, match="no_such_function"):
+    cfg = tiny_config("tracking=none", "pipeline.stages.split._target_=tests.test_job.explode")
+    with pytest.raises(RuntimeError, match="the split broke"):
         run_job(cfg)
     (bucket,) = (tmp_path / "jobs").iterdir()
     output = json.loads((bucket / "artifacts" / "output.json").read_text())
     assert output["job"]["status"] == "failed"
-    assert "no_such_function" in output["job"]["error"]
+    assert output["job"]["error"] == "RuntimeError: the split broke"
     assert output["stages"]["samples"]["status"] == "completed"
+    assert output["stages"]["split"]["status"] == "failed"
+
+
+def test_a_stage_that_cannot_be_imported_stops_before_any_job(tiny_config, tmp_path) -> None:
+    from brevpipe.errors import ConfigError
+
+    cfg = tiny_config("tracking=none", "pipeline.stages.split._target_=json.no_such_function")
+    with pytest.raises(ConfigError, match="pipeline.stages.split._target_: cannot import "
+                                          "'json.no_such_function'"):
+        run_job(cfg)
+    assert not (tmp_path / "jobs").exists()
+
+
+def explode(ctx, **params):
+    """A stage that fails while it runs."""
+    raise RuntimeError("the split broke")
 
 
 def test_interrupt_marks_the_job_stopped(tiny_config, tmp_path: Path) -> None:
