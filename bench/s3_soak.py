@@ -58,8 +58,11 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
 
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 request
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
