@@ -53,7 +53,8 @@ def start_job(tmp_path: Path, *extra: str) -> subprocess.Popen:
 
 
 def temp_folders(pid: int) -> list[Path]:
-    return list(Path(tempfile.gettempdir()).glob(f"brevpipe-*{pid}-*"))
+    base = Path(tempfile.gettempdir())
+    return [*base.glob(f"brevpipe-{pid}-*"), *base.glob(f"brevpipe-[a-z]*-{pid}-*")]
 
 
 def listed(root: Path) -> dict[str, dict]:
