@@ -45,7 +45,7 @@ class JobListener(Protocol):
 
 
 def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def environment() -> dict[str, Any]:

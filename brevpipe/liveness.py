@@ -46,7 +46,7 @@ def terminate_as_interrupt() -> None:
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return dt.datetime.now(dt.timezone.utc)
 
 
 class Heartbeat:

@@ -215,7 +215,7 @@ class JobRecord:
         if end is None:
             if self.status != JobStatus.RUNNING:
                 return None
-            end = dt.datetime.now(dt.UTC)
+            end = dt.datetime.now(dt.timezone.utc)
         return max(0.0, (end - start).total_seconds())
 
     def stage_status(self, stage: dict[str, Any]) -> str:

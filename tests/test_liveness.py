@@ -23,7 +23,7 @@ from tests.conftest import tiny_overrides
 
 
 def test_stale_heartbeats_and_temp_folders_of_ended_processes(tmp_path: Path) -> None:
-    at = dt.datetime(2026, 1, 1, 12, 0, 10, tzinfo=dt.UTC)
+    at = dt.datetime(2026, 1, 1, 12, 0, 10, tzinfo=dt.timezone.utc)
     beat = {"time": "2026-01-01T12:00:00+00:00", "period_s": 4}
     assert not is_stale(beat, at) and is_stale({**beat, "period_s": 3}, at)
     assert not is_stale(None, at) and not is_stale({"time": "garbage"}, at)
