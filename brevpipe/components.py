@@ -172,7 +172,9 @@ def _builtins(registry: Registry) -> None:
             add("stage", f"{module}.{name}", f"brevpipe.stages.{module}.{name}")
     for name in ("Adam", "AdamW", "SGD", "RMSprop", "Nadam", "Adagrad"):
         add("optimizer", name.lower(), f"keras.optimizers.{name}", runtime=("learning_rate",))
-    for name in ("EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"):
+    # no CSVLogger, ModelCheckpoint, BackupAndRestore: a file name from an untrusted output.json
+    # would write (or truncate) any file
+    for name in ("EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN"):
         add("callback", name.lower(), f"keras.callbacks.{name}")
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from brevpipe import storage
 from brevpipe.components import allowed_target_list, check_registered
@@ -41,15 +42,24 @@ def read_output(url: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read {url}: {exc}") from None
     try:
         output = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise ConfigError(f"{url} is not JSON: give the URL of a job's "
                           "artifacts/output.json.") from None  # fmt: skip
+    if not isinstance(output, dict):
+        raise ConfigError(f"{url} is not a brevpipe output.json (not a JSON object).")
     missing = [k for k in ("schema_version", "job", "config", "seed") if k not in output]
-    if not isinstance(output, dict) or missing:
+    if missing:
         raise ConfigError(f"{url} is not a brevpipe output.json (missing {missing}).")
     if not output.get("pipeline_template"):
         raise ConfigError(f"{url} has no pipeline_template: it was written by an older "
                           "brevpipe; run the job again with brevpipe run.")  # fmt: skip
+    job, config = output["job"], output["config"]
+    if not (isinstance(job, dict) and isinstance(job.get("id"), str)
+            and isinstance(job.get("bucket"), str) and isinstance(config, dict)
+            and isinstance(config.get("pipeline"), dict)
+            and isinstance(output["pipeline_template"], dict)):  # fmt: skip
+        raise ConfigError(f"{url} is not a brevpipe output.json (job.id, job.bucket, "
+                          "config.pipeline or pipeline_template missing or of the wrong type).")
     return output
 
 
@@ -64,13 +74,14 @@ def _check_links(template: Any, path: str = "pipeline") -> None:
         raise ConfigError(f"refusing {path}: {template!r} is not a plain config link.")
 
 
-def _escape(tree: Any) -> Any:
-    """Resolved values are data: a literal ``${`` must not become an interpolation again."""
+def _escape(tree: Any, escape: bool = True) -> Any:
+    """Resolved values are data: a literal ``${`` must not become an interpolation again
+    (``escape=False``: the same tree unescaped, to check that nothing resolves)."""
     if isinstance(tree, dict):
-        return {k: _escape(v) for k, v in tree.items() if v != REDACTED}  # secrets: dropped
+        return {k: _escape(v, escape) for k, v in tree.items() if v != REDACTED}  # secrets: dropped
     if isinstance(tree, list):
-        return [_escape(v) for v in tree]
-    if isinstance(tree, str):
+        return [_escape(v, escape) for v in tree]
+    if isinstance(tree, str) and escape:
         return tree.replace("${", "\\${")
     return tree
 
@@ -117,11 +128,32 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
 def rebuild_config(
     output: dict[str, Any], url: str, overrides: Sequence[str], allow_data_change: bool = False
 ) -> DictConfig:
-    """The original job's config, re-linked, with the rerun settings and ``overrides``."""
+    """The original job's config, re-linked, with the rerun settings and ``overrides``.
+
+    The output.json is untrusted: its values must be plain data (nothing left to resolve),
+    its storage options are dropped (the command line and the environment give them), its
+    types must be brevpipe's, and every ``_target_`` a registered component."""
+    try:
+        return _rebuild(output, url, overrides, allow_data_change)
+    except ConfigError:
+        raise
+    except (OmegaConfBaseException, KeyError, TypeError, AttributeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot rerun {url}: its config is not usable ({first}).") from None
+
+
+def _rebuild(
+    output: dict[str, Any], url: str, overrides: Sequence[str], allow_data_change: bool
+) -> DictConfig:
+    from brevpipe.settings import RerunSettings, Settings
+
     template = output["pipeline_template"]
     _check_links(template)
-    plain = _escape({k: v for k, v in output["config"].items() if k != "pipeline"})
-    cfg = OmegaConf.create(plain)
+    saved = {k: v for k, v in output["config"].items() if k != "pipeline"}
+    cfg = OmegaConf.create(_escape(saved))
+    if OmegaConf.to_container(cfg, resolve=True) != _escape(saved, escape=False):
+        raise ConfigError(f"refusing {url}: its config holds values that would be resolved "
+                          "again (interpolations); an output.json holds plain values.")
     cfg.pipeline = OmegaConf.create(template)
     try:
         relinked = OmegaConf.to_container(cfg.pipeline, resolve=True)
@@ -130,18 +162,23 @@ def rebuild_config(
     if relinked != output["config"]["pipeline"]:
         raise ConfigError(f"the pipeline saved in {url} does not match its config; "
                           "it cannot be rerun exactly.")  # fmt: skip
+    try:  # brevpipe's types: seed=abc in an output.json is refused like on the command line
+        cfg = OmegaConf.merge(OmegaConf.structured(Settings), cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"refusing {url}: {str(exc).splitlines()[0]}") from None
 
     bucket = output["job"]["bucket"]
     split_url = storage.join(bucket, "artifacts", "sample_identification.csv")
     cfg.job.id = None
     cfg.job.root = bucket.rstrip("/").rsplit("/", 1)[0]
-    cfg.rerun = {  # replaced whole: the saved allow-list is untrusted, the command line's counts
-        "of": url,
-        "job_id": output["job"]["id"],
-        "fingerprint": output.get("samples", {}).get("fingerprint"),
-        "allow_data_change": bool(allow_data_change),
-        "allow_targets": [],
-    }
+    cfg.storage.options = {}  # fsspec options can redirect and write anywhere: not from a file
+    cfg.rerun = RerunSettings(  # replaced whole: the saved allow-list is untrusted
+        of=url,
+        job_id=output["job"]["id"],
+        fingerprint=(output.get("samples") or {}).get("fingerprint"),
+        allow_data_change=bool(allow_data_change),
+        allow_targets=[],
+    )
     if storage.exists(split_url):
         cfg.split.reuse_url = split_url
     apply_overrides(cfg, overrides)
@@ -149,7 +186,22 @@ def rebuild_config(
     allow = allowed_target_list(resolved["rerun"].get("allow_targets"))
     check_registered({k: v for k, v in resolved.items() if k != "pipeline"}, allow)
     check_registered(resolved["pipeline"], allow, "pipeline")
+    _refuse_chained_urls(resolved)
     return cfg
+
+
+def _refuse_chained_urls(tree: Any, path: str = "") -> None:
+    """fsspec URL chains (``filecache::https://...``) can write where their options say: a
+    rerun takes plain URLs only."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            _refuse_chained_urls(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            _refuse_chained_urls(value, f"{path}[{i}]")
+    elif isinstance(tree, str) and "::" in tree and "://" in tree:
+        raise ConfigError(f"refusing {path}: {tree!r} is a chained fsspec URL; a rerun takes "
+                          "plain URLs (start a new job with brevpipe run for that).")
 
 
 def check_fingerprint(fingerprint: str, rerun: dict[str, Any] | None) -> None:

@@ -122,6 +122,8 @@ def attacks(victim: Path, mark: Path) -> list[tuple[str, str, object, str | None
          [{"_target_": "os.remove", "_args_": [str(victim / "keep.txt")]}], None),
         ("a stage function", "seed", 42, "os.system"),
         ("a short name of no component", "model", {"_target_": "os:system"}, None),
+        ("a file-writing callback", "trainer.callbacks",
+         [{"_target_": "keras.callbacks.CSVLogger", "filename": str(victim / "keep.txt")}], None),
     ]  # fmt: skip
 
 
@@ -145,6 +147,38 @@ def test_planted_targets_are_refused_before_any_job(
         assert (victim / "keep.txt").read_text() == "precious" and not mark.exists(), name
     assert not (tmp_path / "jobs").exists()  # no job, bucket or MLflow store was created
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_values_that_would_resolve_or_chain_urls_are_refused(tmp_path: Path) -> None:
+    """An output.json holds plain values: no escaped interpolation (a secret sent to a URL),
+    no fsspec URL chain or storage options (writes where its options say)."""
+    escaped = planted(tmp_path, "seed", 42)
+    escaped["config"]["tracking"]["uri"] = "https://evil.example/\\${oc.env:HOME}"
+    with pytest.raises(ConfigError, match="would be resolved again"):
+        rebuild_config(escaped, "u", [])
+    target = tmp_path / "planted"
+    chained = planted(tmp_path, "split.reuse_url", f"filecache::file://{tmp_path}/x.csv")
+    chained["config"]["storage"]["options"] = {
+        "filecache::file": {"filecache": {"cache_storage": str(target), "same_names": True}}}
+    with pytest.raises(ConfigError, match="split.reuse_url: .* is a chained fsspec URL"):
+        rebuild_config(chained, "u", [])
+    options = planted(tmp_path, "storage.options", {"s3": {"client_kwargs": {
+        "endpoint_url": "http://evil.example"}}})  # fmt: skip
+    assert resolve_config(rebuild_config(options, "u", []))["storage"]["options"] == {}
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("body", ["5", "[]", '{"schema_version": 1, "job": 1, "config": [], '
+                                  '"seed": 1, "pipeline_template": {"a": 1}}'])
+def test_malformed_output_json_is_one_line(tmp_path: Path, body: str, capsys) -> None:
+    (tmp_path / "output.json").write_text(body)
+    assert app.rerun_command([str(tmp_path / "output.json")]) == 1
+    err = capsys.readouterr().err
+    assert "is not a brevpipe output.json" in err and "Traceback" not in err
+    bad_seed = planted(tmp_path, "seed", "abc")
+    with pytest.raises(ConfigError, match="refusing u: Value 'abc' of type 'str' could not be "
+                                          "converted to Integer"):
+        rebuild_config(bad_seed, "u", [])
 
 
 def test_allow_targets_takes_exact_dotted_names_only_and_is_recorded(tmp_path: Path) -> None:
