@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import platform
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 
 from brevpipe import __version__, storage
 from brevpipe.config import REPO_DIR, redact
+from brevpipe.liveness import temp_prefix
 
 SCHEMA_VERSION = 1
 ENVIRONMENT_PACKAGES = (
@@ -119,7 +119,7 @@ class Job:
         """A local scratch path (not persisted); its parent folder exists."""
         if self._temp_dir is None:
             # the pid in the name: a later job removes it if this process was killed
-            self._temp_dir = tempfile.mkdtemp(prefix=f"brevpipe-{os.getpid()}-{self.id[:8]}-")
+            self._temp_dir = tempfile.mkdtemp(prefix=f"{temp_prefix()}{self.id[:8]}-")
         path = Path(self._temp_dir, *parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         return str(path)

@@ -26,12 +26,26 @@ from brevpipe import storage
 log = logging.getLogger("brevpipe")
 HEARTBEAT_FILE = "control/heartbeat.json"
 STALE_PERIODS = 3
-# brevpipe-<pid>-..., brevpipe-mirror-<pid>-..., brevpipe-model-<pid>-...: the creating process
-_TEMP_NAME = re.compile(r"^brevpipe-(?:[a-z]+-)?(\d+)-")
+# brevpipe-[kind-]<pid>-<host>-...: the process and the machine (container) that made it
+_TEMP_NAME = re.compile(r"^brevpipe-(?:[a-z]+-)?(\d+)-([0-9a-f]{6})-")
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that a job ends as ``stopped`` (like Ctrl-C)."""
+
+
+def host_token() -> str:
+    """A short token of this machine (or container): temp folders of another host sharing
+    /tmp are never taken for ours."""
+    import hashlib
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def temp_prefix(kind: str = "") -> str:
+    """The prefix of a temporary folder of this process: ``brevpipe-[kind-]<pid>-<host>-``
+    (:func:`clean_stale_temp` removes it once the process has ended)."""
+    return f"brevpipe-{kind + '-' if kind else ''}{os.getpid()}-{host_token()}-"
 
 
 def terminate_as_interrupt() -> None:
@@ -74,9 +88,9 @@ class Heartbeat:
                 log.warning("cannot write the heartbeat %s: %s", self.url, exc)
 
     def start(self) -> Heartbeat:
+        self.beat()  # also replaces a killed run's beat (period 0: never stale)
         if self.period_s <= 0:
             return self
-        self.beat()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -87,10 +101,15 @@ class Heartbeat:
             self._thread.join(timeout=self.period_s + 30)
 
 
-def is_stale(heartbeat: dict[str, Any] | None, at: dt.datetime | None = None) -> bool:
+def is_stale(
+    heartbeat: dict[str, Any] | None, at: dt.datetime | None = None, session: str | None = None
+) -> bool:
     """Whether a heartbeat record is older than :data:`STALE_PERIODS` of its periods (a job
-    without one, written before heartbeats existed, is never stale)."""
+    without one, written before heartbeats existed, is never stale; nor is one of another run
+    of the job than ``session``, the one output.json describes)."""
     if not isinstance(heartbeat, dict):
+        return False
+    if session is not None and heartbeat.get("session") not in (None, session):
         return False
     try:
         beat = dt.datetime.fromisoformat(str(heartbeat["time"]))
@@ -107,9 +126,12 @@ def clean_stale_temp(folder: str | None = None) -> list[str]:
     scratch space, image copies, unpacked models); returns what was removed."""
     removed = []
     base = Path(folder or tempfile.gettempdir())
+    host = host_token()
     for path in base.glob("brevpipe-*"):
         match = _TEMP_NAME.match(path.name)
-        if not match or not path.is_dir() or _alive(int(match.group(1))):
+        if not match or match.group(2) != host or not path.is_dir():
+            continue
+        if _alive(int(match.group(1))):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(str(path))

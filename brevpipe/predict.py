@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from brevpipe import storage
 from brevpipe.errors import BrevpipeError, ConfigError, DataError
+from brevpipe.liveness import temp_prefix
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,7 +133,7 @@ def _archive_from_mlflow(uri: str, job_root: str, tracking_uri: str | None) -> s
     bucket = run.data.tags.get(BUCKET_TAG)
     if bucket and _exists(storage.join(bucket, ARCHIVE)):
         return storage.join(bucket, ARCHIVE)
-    download = tempfile.mkdtemp(prefix=f"brevpipe-mlflow-{os.getpid()}-")
+    download = tempfile.mkdtemp(prefix=temp_prefix("mlflow"))
     atexit.register(shutil.rmtree, download, ignore_errors=True)
     try:
         return mlflow.artifacts.download_artifacts(

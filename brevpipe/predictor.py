@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import shutil
 import tarfile
 import tempfile
@@ -24,6 +23,7 @@ from brevpipe import storage
 from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.errors import ConfigError
+from brevpipe.liveness import temp_prefix
 
 
 class Predictor:
@@ -94,7 +94,10 @@ def load_predictor(archive_url: str) -> Predictor:
     if not storage.exists(archive_url):
         raise ConfigError(f"{archive_url} does not exist: give the URL of a job's "
                           "artifacts/model/saved_model.tar.gz.")  # fmt: skip
-    folder = Path(tempfile.mkdtemp(prefix=f"brevpipe-model-{os.getpid()}-"))
+    if not hasattr(tarfile, "data_filter"):
+        raise ConfigError("unpacking a model archive safely needs tarfile's extraction filters "
+                          "(Python 3.10.12, 3.11.4, 3.12 or newer): upgrade Python.")
+    folder = Path(tempfile.mkdtemp(prefix=temp_prefix("model")))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the unpacked copy, at exit
     archive = folder / "saved_model.tar.gz"
     storage.download(archive_url, archive)

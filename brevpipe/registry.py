@@ -181,7 +181,8 @@ class JobRecord:
     @property
     def status(self) -> str:
         status = str(self.job.get("status") or UNKNOWN) if self.output else UNKNOWN
-        if status == JobStatus.RUNNING and is_stale(self.heartbeat):
+        if status == JobStatus.RUNNING and is_stale(self.heartbeat, session=session_of(
+                self.output or {})):  # fmt: skip
             return LOST
         return status
 
@@ -568,6 +569,8 @@ def settle_lost(record: JobRecord) -> str:
     storage.write_json(storage.join(record.bucket, "artifacts", "output.json"),
                        {**output, "job": job, "stages": stages})  # fmt: skip
     record.output = {**output, "job": job, "stages": stages}
+    # if it was only slow (a beat held up), the stop request ends it for real
+    request_stop(record.bucket, session_of(output))
     mlflow = output.get("mlflow") or {}
     if mlflow.get("tracking_uri") and mlflow.get("run_id"):
         try:

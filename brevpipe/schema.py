@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from brevpipe.components import REGISTRY, Component
 
@@ -143,6 +143,8 @@ _STORED: set[str] = set()
 def store_schemas() -> None:
     """Put every registered component of a config group's kind into Hydra's ConfigStore as
     ``schema/<kind>/<name>`` (idempotent; entry points of other packages included)."""
+    import logging
+
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -150,9 +152,17 @@ def store_schemas() -> None:
         key = f"{component.kind}/{component.name}"
         if component.kind not in GROUP_KINDS or key in _STORED:
             continue
-        store.store(group=f"schema/{component.kind}", name=component.name,
-                    node=config_class(component), provider=component.package)  # fmt: skip
         _STORED.add(key)
+        try:
+            node = config_class(component)
+            OmegaConf.structured(node)  # a default OmegaConf cannot hold fails here, not later
+        except Exception as exc:  # noqa: BLE001 - one package's component must not stop others
+            logging.getLogger("brevpipe").warning(
+                "no typed settings for %s:%s (%s): %s; its presets cannot start from "
+                "/schema/%s", component.kind, component.name, component.target, exc, key)
+            continue
+        store.store(group=f"schema/{component.kind}", name=component.name, node=node,
+                    provider=component.package)  # fmt: skip
 
 
 # -- JSON Schema --------------------------------------------------------------------------------

@@ -160,15 +160,12 @@ class ModelService:
         PNG can decode to gigabytes), and images whose header Pillow cannot read: no decoder
         sees an image of unknown size."""
         import io
-        import warnings
 
         from PIL import Image
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as image:  # reads the header only
-                    width, height = image.size
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                width, height = image.size
         except Image.DecompressionBombError:  # Pillow's own limit, far above ours
             raise DataError(f"image {name!r} is over the limit of {self.max_pixels} pixels "
                             "(--max-pixels): send a smaller image.") from None  # fmt: skip
@@ -437,8 +434,14 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving ``predictor``; tokens are checked against ``secret``. The docs
     (``/docs``, ``/openapi.json``) need a token too unless ``public_docs``."""
+    import warnings
+
+    from PIL import Image
+
     from brevpipe import __version__
 
+    # Pillow warns about large headers; the service refuses them itself (--max-pixels)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     check_secret(secret)
     if max_batch < 1 or max_bytes < 1:
         raise ConfigError(f"max_batch={max_batch}, max_bytes={max_bytes}: use 1 or more.")

@@ -156,6 +156,9 @@ def main(args: list[str]) -> int:
         at = args.index("--package")
         package = args[at + 1] if at + 1 < len(args) else None
         args = args[:at] + args[at + 2 :]
+    if len(args) != 1 or package == "":
+        print(USAGE, end="", file=sys.stderr)
+        return 2
     try:
         written = write_project(Path(args[0]), package)
     except (FileExistsError, ValueError) as exc:

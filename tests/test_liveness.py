@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from brevpipe import registry
-from brevpipe.liveness import clean_stale_temp, is_stale
+from brevpipe.liveness import clean_stale_temp, host_token, is_stale, temp_prefix
 from tests.conftest import tiny_overrides
 
 
@@ -27,16 +27,21 @@ def test_stale_heartbeats_and_temp_folders_of_ended_processes(tmp_path: Path) ->
     beat = {"time": "2026-01-01T12:00:00+00:00", "period_s": 4}
     assert not is_stale(beat, at) and is_stale({**beat, "period_s": 3}, at)
     assert not is_stale(None, at) and not is_stale({"time": "garbage"}, at)
+    # a beat of another run of the job (a resumed run writes its own) is never the verdict
+    assert not is_stale({**beat, "period_s": 3, "session": "old"}, at, session="new")
+    assert is_stale({**beat, "period_s": 3, "session": "new"}, at, session="new")
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True)  # fmt: skip
-    dead = tmp_path / f"brevpipe-{ended.stdout.strip()}-abcd1234-x"
-    mirror = tmp_path / f"brevpipe-mirror-{ended.stdout.strip()}-y"
-    mine = tmp_path / f"brevpipe-{os.getpid()}-ef567890-z"
+    pid, host = ended.stdout.strip(), host_token()
+    dead = tmp_path / f"brevpipe-{pid}-{host}-abcd1234-x"
+    mirror = tmp_path / f"brevpipe-mirror-{pid}-{host}-y"
+    mine = tmp_path / f"{temp_prefix()}z"
+    another_host = tmp_path / f"brevpipe-{pid}-{'0' if host[0] != '0' else '1'}{host[1:]}-x"
     other = tmp_path / "brevpipe-cache"
-    for folder in (dead, mirror, mine, other):
+    for folder in (dead, mirror, mine, another_host, other):
         folder.mkdir()
     assert sorted(clean_stale_temp(str(tmp_path))) == sorted([str(dead), str(mirror)])
-    assert mine.exists() and other.exists()
+    assert mine.exists() and another_host.exists() and other.exists()
 
 
 def start_job(tmp_path: Path, *extra: str) -> subprocess.Popen:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from brevpipe import storage
 from brevpipe.errors import DataError
+from brevpipe.liveness import temp_prefix
 
 log = logging.getLogger("brevpipe")
 _FOLDER: list[Path] = []
@@ -40,7 +41,7 @@ def mirror_folder() -> Path:
                 folder = Path(configured).expanduser().resolve()
                 folder.mkdir(parents=True, exist_ok=True)
             else:
-                folder = Path(tempfile.mkdtemp(prefix=f"brevpipe-mirror-{os.getpid()}-"))
+                folder = Path(tempfile.mkdtemp(prefix=temp_prefix("mirror")))
                 atexit.register(shutil.rmtree, folder, ignore_errors=True)
             _FOLDER.append(folder)
         return _FOLDER[0]
