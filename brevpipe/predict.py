@@ -393,7 +393,9 @@ def check_destination(url: str) -> str:
         found = storage.call(fs, url, "exists", bucket)
     except BrevpipeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - credentials, endpoint, permissions: name them
+    except PermissionError:  # credentials scoped to a prefix may not see the bucket: go on
+        return url  # (if the write fails after all, the results are kept in a local file)
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint: name them
         found, problem = False, f"{type(exc).__name__}: {exc}"
     else:
         problem = f"its bucket {bucket!r} does not exist or cannot be seen"

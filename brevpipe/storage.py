@@ -38,14 +38,18 @@ def set_storage_options(
     _TIMEOUT_S[0] = float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S
 
 
-def call(fs: fsspec.AbstractFileSystem, url: str, method: str, *args: Any, **kwargs: Any) -> Any:
+def call(
+    fs: fsspec.AbstractFileSystem, url: str, method: str, *args: Any, limit: bool = True,
+    **kwargs: Any,
+) -> Any:  # fmt: skip
     """``fs.<method>(*args, **kwargs)`` within ``storage.timeout_s`` on asynchronous file systems.
 
     fsspec's synchronous wrapper waits for its event loop without a limit; with ``timeout`` it
     cancels the request (which gives its pooled connection back) and raises. ``url`` names the
-    thing in the error.
+    thing in the error. ``limit=False`` for whole-file transfers, whose length depends on the
+    file's size (each request still has the client's own connect and read timeouts).
     """
-    if getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
+    if limit and getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
         kwargs["timeout"] = _TIMEOUT_S[0]
     try:
         return getattr(fs, method)(*args, **kwargs)
@@ -153,11 +157,11 @@ def upload(local_path: str | Path, url: str) -> None:
     if is_local(url):
         write_bytes(url, local_path.read_bytes())
     else:
-        call(fs, url, "put_file", str(local_path), path)
+        call(fs, url, "put_file", str(local_path), path, limit=False)
 
 
 def download(url: str, local_path: str | Path) -> None:
     """Copy a remote file to a local path."""
     fs, path = get_fs(url)
     Path(local_path).parent.mkdir(parents=True, exist_ok=True)
-    call(fs, url, "get_file", path, str(local_path))
+    call(fs, url, "get_file", path, str(local_path), limit=False)

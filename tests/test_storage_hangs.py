@@ -142,3 +142,18 @@ def test_tf_data_threads_never_call_storage_and_later_epochs_need_no_s3(
     assert [b.tobytes() for b in local.numpy_iterator()] == [
         b.tobytes() for b in pipe.numpy_iterator()
     ]
+
+
+def test_a_remote_image_that_disappeared_is_named_as_unreadable(
+    local_samples: pd.DataFrame, s3_bucket: str
+) -> None:
+    """loader.on_error=skip works on S3 too: a deleted object is one unreadable image."""
+    folder = Path(local_samples["path"].iloc[0]).parents[1]
+    storage.upload(folder, f"{s3_bucket}/gone")
+    remote = find_samples(f"{s3_bucket}/gone")
+    victim = remote["path"].iloc[3]
+    fs, path = storage.get_fs(victim)
+    fs.rm(path)
+    bad = ImageLoader(target_size=[32, 32], on_error="skip").find_unreadable(
+        remote["path"].tolist(), remote["etag"].tolist())
+    assert [url for url, _ in bad] == [victim] and "cannot read it" in bad[0][1]

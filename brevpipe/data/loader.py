@@ -273,9 +273,12 @@ class ImageLoader:
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 return url, _clean_tf_message(reason)
 
-        pairs = list(zip(paths, local_copies(paths, etags), strict=True))
+        missing: dict[str, str] = {}  # remote files that cannot be read at all
+        pairs = list(zip(paths, local_copies(paths, etags, failures=missing), strict=True))
+        pairs = [(url, local) for url, local in pairs if url not in missing]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return [r for r in pool.map(check, pairs) if r is not None]
+            found = [r for r in pool.map(check, pairs) if r is not None]
+        return [*missing.items(), *found]
 
     def unreadable_error(self, bad: list[tuple[str, str]]) -> DataError:
         listing = "; ".join(f"{url} ({reason})" for url, reason in bad[:5])

@@ -28,23 +28,25 @@ from brevpipe.errors import DataError
 from brevpipe.liveness import temp_prefix
 
 log = logging.getLogger("brevpipe")
-_FOLDER: list[Path] = []
+_FOLDERS: dict[bool, Path] = {}
 _LOCK = threading.Lock()
 
 
-def mirror_folder() -> Path:
-    """This process's folder of copies: ``$BREVPIPE_MIRROR_DIR`` if set (kept), else a temporary
-    ``brevpipe-mirror-<pid>-*`` folder removed when the process exits."""
+def mirror_folder(kept: bool = True) -> Path:
+    """The folder of copies: ``$BREVPIPE_MIRROR_DIR`` if set and ``kept`` (copies keyed by a
+    content hash may outlive the process), else this process's temporary
+    ``brevpipe-mirror-<pid>-*`` folder, removed when it exits."""
+    configured = os.environ.get("BREVPIPE_MIRROR_DIR") if kept else None
     with _LOCK:
-        if not _FOLDER:
-            if configured := os.environ.get("BREVPIPE_MIRROR_DIR"):
+        if bool(configured) not in _FOLDERS:
+            if configured:
                 folder = Path(configured).expanduser().resolve()
                 folder.mkdir(parents=True, exist_ok=True)
             else:
                 folder = Path(tempfile.mkdtemp(prefix=temp_prefix("mirror")))
                 atexit.register(shutil.rmtree, folder, ignore_errors=True)
-            _FOLDER.append(folder)
-        return _FOLDER[0]
+            _FOLDERS[bool(configured)] = folder
+        return _FOLDERS[bool(configured)]
 
 
 def copy_name(url: str, etag: str | None) -> str:
@@ -56,12 +58,14 @@ def copy_name(url: str, etag: str | None) -> str:
 
 
 def local_copies(
-    urls: Sequence[str], etags: Sequence[str | None] | None = None, folder: Path | None = None
-) -> list[str]:
+    urls: Sequence[str], etags: Sequence[str | None] | None = None, folder: Path | None = None,
+    failures: dict[str, str] | None = None,
+) -> list[str]:  # fmt: skip
     """A local path for each URL: local URLs as they are, remote ones copied into ``folder``
-    (default :func:`mirror_folder`) unless a copy is already there. Unreadable URLs raise a
-    :class:`DataError` naming them."""
-    folder = folder or mirror_folder()
+    (default :func:`mirror_folder`; copies without an etag only into this process's own
+    folder, so that a changed file is never served from an old copy) unless a copy is already
+    there. Unreadable URLs raise a :class:`DataError` naming them, or, given ``failures``, are
+    recorded there (url -> reason) and their path does not exist."""
     etags = list(etags) if etags is not None else [None] * len(urls)
     out: list[str] = []
     wanted: dict[str, Path] = {}
@@ -69,16 +73,16 @@ def local_copies(
         if storage.is_local(url):
             out.append(url)
             continue
-        target = folder / copy_name(url, etag)
+        target = (folder or mirror_folder(kept=bool(etag))) / copy_name(url, etag)
         out.append(str(target))
         if not target.exists():
             wanted[url] = target
     if wanted:
-        _fetch(wanted)
+        _fetch(wanted, failures)
     return out
 
 
-def _fetch(wanted: dict[str, Path]) -> None:
+def _fetch(wanted: dict[str, Path], failures: dict[str, str] | None = None) -> None:
     started = time.perf_counter()
     urls = list(wanted)
     log.info("copying %d remote images to local disk (%s...)", len(urls), urls[0])
@@ -87,7 +91,11 @@ def _fetch(wanted: dict[str, Path]) -> None:
         contents = storage.cat_many(urls[start : start + 1024])
         for url, data in contents.items():
             if isinstance(data, BaseException):
-                failed.append(f"{url} ({type(data).__name__}: {data})")
+                reason = f"{type(data).__name__}: {data}"
+                if failures is not None:
+                    failures[url] = f"cannot read it ({reason})"
+                else:
+                    failed.append(f"{url} ({reason})")
                 continue
             target = wanted[url]
             target.parent.mkdir(parents=True, exist_ok=True)

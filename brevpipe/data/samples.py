@@ -89,7 +89,8 @@ def find_samples(
         fs, root = storage.get_fs(url)
         local = storage.is_local(url)
         try:
-            found = fs.find(root, detail=True) if fs.isdir(root) else None
+            found = (storage.call(fs, url, "find", root, detail=True)
+                     if storage.call(fs, url, "isdir", root) else None)  # fmt: skip
         except (FileNotFoundError, PermissionError) as exc:
             raise DataError(f"cannot list dataset URL {url}: {exc}; check dataset.url.") from exc
         if found is None:
