@@ -34,6 +34,17 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that a job ends as ``stopped`` (like Ctrl-C)."""
 
 
+# Set by SIGINT/SIGTERM: an interrupt raised where Python swallows exceptions (a __del__, a
+# weakref callback inside TensorFlow) must still end the job, at the next batch or stage.
+_SIGNALLED: list[BaseException] = []
+
+
+def raise_if_signalled() -> None:
+    """Raise the interrupt a signal asked for, if it was swallowed before reaching the job."""
+    if _SIGNALLED:
+        raise _SIGNALLED[0]
+
+
 def host_token() -> str:
     """A short token of this machine (or container): temp folders of another host sharing
     /tmp are never taken for ours."""
@@ -49,14 +60,21 @@ def temp_prefix(kind: str = "") -> str:
 
 
 def terminate_as_interrupt() -> None:
-    """Make SIGTERM raise :class:`Terminated` in the main thread (no-op elsewhere)."""
+    """Make SIGTERM raise :class:`Terminated` and SIGINT ``KeyboardInterrupt`` in the main
+    thread, remembered for :func:`raise_if_signalled` (no-op outside the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return
 
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated("terminated (SIGTERM)")
+    def on_term(signum: int, frame: Any) -> None:
+        _SIGNALLED.append(Terminated("terminated (SIGTERM)"))
+        raise _SIGNALLED[-1]
 
-    signal.signal(signal.SIGTERM, handler)
+    def on_int(signum: int, frame: Any) -> None:
+        _SIGNALLED.append(KeyboardInterrupt())
+        raise _SIGNALLED[-1]
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_int)
 
 
 def now() -> dt.datetime:

@@ -26,7 +26,7 @@ from typing import Any
 from brevpipe import storage
 from brevpipe.errors import BrevpipeError
 from brevpipe.job import JobStatus, now
-from brevpipe.liveness import HEARTBEAT_FILE, is_stale
+from brevpipe.liveness import HEARTBEAT_FILE, is_stale, raise_if_signalled
 
 log = logging.getLogger("brevpipe")
 
@@ -157,6 +157,7 @@ def stop_callback(bucket_url: str, check_every_s: float = 2.0) -> Any:
                 )
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            raise_if_signalled()  # Ctrl-C or SIGTERM that TensorFlow swallowed
             self._check()
 
     return StopCallback()

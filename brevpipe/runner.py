@@ -19,7 +19,7 @@ from brevpipe.config import code_version
 from brevpipe.dag import Pipeline, StageSpec
 from brevpipe.errors import ConfigError
 from brevpipe.job import Job
-from brevpipe.liveness import Heartbeat, Terminated, clean_stale_temp
+from brevpipe.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
 from brevpipe.tracking import make_tracker
 
 log = logging.getLogger("brevpipe")
@@ -196,6 +196,7 @@ def run_job(
         values: dict[str, Any] = {}
         session = registry.session_of(job.to_output())
         for stage in pipeline.order():
+            raise_if_signalled()  # an interrupt swallowed inside the previous stage
             if _stop_requested(job, session):  # brevpipe jobs stop
                 raise registry.StopRequested(f"stop requested before stage '{stage.name}'")
             values.update(
