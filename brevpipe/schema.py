@@ -60,10 +60,17 @@ def _omegaconf_type(annotation: Any) -> Any:
 
 
 def _field_docs(doc: str) -> dict[str, str]:
-    """``name: text`` descriptions from a docstring's ````name````: text`` mentions."""
+    """Descriptions of settings from a docstring: its ``Settings:`` lines (````name````: text),
+    else the first ````name````: text mention in its prose."""
     found: dict[str, str] = {}
-    for match in re.finditer(r"``(\w+)``(?: \([^)]*\))?:? ([^;]+?)(?:;|\.\s|\.$|$)", doc, re.M):
-        found.setdefault(match.group(1), " ".join(match.group(2).split()))
+    if "Settings:" in doc:
+        for line in doc.split("Settings:", 1)[1].splitlines():
+            match = re.match(r"\s*``(\w+)``: (.+)$", line)
+            if match:
+                found[match.group(1)] = match.group(2).strip()
+    prose = " ".join(doc.split())
+    for match in re.finditer(r"``(\w+)``(?: \([^)]*\))?:? ([^;]+?)(?:;|\.\s|\.$|$)", prose):
+        found.setdefault(match.group(1), match.group(2))
     return found
 
 
@@ -74,8 +81,8 @@ def parameters(component: Component) -> list[Parameter]:
 
 def parameters_of(target: Any, skip: Sequence[str] = ()) -> list[Parameter]:
     """The parameters of a dataclass, class or function (less ``skip``), in order."""
-    doc = inspect.getdoc(target) or ""
-    docs = _field_docs(doc)
+    classes = getattr(target, "__mro__", (target,))  # inherited settings keep their docs
+    docs = _field_docs("\n".join(inspect.getdoc(c) or "" for c in classes if c is not object))
     skip = set(skip)
     out = []
     if dataclasses.is_dataclass(target):

@@ -232,6 +232,9 @@ class TrackingSettings:
 
     ``uri``: null = ``sqlite:///`` beside the job root, or any tracking URI (``http://host:5000``);
     ``experiment``: null = the pipeline's name; ``enabled: false`` turns the mirror off.
+
+    Settings:
+    ``enabled``: mirror each job into MLflow (false: no tracking)
     """
 
     enabled: bool = True

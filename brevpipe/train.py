@@ -54,6 +54,22 @@ class Trainer:
     with the ``mixed_float16`` policy. ``strategy``: ``default``, ``mirrored`` (all local
     GPUs) or ``multi_worker`` (machines listed in ``TF_CONFIG``). ``callbacks`` adds Keras
     callbacks.
+
+    Settings:
+    ``epochs``: passes over the training data
+    ``batch_size``: images per training step
+    ``lr``: the starting learning rate
+    ``schedule``: constant, cosine (to 0 over all steps) or step
+    ``step_epochs``: epochs between the step schedule's drops
+    ``step_factor``: the step schedule's factor at each drop
+    ``optimizer``: a Keras optimizer config with _partial_: true (gets the learning rate)
+    ``early_stopping``: Keras EarlyStopping arguments ({monitor, patience, ...}) or null
+    ``class_weight``: balanced, {class: weight} or null
+    ``loss``: auto (by task) or a Keras loss name
+    ``mixed_precision``: build the model with the mixed_float16 policy (for GPUs)
+    ``strategy``: default, mirrored (all local GPUs) or multi_worker (TF_CONFIG machines)
+    ``callbacks``: extra Keras callbacks, each a {_target_: ...} mapping
+    ``stop_check_s``: seconds between looks for a brevpipe jobs stop request
     """
 
     epochs: int = 15

@@ -404,7 +404,7 @@ def test_schemathesis_fuzzing_finds_no_5xx(url, headers, job, expected, tmp_path
          "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance",
          "--max-examples", "40", "--seed", "20261125", "--request-timeout", "30",
          "--report", "har", "--report-har-path", str(har), "--continue-on-failure"],
-        capture_output=True, text=True, timeout=800,
+        capture_output=True, text=True, timeout=800, cwd=tmp_path,  # its caches stay there
     )  # fmt: skip
     entries = json.loads(har.read_text())["log"]["entries"]
     statuses = Counter(e["response"]["status"] for e in entries)

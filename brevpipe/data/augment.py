@@ -44,6 +44,20 @@ class TfAugmenter:
     mask together. Colour: ``brightness`` (max delta, 0..1 units), ``contrast``,
     ``saturation`` (max relative change), ``hue`` (max delta, 0..0.5). ``noise``: Gaussian
     standard deviation (0..1 units). ``blur``: probability of a 3x3 Gaussian blur.
+
+    Settings:
+    ``flip_horizontal``: flip left-right with probability 0.5
+    ``flip_vertical``: flip upside down with probability 0.5
+    ``rotate``: max rotation in degrees
+    ``translate``: max shift, a fraction of the size
+    ``brightness``: max brightness delta (0..1 units)
+    ``saturation``: max relative saturation change
+    ``noise``: Gaussian noise standard deviation (0..1 units)
+    ``blur``: probability of a 3x3 Gaussian blur
+    ``scale``: max relative zoom, or [low, high] factors
+    ``contrast``: max relative contrast change
+    ``hue``: max hue delta (0..0.5)
+    ``fill_mode``: how the affine fills the borders (reflect, constant, nearest, wrap)
     """
 
     flip_horizontal: bool = True
@@ -172,6 +186,9 @@ class AlbumentationsAugmenter:
     concurrent call) and, before each sample, re-seeds every transform with its own seed
     derived from the sample seed, so results do not depend on thread scheduling and draws of
     different transforms are not correlated.
+
+    Settings:
+    ``transforms``: [{name: HorizontalFlip, p: 0.5}, ...] albumentations classes and params
     """
 
     transforms: Sequence[Mapping[str, Any]] = field(default_factory=list)

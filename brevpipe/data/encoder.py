@@ -16,6 +16,10 @@ class OneHotEncoder:
 
     ``classes`` fixes the order (else the sorted class names of the training data, see
     :meth:`fit`). ``on_unknown``: ``raise`` (default) or ``zero`` (an all-zero row).
+
+    Settings:
+    ``classes``: the class order; null: the sorted class names of the training data
+    ``on_unknown``: raise, or zero (an all-zero row) for a class outside ``classes``
     """
 
     classes: Sequence[str] | None = None
@@ -85,7 +89,11 @@ class OneHotEncoder:
 @dataclass
 class MultiHotEncoder(OneHotEncoder):
     """Multi-label encoding: one 1 per label of the sample; rows of any label count batch.
-    A label is predicted when its (sigmoid) score reaches ``threshold``."""
+    A label is predicted when its (sigmoid) score reaches ``threshold``.
+
+    Settings:
+    ``threshold``: a label is predicted when its score reaches this
+    """
 
     threshold: float = 0.5
     multi_label = True

@@ -41,6 +41,16 @@ class ImageLoader:
     (``s3://``, ``memory://``) to local disk first. ``on_error``: ``raise`` names the
     unreadable files; ``skip`` drops them (see :meth:`find_unreadable`) and the pipeline counts
     them in output.json.
+
+    Settings:
+    ``target_size``: [height, width] of the images the model gets
+    ``color_mode``: rgb or greyscale (grey, RGB and RGBA files are converted)
+    ``rescale``: none, unit (0..1), imagenet, or {scale, offset} (x * scale + offset)
+    ``antialias``: low-pass filter when shrinking (quality) or not (speed)
+    ``keep_aspect_ratio``: fit inside target_size without distortion, then pad
+    ``padding_mode``: constant (zeros), reflect or symmetric
+    ``roi``: crop [top, left, bottom, right] in source pixels before resizing
+    ``on_error``: raise (names the unreadable files) or skip (counted in output.json)
     """
 
     target_size: Sequence[int] = field(default_factory=lambda: [64, 64])

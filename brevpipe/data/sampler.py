@@ -30,6 +30,13 @@ class Sampler:
     within their group (with replacement). ``repeat`` makes an epoch that many passes (each
     shuffled on its own); ``max_epoch_samples`` caps every epoch. Everything is a pure
     function of (seed, epoch).
+
+    Settings:
+    ``shuffle``: reshuffle every epoch (false: table order)
+    ``groupby``: columns whose groups are drawn by weighting (such as [category]), or null
+    ``max_epoch_samples``: cap on the samples of every epoch, or null
+    ``repeat``: passes over the data per epoch (each reshuffled)
+    ``weighting``: uniform, count, sqrt, log or logx+1 of the group size
     """
 
     shuffle: bool = True

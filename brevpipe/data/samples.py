@@ -145,7 +145,17 @@ class FolderDataset:
 
     ``masks``: each image has a segmentation mask at ``<mask_url>/<folder>/<stem><mask_suffix>``
     (a mirror tree of mask images or ``.json`` annotations; beside the image when ``mask_url``
-    is null), listed in the ``mask_path`` column."""
+    is null), listed in the ``mask_path`` column.
+
+    Settings:
+    ``url``: one folder-per-class URL or a list of them
+    ``name``: the dataset's name in the sample table
+    ``classes``: keep only these classes (folder names after mapping)
+    ``class_mapping``: {folder: label} or {folder: [label, ...]} (multi-label)
+    ``mask_url``: a mirror tree of masks (null: beside the images)
+    ``mask_suffix``: file name ending of a mask, such as _mask.png or .json
+    ``masks``: each image has a segmentation mask (pipeline=segmentation sets it)
+    """
 
     url: str | Sequence[str]
     name: str = "folder"

@@ -92,6 +92,17 @@ class ShapesDataset:
     the tuple of their names. ``masks`` also writes a segmentation mask per image (PNG, pixel
     value = 1 + the shape's class index, 0 = background): images go under ``images/`` and masks
     under ``masks/``, mirroring it.
+
+    Settings:
+    ``name``: the dataset's name in the sample table
+    ``classes``: the shapes to draw (circle, square, triangle)
+    ``samples_per_class``: images per class
+    ``image_size``: side of the square images in pixels
+    ``seed``: the generator's seed (the same seed gives the same files)
+    ``formats``: file formats used in turn (png, jpg)
+    ``cache_dir``: where the files go (null: ~/.cache/brevpipe/datasets)
+    ``max_labels``: 2 or more makes a multi-label dataset (use encoder=multihot)
+    ``masks``: also write segmentation masks (pipeline=segmentation sets it)
     """
 
     name: str = "shapes"

@@ -63,6 +63,14 @@ class SampleSplit:
       (the split stage reads it; a job's own earlier split is reused anyway).
     - ``previous``: an earlier assignment (``path``, ``purpose``, uniqueness columns); its
       samples keep their purpose, new samples fill each stratum towards the fractions.
+
+    Settings:
+    ``fractions``: share of each purpose ({train, devel, test}), normalised
+    ``stratify``: columns whose values are split in the same proportions, such as [category]
+    ``uniqueness``: columns whose shared values keep samples together, such as [etag]
+    ``stratify_regex``: also stratify by this regex's first group of the path
+    ``uniqueness_regex``: keep samples whose paths share this regex's first group together
+    ``reuse_url``: another job's sample_identification.csv to keep assignments from
     """
 
     fractions: Mapping[str, float] = field(

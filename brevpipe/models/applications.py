@@ -39,7 +39,14 @@ def build(
 
     ``bn_momentum`` replaces the batch-norm momentum of the application (0.99 or 0.999 there,
     tuned for ImageNet's long runs): on a few hundred training steps from scratch the moving
-    statistics would not catch up, and the model would predict one class at inference."""
+    statistics would not catch up, and the model would predict one class at inference.
+
+    Settings:
+    ``weights``: null (random, no download) or the URL of a .weights.h5 file
+    ``dropout``: dropout rate before the classifier
+    ``architecture``: mobilenet_v2, efficientnet_b0 or resnet50
+    ``bn_momentum``: batch-norm momentum of the application (null keeps Keras's)
+    """
     import keras
     from keras import layers
 

@@ -16,7 +16,14 @@ def build(
     multi_label: bool = False,
 ) -> Any:
     """Conv-ReLU-pool blocks (optionally batch-normalised), global average pooling, a dense
-    layer and softmax (sigmoid scores per class when ``multi_label``)."""
+    layer and softmax (sigmoid scores per class when ``multi_label``).
+
+    Settings:
+    ``filters``: filters of each conv block
+    ``dense``: units of the dense layer
+    ``dropout``: dropout rate before the classifier
+    ``batch_norm``: batch normalisation after each convolution
+    """
     import keras
     from keras import layers
 

@@ -15,7 +15,12 @@ def build(
     batch_norm: bool = True,
 ) -> Any:
     """Encoder of conv blocks and poolings, decoder of upsamplings joined with the skips,
-    a 1x1 softmax over ``num_classes``. Height and width must divide by 2**(len(filters)-1)."""
+    a 1x1 softmax over ``num_classes``. Height and width must divide by 2**(len(filters)-1).
+
+    Settings:
+    ``filters``: filters of each level of the encoder (and decoder)
+    ``batch_norm``: batch normalisation after each convolution
+    """
     import keras
     from keras import layers
 
