@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -63,15 +63,22 @@ def read_output(url: str) -> dict[str, Any]:
     return output
 
 
-def _check_links(template: Any, path: str = "pipeline") -> None:
-    if isinstance(template, dict):
-        for key, value in template.items():
-            _check_links(value, f"{path}.{key}")
-    elif isinstance(template, list):
-        for i, value in enumerate(template):
-            _check_links(value, f"{path}[{i}]")
-    elif isinstance(template, str) and "${" in _LINK.sub("", template):
-        raise ConfigError(f"refusing {path}: {template!r} is not a plain config link.")
+def _strings(tree: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every ``(config path, string value)`` of a plain config tree."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _strings(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _strings(value, f"{path}[{i}]")
+    elif isinstance(tree, str):
+        yield path, tree
+
+
+def _check_links(template: Any) -> None:
+    for path, text in _strings(template, "pipeline"):
+        if "${" in _LINK.sub("", text):
+            raise ConfigError(f"refusing {path}: {text!r} is not a plain config link.")
 
 
 def _escape(tree: Any, escape: bool = True) -> Any:
@@ -190,18 +197,13 @@ def _rebuild(
     return cfg
 
 
-def _refuse_chained_urls(tree: Any, path: str = "") -> None:
+def _refuse_chained_urls(tree: Any) -> None:
     """fsspec URL chains (``filecache::https://...``) can write where their options say: a
     rerun takes plain URLs only."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            _refuse_chained_urls(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            _refuse_chained_urls(value, f"{path}[{i}]")
-    elif isinstance(tree, str) and "::" in tree and "://" in tree:
-        raise ConfigError(f"refusing {path}: {tree!r} is a chained fsspec URL; a rerun takes "
-                          "plain URLs (start a new job with brevpipe run for that).")
+    for path, text in _strings(tree, ""):
+        if "::" in text and "://" in text:
+            raise ConfigError(f"refusing {path}: {text!r} is a chained fsspec URL; a rerun "
+                              "takes plain URLs (start a new job with brevpipe run for that).")
 
 
 def check_fingerprint(fingerprint: str, rerun: dict[str, Any] | None) -> None:

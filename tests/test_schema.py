@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from brevpipe.components import REGISTRY
 from brevpipe.config import CONF_DIR
 from brevpipe.schema import GROUP_KINDS, parameters
-from brevpipe.schema_command import compose_plain, group_options, schema_of
+from brevpipe.schema_command import compose_plain, group_options, preset_component, schema_of
 from tests.conftest import compose_config
 
 PRESETS = [(g, o) for g, options in group_options([CONF_DIR]).items() if g in GROUP_KINDS
@@ -85,9 +85,8 @@ def test_no_default_is_declared_twice() -> None:
     """A preset only changes values: none repeats its component's default."""
     for group, option in PRESETS:
         preset = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
-        schema_entry = preset["defaults"][0]
-        kind, name = schema_entry.split("@")[0].split("/")[2:4]
-        defaults = {p.name: p.default for p in parameters(REGISTRY.get(f"{kind}:{name}"))}
+        component = REGISTRY.get(preset_component([CONF_DIR], group, option))
+        defaults = {p.name: p.default for p in parameters(component)}
         repeated = [k for k, v in preset.items() if k in defaults and defaults[k] == v]
         assert not repeated, f"conf/{group}/{option}.yaml repeats defaults {repeated}"
 
