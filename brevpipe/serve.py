@@ -305,6 +305,7 @@ def image_name(name: Any, index: int) -> str:
 
 async def read_images(request: Request, max_batch: int, max_bytes: int) -> list[tuple[str, bytes]]:
     """``(name, bytes)`` of the images in a multipart (field ``files``) or JSON request."""
+    from starlette.requests import ClientDisconnect
     from starlette.requests import Request as StarletteRequest
 
     declared = request.headers.get("content-length")
@@ -313,12 +314,16 @@ async def read_images(request: Request, max_batch: int, max_bytes: int) -> list[
                                  f"{max_bytes} bytes (--max-bytes); send fewer or smaller "
                                  "images per request.")  # fmt: skip
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(413, f"request body is over the limit of {max_bytes} bytes "
-                                     "(--max-bytes); send fewer or smaller images per request.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise HTTPException(413, f"request body is over the limit of {max_bytes} bytes "
+                                         "(--max-bytes); send fewer or smaller images per "
+                                         "request.")  # fmt: skip
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-body: nobody reads this, no traceback
+        raise HTTPException(400, "the connection closed before the whole body arrived.") from None
     body = b"".join(chunks)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     images: list[tuple[str, bytes]] = []
