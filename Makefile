@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 ARGS   ?=
 PYTEST_ARGS ?=
 
@@ -13,13 +14,30 @@ help:  ## list the targets
 
 install: $(STAMP)  ## create .venv and install brevpipe with its dev extras (idempotent)
 
-$(STAMP): pyproject.toml
+# uv installs from its cache in seconds; it is taken into .venv with pip when missing, and pip
+# does the install itself when uv cannot be had or fails (INSTALLER=pip forces pip). compat
+# mode puts the source tree on sys.path, so Hydra finds hydra_plugins/ too.
+INSTALLER ?= uv
+define install_editable
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# compat mode puts the source tree on sys.path, so Hydra finds hydra_plugins/ too
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]' --config-settings editable_mode=compat
-	touch $(STAMP)
+	if [ "$(INSTALLER)" = uv ] && { test -x $(BIN)/uv || \
+	     $(BIN)/python -m pip install -q --disable-pip-version-check uv >/dev/null 2>&1; } && \
+	   $(BIN)/uv pip install -q --python $(BIN)/python -e '$(1)' -C editable_mode=compat; \
+	then echo "installed $(1) with uv"; \
+	else $(BIN)/python -m pip install --disable-pip-version-check -q -e '$(1)' \
+	       --config-settings editable_mode=compat; fi
+endef
 
-run: install  ## run the default pipeline (shapes dataset, ./jobs, ./mlflow.db); ARGS='seed=3 ...'
+$(STAMP): pyproject.toml
+	$(call install_editable,.[dev])
+	touch $(RUNTIME_STAMP) $(STAMP)
+
+# the runtime dependencies only: what `make run` needs (no test, lint or sweep tools)
+$(RUNTIME_STAMP): pyproject.toml
+	$(call install_editable,.)
+	touch $(RUNTIME_STAMP)
+
+run: $(RUNTIME_STAMP)  ## run the default pipeline (shapes dataset, ./jobs, ./mlflow.db); ARGS='seed=3 ...'
 	$(BIN)/brevpipe run $(ARGS)
 
 browser:  ## headless Chromium for the report test (Debian package; the test skips without it)

@@ -35,7 +35,7 @@ class Predictor:
         self.metadata = metadata
         self.classes: list[str] = list(metadata["classes"])
         preprocessing = dict(metadata["preprocessing"])
-        self.loader = ImageLoader(**preprocessing)
+        self.loader = ImageLoader.from_record(preprocessing)
         self.encoder = (
             MultiHotEncoder(self.classes, threshold=float(metadata.get("threshold") or 0.5))
             if metadata.get("multi_label")
@@ -155,7 +155,7 @@ def check_metadata_fields(metadata: Any, url: str) -> None:
     if unknown:
         raise bad("'preprocessing'", f"has unknown keys {unknown}")
     try:
-        loader = ImageLoader(**preprocessing)
+        loader = ImageLoader.from_record(preprocessing)
     except (ConfigError, TypeError, ValueError) as exc:
         raise bad("'preprocessing'", f"is invalid ({exc})") from None
     shape = metadata.get("input_shape")
@@ -167,7 +167,7 @@ def check_metadata_fields(metadata: Any, url: str) -> None:
 def check_signature(metadata: dict[str, Any], model: Any, url: str) -> None:
     """The SavedModel's serving signature against model.json: input shape, channels and (for
     classification) the number of classes."""
-    loader_shape = list(ImageLoader(**metadata["preprocessing"]).output_shape)
+    loader_shape = list(ImageLoader.from_record(metadata["preprocessing"]).output_shape)
     try:
         [(inputs, _)] = [f.structured_input_signature for f in model.serve.concrete_functions]
         outputs = model.serve.concrete_functions[0].structured_outputs

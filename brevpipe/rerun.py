@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from brevpipe import storage
@@ -174,6 +174,7 @@ def _rebuild(
     except OmegaConfBaseException as exc:
         raise ConfigError(f"refusing {url}: {str(exc).splitlines()[0]}") from None
 
+    _settings_it_predates(cfg)
     bucket = output["job"]["bucket"]
     split_url = storage.join(bucket, "artifacts", "sample_identification.csv")
     cfg.job.id = None
@@ -195,6 +196,21 @@ def _rebuild(
     check_registered(resolved["pipeline"], allow, "pipeline")
     _refuse_chained_urls(resolved)
     return cfg
+
+
+def _settings_it_predates(cfg: DictConfig) -> None:
+    """Loader settings added after the job ran get the value that reproduces it."""
+    from brevpipe.components import REGISTRY
+    from brevpipe.data.loader import LEGACY_SETTINGS
+
+    loader = cfg.get("loader")
+    if not isinstance(loader, DictConfig) or not isinstance(loader.get("_target_"), str):
+        return
+    component = REGISTRY.find(loader["_target_"])
+    if component is not None and component.target == "brevpipe.data.loader.ImageLoader":
+        with open_dict(loader):
+            for key, value in LEGACY_SETTINGS.items():
+                loader.setdefault(key, value)
 
 
 def _refuse_chained_urls(tree: Any) -> None:

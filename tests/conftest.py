@@ -26,7 +26,7 @@ def tiny_overrides(tmp_path: Path, shapes: bool = True) -> list[str]:
     dataset = [
         f"dataset.cache_dir={tmp_path / 'datasets'}",
         "dataset.samples_per_class=16",
-        "dataset.image_size=32",
+        "dataset.image_size=72",  # JPEGs decode at 1/2 size, then resize to 32
     ]
     return [
         f"job.root={tmp_path / 'jobs'}",

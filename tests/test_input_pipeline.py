@@ -203,3 +203,77 @@ def test_decoded_image_cache_gives_the_same_bytes(
         other = pipeline(samples.iloc[:10], cache=cache)
         other.decoded_images()
         assert len(list((tmp_path / "decoded").glob("decoded-*.npy"))) == 2, "keyed by data"
+
+
+# -- reduced-size JPEG decode ----------------------------------------------------------------
+JPEG_SIZES = {  # (height, width): (ratio for target 64x64, ratio keeping the aspect ratio)
+    (256, 256): (4, 4),
+    (300, 200): (2, 4),
+    (90, 1000): (1, 8),
+    (64, 64): (1, 1),
+    (129, 130): (2, 2),
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_images(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """JPEGs of the sizes above and one PNG, smooth content with some noise."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(0)
+    for i, (height, width) in enumerate(JPEG_SIZES):
+        y, x = np.mgrid[0:height, 0:width]
+        image = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1)
+        image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+        (folder / "a").mkdir(exist_ok=True)
+        Image.fromarray(image).save(folder / "a" / f"{i}.jpg", quality=90)
+        if i == 0:
+            Image.fromarray(image).save(folder / "a" / "png.png")
+    return find_samples(str(folder))
+
+
+@pytest.mark.parametrize("keep_aspect_ratio", [False, True])
+def test_reduced_jpeg_decode_takes_the_largest_ratio_and_is_deterministic(
+    mixed_images: pd.DataFrame, keep_aspect_ratio: bool
+) -> None:
+    """Each JPEG decodes at the largest DCT ratio keeping it at least the resized size, the
+    rest is the same antialiased resize; PNGs are untouched; a parallel map gives the bytes
+    of a serial one."""
+    import tensorflow as tf
+
+    loader = ImageLoader(target_size=[64, 64], keep_aspect_ratio=keep_aspect_ratio)
+    full = ImageLoader(target_size=[64, 64], keep_aspect_ratio=keep_aspect_ratio,
+                       reduced_jpeg_decode=False)  # fmt: skip
+    for path in mixed_images["path"]:
+        data = tf.constant(Path(path).read_bytes())
+        if path.endswith(".png"):
+            assert np.array_equal(loader.decode(data), full.decode(data))
+            continue
+        size = tuple(int(v) for v in tf.io.extract_jpeg_shape(data)[:2])
+        ratio = JPEG_SIZES[size][keep_aspect_ratio]
+        assert int(loader.jpeg_ratio(tf.constant(size))) == ratio, (size, keep_aspect_ratio)
+        if not keep_aspect_ratio:  # the same as decode_jpeg(ratio) + tf.image.resize by hand
+            by_hand = tf.image.resize(tf.io.decode_jpeg(data, channels=3, ratio=ratio),
+                                      (64, 64), antialias=True)  # fmt: skip
+            assert np.array_equal(loader.decode(data), by_hand), size
+        close = np.abs(loader.decode(data).numpy() - full.decode(data).numpy()).mean()
+        assert close < 6.0, (size, close)  # the same picture, low-pass filtered differently
+    pipe = InputPipeline(mixed_images, loader, batch_size=4, output_structure="image")
+    parallel = [b.tobytes() for b in pipe.numpy_iterator()]
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    serial = pipe.get_dataset().with_options(options).as_numpy_iterator()
+    assert parallel == [b.tobytes() for b in serial]
+    recipe = loader.recipe()["decode"]["jpeg"]
+    assert recipe["ratios"] == [8, 4, 2] and full.recipe()["decode"]["jpeg"]["ratios"] == []
+
+
+def test_records_from_before_reduced_decode_keep_full_size_decoding() -> None:
+    """A model.json or output.json written before the setting existed decodes as it was
+    trained; a new record says which path it took."""
+    old = ImageLoader.from_record({"target_size": [64, 64], "antialias": True})
+    assert old.reduced_jpeg_decode is False
+    assert ImageLoader().metadata()["reduced_jpeg_decode"] is True
+    assert ImageLoader.from_record(ImageLoader().metadata()).reduced_jpeg_decode is True
+    assert not ImageLoader(roi=[0, 0, 10, 10]).reduces_jpeg  # a crop is in source pixels

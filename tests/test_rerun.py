@@ -165,3 +165,21 @@ def test_rerun_from_s3_and_data_change_detection(
     changed = rerun(capsys, job.output_url, "--allow-data-change")
     assert changed["samples"]["count"] == original["samples"]["count"] + 1
     assert changed["job"]["status"] == "completed"
+
+
+def test_rerun_of_a_job_from_before_reduced_jpeg_decode_decodes_as_it_did(tmp_path: Path) -> None:
+    output = planted_output(tmp_path)
+    assert output["config"]["loader"]["reduced_jpeg_decode"] is True
+    cfg = resolve_config(rebuild_config(output, "u", []))
+    assert cfg["loader"]["reduced_jpeg_decode"] is True
+
+    def forget(tree):  # as jobs before 2026-11-26 wrote it, the resolved pipeline included
+        if isinstance(tree, dict):
+            tree.pop("reduced_jpeg_decode", None)
+            for value in tree.values():
+                forget(value)
+
+    forget(output["config"])
+    cfg = resolve_config(rebuild_config(output, "u", []))
+    assert cfg["loader"]["reduced_jpeg_decode"] is False
+    assert cfg["pipeline"]["stages"]["train"]["loader"]["reduced_jpeg_decode"] is False

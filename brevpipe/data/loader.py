@@ -16,6 +16,11 @@ from brevpipe.errors import ConfigError, DataError
 RESCALES = ("none", "unit", "imagenet")
 PADDING_MODES = ("constant", "reflect", "symmetric")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_RATIOS = (8, 4, 2)  # libjpeg's DCT-domain downscales that decode_jpeg offers
+# what records written before a setting existed imply (model.json, output.json): they still
+# decode, predict and rerun exactly as they were trained
+LEGACY_SETTINGS = {"reduced_jpeg_decode": False}
 COLOR_MODES = {"rgb": 3, "greyscale": 1, "grayscale": 1}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,6 +56,8 @@ class ImageLoader:
     ``padding_mode``: constant (zeros), reflect or symmetric
     ``roi``: crop [top, left, bottom, right] in source pixels before resizing
     ``on_error``: raise (names the unreadable files) or skip (counted in output.json)
+    ``reduced_jpeg_decode``: decode JPEGs at 1/2, 1/4 or 1/8 size (libjpeg's DCT scaling:
+    faster, already low-pass filtered) when that keeps them at least target_size; no roi
     """
 
     target_size: Sequence[int] = field(default_factory=lambda: [64, 64])
@@ -61,6 +68,13 @@ class ImageLoader:
     padding_mode: str = "constant"
     roi: Sequence[int] | None = None
     on_error: str = "raise"
+    reduced_jpeg_decode: bool = True
+
+    @classmethod
+    def from_record(cls, settings: Mapping[str, Any]) -> ImageLoader:
+        """The loader a model.json or output.json records; settings it predates take the
+        value that reproduces it (:data:`LEGACY_SETTINGS`)."""
+        return cls(**{**LEGACY_SETTINGS, **settings})
 
     def __post_init__(self) -> None:
         if self.color_mode not in COLOR_MODES:
@@ -109,6 +123,7 @@ class ImageLoader:
             "keep_aspect_ratio": self.keep_aspect_ratio,
             "padding_mode": self.padding_mode,
             "roi": self.roi,
+            "reduced_jpeg_decode": self.reduced_jpeg_decode,
         }
 
     def rescale_numbers(self) -> tuple[list[float], list[float]]:
@@ -129,10 +144,19 @@ class ImageLoader:
         """The preprocessing as numbers and TensorFlow calls, for model.json: enough to score
         the exported model with TensorFlow alone (see the README's plain-TensorFlow script)."""
         scale, offset = self.rescale_numbers()
+        jpeg = {
+            "op": "tf.io.decode_jpeg",
+            "ratios": list(JPEG_RATIOS) if self.reduces_jpeg else [],
+            "rule": "files starting with FF D8 FF: the largest of ratios r with ceil(height / r) "
+            ">= the resized height and ceil(width / r) >= the resized width (target size, or "
+            "the fitted size with keep_aspect_ratio), height and width from "
+            "tf.io.extract_jpeg_shape; else r = 1",
+        }
         return {
             "decode": {"op": "tf.io.decode_image", "channels": self.channels,
                        "expand_animations": False,
                        "color_order": "RGB" if self.channels == 3 else "grey",
+                       "jpeg": jpeg,
                        "tiff": "Pillow, converted to the same channels"},  # fmt: skip
             "crop": {"roi": self.roi},  # [top, left, bottom, right] before resizing, or null
             "resize": {"op": "tf.image.resize", "size": list(self.target_size),
@@ -152,13 +176,68 @@ class ImageLoader:
 
         return tf.io.read_file(path)
 
+    @property
+    def reduces_jpeg(self) -> bool:
+        """Whether JPEGs decode at reduced size (``reduced_jpeg_decode`` and no ``roi``: a
+        crop is given in the file's own pixels)."""
+        return bool(self.reduced_jpeg_decode) and self.roi is None
+
     def decode(self, data: Any) -> Any:
         """Encoded bytes -> float32 image in [0, 255] of ``output_shape`` (not rescaled).
 
         PNG, JPEG, BMP and GIF decode in TensorFlow; TIFF through Pillow. Grey, RGB and RGBA
         files are converted to ``color_mode``.
         """
-        return self.resize(self.decode_source(data))
+        return self.decode_sized(data)[0]
+
+    def decode_sized(self, data: Any) -> tuple[Any, Any]:
+        """``(image, source size)``: :meth:`decode`'s image and the file's own [height,
+        width], to which a mask of the image belongs."""
+        import tensorflow as tf
+
+        if not self.reduces_jpeg:
+            source = self.decode_source(data)
+            return self.resize(source), tf.shape(source)[:2]
+        is_jpeg = tf.strings.substr(data, 0, 3) == _JPEG_MAGIC
+
+        def jpeg() -> tuple[Any, Any]:
+            size = tf.io.extract_jpeg_shape(data)[:2]
+            return self._decode_jpeg_reduced(data, size), size
+
+        def other() -> tuple[Any, Any]:
+            source = self.decode_source(data)
+            return source, tf.shape(source)[:2]
+
+        image, size = tf.cond(is_jpeg, jpeg, other)
+        image.set_shape([None, None, self.channels])
+        return self.resize(image, size), size
+
+    def jpeg_ratio(self, size: Any) -> Any:
+        """The largest of :data:`JPEG_RATIOS` (else 1) that keeps a JPEG of ``size`` [height,
+        width] at least the size :meth:`resize` makes of it; int32 tensor."""
+        return 2 ** self._jpeg_scale_index(size)
+
+    def _jpeg_scale_index(self, size: Any) -> Any:
+        """log2 of :meth:`jpeg_ratio`: how many of the ratios 2, 4, 8 fit."""
+        import tensorflow as tf
+
+        height, width = size[0], size[1]
+        wanted = self.fitted_size(size) if self.keep_aspect_ratio else tf.constant(
+            self.target_size, tf.int32)  # fmt: skip
+        fitting = [
+            tf.logical_and((height + r - 1) // r >= wanted[0], (width + r - 1) // r >= wanted[1])
+            for r in sorted(JPEG_RATIOS)
+        ]  # if a ratio fits, the smaller ones do too
+        return tf.add_n([tf.cast(f, tf.int32) for f in fitting])
+
+    def _decode_jpeg_reduced(self, data: Any, size: Any) -> Any:
+        import tensorflow as tf
+
+        ratios = (1, *sorted(JPEG_RATIOS))
+        branches = [
+            lambda r=r: tf.io.decode_jpeg(data, channels=self.channels, ratio=r) for r in ratios
+        ]
+        return tf.switch_case(self._jpeg_scale_index(size), branches)
 
     def decode_source(self, data: Any) -> Any:
         """Encoded bytes -> uint8 image at the file's own size and ``channels``."""
@@ -173,19 +252,46 @@ class ImageLoader:
         image.set_shape([None, None, self.channels])
         return image
 
-    def resize(self, image: Any) -> Any:
-        """Crop to ``roi``, then resize (and pad) to ``target_size``: float32 in [0, 255]."""
+    def fitted_size(self, size: Any) -> Any:
+        """[height, width] that an image of ``size`` gets inside ``target_size`` keeping its
+        aspect ratio: tf.image.resize's own rule for ``preserve_aspect_ratio``."""
+        import tensorflow as tf
+
+        height, width = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
+        scale = tf.minimum(self.target_size[0] / height, self.target_size[1] / width)
+        return tf.cast(tf.round(tf.stack([scale * height, scale * width])), tf.int32)
+
+    def resize(self, image: Any, source_size: Any = None) -> Any:
+        """Crop to ``roi``, then resize (and pad) to ``target_size``: float32 in [0, 255].
+        ``source_size``: the file's own [height, width] when ``image`` was decoded smaller
+        (the aspect-keeping fit is computed from it, as for its mask)."""
         import tensorflow as tf
 
         if self.roi is not None:
             top, left, bottom, right = self.roi
             image = image[top:bottom, left:right]
         if self.keep_aspect_ratio:
-            image = self._resize_keeping_aspect(image)
+            size = tf.shape(image)[:2] if source_size is None or self.roi is not None \
+                else source_size  # fmt: skip
+            image = self._resize_keeping_aspect(image, self.fitted_size(size))
         else:
-            image = tf.image.resize(image, self.target_size, antialias=self.antialias)
+            image = self._resize_to(image, tf.constant(self.target_size, tf.int32))
         image.set_shape(self.output_shape)
         return image
+
+    def _resize_to(self, image: Any, size: Any) -> Any:
+        """Bilinear resize to ``size``; an image already of that size (a JPEG decoded at
+        reduced size often is) is only converted: the antialias kernel costs as much as the
+        decode even when it has nothing to do."""
+        import tensorflow as tf
+
+        if not self.antialias:
+            return tf.image.resize(image, size)
+        return tf.cond(
+            tf.reduce_all(tf.shape(image)[:2] == size),
+            lambda: tf.cast(image, tf.float32),
+            lambda: tf.image.resize(image, size, antialias=True),
+        )
 
     def resize_mask(self, mask: Any) -> Any:
         """The geometry of :meth:`resize` for an int32 class mask: nearest neighbour, pads 0."""
@@ -197,7 +303,7 @@ class ImageLoader:
         nearest = tf.image.ResizeMethod.NEAREST_NEIGHBOR
         if self.keep_aspect_ratio:
             height, width = self.target_size
-            mask = tf.image.resize(mask, self.target_size, nearest, preserve_aspect_ratio=True)
+            mask = tf.image.resize(mask, self.fitted_size(tf.shape(mask)[:2]), nearest)
             h, w = tf.shape(mask)[0], tf.shape(mask)[1]
             top, left = (height - h) // 2, (width - w) // 2
             mask = tf.pad(mask, [[top, height - h - top], [left, width - w - left], [0, 0]])
@@ -222,14 +328,12 @@ class ImageLoader:
 
         return tf.numpy_function(decode, [data], tf.uint8, stateful=False)
 
-    def _resize_keeping_aspect(self, image: Any) -> Any:
-        """Fit inside ``target_size`` without distortion, then pad (``padding_mode``)."""
+    def _resize_keeping_aspect(self, image: Any, fitted: Any) -> Any:
+        """Resize to ``fitted`` (inside ``target_size``), then pad (``padding_mode``)."""
         import tensorflow as tf
 
         height, width = self.target_size
-        image = tf.image.resize(
-            image, self.target_size, preserve_aspect_ratio=True, antialias=self.antialias
-        )
+        image = self._resize_to(image, fitted)
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         top, left = (height - h) // 2, (width - w) // 2
         paddings = [[top, height - h - top], [left, width - w - left], [0, 0]]
@@ -257,7 +361,12 @@ class ImageLoader:
         if self.rescale == "none":
             return image
         scale, offset = self.rescale_numbers()
-        return image * tf.constant(scale, tf.float32) + tf.constant(offset, tf.float32)
+        # a scalar where all channels agree: broadcasting a per-channel vector costs more
+        # than the decode (same numbers either way)
+        image = image * tf.constant(scale[0] if len(set(scale)) == 1 else scale, tf.float32)
+        if any(offset):
+            image = image + tf.constant(offset[0] if len(set(offset)) == 1 else offset, tf.float32)
+        return image
 
     def load(self, path: Any) -> Any:
         """Local path -> decoded, resized and rescaled image."""

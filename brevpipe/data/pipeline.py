@@ -3,7 +3,8 @@
 Per epoch the sampler picks the rows and their order; per sample a stateless seed is derived
 from (seed, epoch, row), so augmentation is identical with parallel or serial maps. Each
 element goes: read -> decode/resize -> augment -> rescale -> encode -> user ``.map``
-components; ``output_structure`` picks what a batch holds.
+components; ``output_structure`` picks what a batch holds. An augmenter with a Python body
+(``batched = True``, e.g. albumentations) runs once per batch on the per-sample seeds.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class InputPipeline:
             else [False]
         )
         base_seed = tf.constant([self.seed, 0], tf.int64)
+        batched = bool(getattr(self.augmenter, "batched", False))
         if self.cache:
             store = self.decoded_images()
         else:  # tf.data reads local files only: remote ones are copied first (data.mirror)
@@ -152,15 +154,9 @@ class InputPipeline:
                 [epoch], tf.int64, stateful=False,
             )  # fmt: skip
             rows.set_shape([None])
-            pairs = tf.data.Dataset.from_tensor_slices(rows).map(lambda row: (epoch, row))
-            if self.cache:  # nothing to read
-                return pairs.map(lambda e, row: (e, row, tf.constant(b""), tf.constant(b"")))
-            return pairs.map(
-                lambda e, row: (e, row, tf.io.read_file(files[row]),
-                                tf.io.read_file(mask_files[row]) if masks else tf.constant(b""))
-            )  # fmt: skip
+            return tf.data.Dataset.from_tensor_slices((tf.fill(tf.shape(rows), epoch), rows))
 
-        def element(epoch: Any, row: Any, data: Any, mask_data: Any) -> Any:
+        def element(epoch: Any, row: Any) -> Any:
             seed = tf.random.experimental.stateless_fold_in(
                 tf.random.experimental.stateless_fold_in(base_seed, epoch), row
             )
@@ -169,41 +165,51 @@ class InputPipeline:
                 image = tf.numpy_function(lambda r: np.asarray(store[r]), [row], tf.float32,
                                           stateful=False)  # fmt: skip
                 image.set_shape(self.loader.output_shape)
-            else:
-                source = self.loader.decode_source(data)
-                image = self.loader.resize(source)
+            else:  # read here, in the parallel map: files are read concurrently
+                image, size = self.loader.decode_sized(tf.io.read_file(files[row]))
                 if masks:
-                    size = tf.shape(source)
-                    raw = self.mask_loader.load(mask_data, mask_is_json[row], size[0], size[1])
+                    raw = self.mask_loader.load(tf.io.read_file(mask_files[row]),
+                                                mask_is_json[row], size[0], size[1])  # fmt: skip
                     mask = self.loader.resize_mask(raw)
-            image, mask = self.augmenter(image, seed, mask)
-            features = {
-                "image": self.loader.normalize(image),
-                "path": paths[row],
-                "index": row,
-                "epoch": epoch,
-                "seed": seed,
-            }
+            if not batched:
+                image, mask = self.augmenter(image, seed, mask)
+            features = {"image": image, "path": paths[row], "index": row, "epoch": epoch,
+                        "seed": seed}  # fmt: skip
             if mask is not None:
                 features["mask"] = mask
             if labels is not None:
                 features["label"] = labels[row]
+            return features if batched else finish(features)
+
+        def augment_batch(features: dict[str, Any]) -> dict[str, Any]:
+            image, mask = self.augmenter.augment_batch(
+                features["image"], features["seed"], features.get("mask")
+            )
+            return {**features, "image": image, **({} if mask is None else {"mask": mask})}
+
+        def finish(features: dict[str, Any]) -> Any:
+            """Rescale, the ``.map`` components, ``output_structure``: per element or batch."""
+            features = {**features, "image": self.loader.normalize(features["image"])}
             for component in self.components:
                 features = component(features)
             return self._structure(features)
+
+        def one_epoch(epoch: Any) -> Any:
+            parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True}
+            ds = epoch_rows(epoch).map(element, **parallel).batch(self.batch_size)
+            if not batched:
+                return ds
+            # augmenters with a Python body run once per batch, not once per image
+            ds = ds.map(augment_batch, **parallel)
+            if not self.components:  # rescaling is elementwise: the same on a batch
+                return ds.map(finish)
+            return ds.unbatch().map(finish, **parallel).batch(self.batch_size)
 
         if epochs is None:
             epoch_ids = tf.data.Dataset.counter(start_epoch, dtype=tf.int64)
         else:
             epoch_ids = tf.data.Dataset.range(start_epoch, start_epoch + epochs)
-        ds = epoch_ids.flat_map(
-            lambda e: (
-                epoch_rows(e)
-                .map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .batch(self.batch_size)
-            )
-        )
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return epoch_ids.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
     def _structure(self, features: dict[str, Any]) -> Any:
         structure = self.output_structure
