@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 from brevpipe.components import instantiate
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
-from brevpipe.data.pipeline import InputPipeline
+from brevpipe.data.pipeline import MAP_PARALLELISM, InputPipeline
 from brevpipe.data.samples import find_samples
 from brevpipe.data.shapes import ShapesDataset
 
@@ -209,9 +209,9 @@ def decode_only(paths: list[str], loader: ImageLoader, rounds: int) -> dict:
     blobs = [Path(p).read_bytes() for p in paths]
     labels = [0] * len(blobs)
 
-    def over(decode):
+    def over(decode):  # both in the same map, with brevpipe's parallelism
         return lambda: (tf.data.Dataset.from_tensor_slices((blobs, labels))
-                        .map(lambda d, y: (decode(d), y), num_parallel_calls=tf.data.AUTOTUNE)
+                        .map(lambda d, y: (decode(d), y), num_parallel_calls=MAP_PARALLELISM)
                         .batch(32).prefetch(tf.data.AUTOTUNE))  # fmt: skip
 
     return compare("decode from memory", rounds, {

@@ -55,11 +55,16 @@ def test_wheel_user_project_run_rerun_and_refusal(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", venv], tmp_path, env)
     python, brevpipe = venv / "bin" / "python", venv / "bin" / "brevpipe"
-    run([python, "-m", "pip", "install", "-q", wheel], tmp_path, env)  # dependencies from PyPI
+    # uv (installed by `make install`) takes the dependencies from its cache in seconds;
+    # pip installs the same wheel where uv is missing
+    uv = Path(sys.executable).parent / "uv"
+    install = [uv, "pip", "install", "-q", "--python", python] if uv.exists() else \
+        [python, "-m", "pip", "install", "-q"]  # fmt: skip
+    run([*install, wheel], tmp_path, env)  # dependencies from PyPI
 
     run([brevpipe, "init", tmp_path / "acme"], tmp_path, env)
     project = tmp_path / "acme"
-    run([python, "-m", "pip", "install", "-q", "--no-deps", project], tmp_path, env)
+    run([*install, "--no-deps", project], tmp_path, env)
     listed = run([brevpipe, "schema", "--components"], project, env).stdout
     assert any(line.split()[:3] == ["model", "my_net", "acme.models.build"]
                for line in listed.splitlines())  # fmt: skip
@@ -82,7 +87,9 @@ def test_wheel_user_project_run_rerun_and_refusal(tmp_path: Path) -> None:
     rerun = next(o for o in outputs(jobs) if o["job"]["id"] != first["job"]["id"])
     assert rerun["metrics"] == first["metrics"] and rerun["history"] == first["history"]
 
-    run([python, "-m", "pip", "uninstall", "-y", "-q", "acme"], tmp_path, env)
+    uninstall = [uv, "pip", "uninstall", "-q", "--python", python] if uv.exists() else \
+        [python, "-m", "pip", "uninstall", "-y", "-q"]  # fmt: skip
+    run([*uninstall, "acme"], tmp_path, env)
     refused = run([brevpipe, "rerun", url], tmp_path, env, check=False)
     assert refused.returncode == 1, refused.stderr
     assert "refusing model._target_: 'acme.models.build' is not a registered component" in (

@@ -23,7 +23,7 @@ from tests.test_predict import JPEG_HEAD, TinyJob, tiny_job
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 MAX_BATCH = 8
-MAX_BYTES = 64 * 1024
+MAX_BYTES = 256 * 1024
 
 
 # -- no model needed -----------------------------------------------------------------------
