@@ -3,6 +3,7 @@ secrets kept out of every artifact, data-change detection."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -183,3 +184,34 @@ def test_rerun_of_a_job_from_before_reduced_jpeg_decode_decodes_as_it_did(tmp_pa
     cfg = resolve_config(rebuild_config(output, "u", []))
     assert cfg["loader"]["reduced_jpeg_decode"] is False
     assert cfg["pipeline"]["stages"]["train"]["loader"]["reduced_jpeg_decode"] is False
+
+
+FIXTURE_JOB = Path(__file__).parent / "fixtures" / "job-2026-11-26"
+FIXTURE_ROOT = Path("/tmp/brevpipe-fixture-2026-11-26")  # where it ran: its sample paths say so
+
+
+@pytest.mark.slow
+def test_an_output_json_written_before_the_restructuring_still_reruns(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """tests/fixtures/job-2026-11-26 holds a tiny job's output.json and split as brevpipe wrote
+    them on 2026-11-26, before the engine/commands/stages layout (seed 5, shapes data generated
+    under FIXTURE_ROOT, tracking none). Its rerun must find every target and give its results."""
+    original = json.loads((FIXTURE_JOB / "artifacts" / "output.json").read_text())
+    bucket = Path(original["job"]["bucket"])
+    assert bucket.parent.parent == FIXTURE_ROOT
+    shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
+    shutil.copytree(FIXTURE_JOB, bucket)
+    try:
+        again = rerun(capsys, str(bucket / "artifacts" / "output.json"))
+        assert again["job"]["status"] == "completed"
+        assert again["samples"] == original["samples"]
+        assert again["metrics"].keys() == original["metrics"].keys()
+        for name, value in original["metrics"].items():
+            assert again["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+        for key in ("dataset", "loader", "model", "trainer", "sampler"):
+            assert again["config"][key] == original["config"][key], key
+        split = again["config"]["split"]
+        assert split["reuse_url"] == str(bucket / "artifacts" / "sample_identification.csv")
+    finally:
+        shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
