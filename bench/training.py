@@ -23,14 +23,14 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from brevpipe.checkpoint import Checkpoint
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.sampler import Sampler
 from brevpipe.data.shapes import ShapesDataset
+from brevpipe.engine.checkpoint import Checkpoint
 from brevpipe.models.small_cnn import build
-from brevpipe.train import Trainer
+from brevpipe.models.training import Trainer
 
 RESULTS = Path(__file__).parent / "results" / "training.json"
 EPOCHS = 3

@@ -1,5 +1,5 @@
 """``python -m brevpipe`` does what ``brevpipe`` does."""
 
-from brevpipe.cli import main
+from brevpipe.commands.cli import main
 
 raise SystemExit(main())

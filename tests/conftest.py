@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from brevpipe import storage
-from brevpipe.config import CONF_DIR
+from brevpipe.engine import storage
+from brevpipe.engine.config import CONF_DIR
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing-access-key",

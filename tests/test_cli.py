@@ -27,7 +27,7 @@ def imported_after(args: list[str], cwd: Path) -> tuple[int, dict[str, bool]]:
     code = textwrap.dedent(
         f"""
         import json, sys
-        from brevpipe.cli import main
+        from brevpipe.commands.cli import main
         try:
             rc = main({args!r})
         except SystemExit as exc:

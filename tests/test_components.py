@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from brevpipe import app, storage
-from brevpipe.components import REGISTRY, Registry, check_registered, expand, instantiate
+from brevpipe.commands import run as app
+from brevpipe.engine import storage
+from brevpipe.engine.components import REGISTRY, Registry, check_registered, expand, instantiate
+from brevpipe.engine.rerun import rebuild_config
+from brevpipe.engine.runner import resolve_config
 from brevpipe.errors import ConfigError
-from brevpipe.rerun import rebuild_config
-from brevpipe.runner import resolve_config
 from tests.conftest import compose_config, tiny_overrides
 
 
@@ -41,7 +42,7 @@ def test_unknown_names_get_one_line_with_close_matches() -> None:
 
 
 def test_a_run_with_an_unknown_name_stops_before_any_job(tiny_config, tmp_path: Path) -> None:
-    from brevpipe.runner import run_job
+    from brevpipe.engine.runner import run_job
 
     with pytest.raises(ConfigError, match=r"model._target_: 'small_cnm' is not a registered "
                                           r"component\. Did you mean model:small_cnn\?"):
@@ -112,8 +113,8 @@ def attacks(victim: Path, mark: Path) -> list[tuple[str, str, object, str | None
          {"_target_": "tensorflow.io.gfile.rmtree", "_args_": [str(victim)]}, None),
         ("tensorflow.io.write_file", "dataset",
          {"_target_": "tensorflow.io.write_file", "_args_": [str(mark), "x"]}, None),
-        ("brevpipe.storage.write_json", "encoder",
-         {"_target_": "brevpipe.storage.write_json", "_args_": [str(mark), {}]}, None),
+        ("brevpipe.engine.storage.write_json", "encoder",
+         {"_target_": "brevpipe.engine.storage.write_json", "_args_": [str(mark), {}]}, None),
         ("subprocess.run", "dataset",
          {"_target_": "subprocess.run", "_args_": [["touch", str(mark)]]}, None),
         ("a nested _partial_", "trainer.optimizer",

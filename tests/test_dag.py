@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from brevpipe.dag import Pipeline
+from brevpipe.engine.dag import Pipeline
+from brevpipe.engine.seeding import derive_seed
 from brevpipe.errors import ConfigError
-from brevpipe.seeding import derive_seed
 
 
 def declaration(**stages: dict) -> dict:

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brevpipe import storage
 from brevpipe.data.samples import find_samples, samples_from_csv, samples_to_csv, summarize
 from brevpipe.data.shapes import ShapesDataset
 from brevpipe.data.split import SampleSplit, identification_table
+from brevpipe.engine import storage
 from brevpipe.errors import ConfigError, DataError
 
 

@@ -9,8 +9,6 @@ import pandas as pd
 import pytest
 from hydra.utils import instantiate
 
-from brevpipe import storage
-from brevpipe.config import CONF_DIR
 from brevpipe.data.augment import AlbumentationsAugmenter, TfAugmenter
 from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
 from brevpipe.data.loader import ImageLoader
@@ -18,6 +16,8 @@ from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.sampler import WEIGHTINGS, Sampler
 from brevpipe.data.samples import find_samples
 from brevpipe.data.shapes import ShapesDataset
+from brevpipe.engine import storage
+from brevpipe.engine.config import CONF_DIR
 from brevpipe.errors import ConfigError, DataError
 from tests.conftest import preset
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from brevpipe.user_project import write_project
+from brevpipe.commands.init import write_project
 
 REPO = Path(__file__).resolve().parents[1]
 

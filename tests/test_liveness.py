@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from brevpipe import registry
-from brevpipe.liveness import clean_stale_temp, host_token, is_stale, temp_prefix
+from brevpipe.engine import records as registry
+from brevpipe.engine.liveness import clean_stale_temp, host_token, is_stale, temp_prefix
 from tests.conftest import tiny_overrides
 
 

@@ -9,7 +9,7 @@ import pytest
 from hydra.utils import instantiate
 
 from brevpipe.errors import ConfigError
-from brevpipe.train import Trainer
+from brevpipe.models.training import Trainer
 from tests.conftest import preset
 
 BUILDERS = ["small_cnn", "mobilenet_v2", "efficientnet_b0", "resnet50"]

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brevpipe import storage
-from brevpipe.predictor import load_predictor
-from brevpipe.runner import run_job
+from brevpipe.engine import storage
+from brevpipe.engine.runner import run_job
+from brevpipe.serving.predictor import load_predictor
 
 pytestmark = pytest.mark.slow
 

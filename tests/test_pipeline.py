@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from brevpipe import storage
 from brevpipe.data.shapes import ShapesDataset
+from brevpipe.engine import storage
+from brevpipe.engine.runner import run_job
 from brevpipe.errors import DataError
-from brevpipe.runner import run_job
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow

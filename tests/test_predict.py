@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brevpipe import predict, storage
+from brevpipe.engine import storage
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.serving import batch as predict
 from tests.conftest import compose_config, tiny_overrides
 
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01"
@@ -39,7 +40,7 @@ class TinyJob:
 @functools.cache
 def tiny_job(base: Path) -> TinyJob:
     """Trained once per test session (test_serve.py reuses it)."""
-    from brevpipe.runner import run_job
+    from brevpipe.engine.runner import run_job
 
     folder = base / "tiny-job"
     job = run_job(compose_config(tiny_overrides(folder)))
@@ -60,7 +61,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> TinyJob:
 
 @pytest.fixture(scope="module")
 def predictor(job: TinyJob):
-    from brevpipe.predictor import load_predictor
+    from brevpipe.serving.predictor import load_predictor
 
     return load_predictor(job.archive)
 
@@ -98,7 +99,7 @@ def assert_same_scores(table: pd.DataFrame, expected: pd.DataFrame) -> None:
 
 # -- no model needed -----------------------------------------------------------------------
 def test_help_does_not_import_tensorflow() -> None:
-    code = ("import sys; from brevpipe import cli\n"
+    code = ("import sys; from brevpipe.commands import cli\n"
             "try:\n    cli.main(['predict', '--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'tensorflow' not in sys.modules and 'mlflow' not in sys.modules")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

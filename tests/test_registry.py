@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from brevpipe import registry, storage
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.job import Job
-from brevpipe.registry import StopRequested
+from brevpipe.engine import records as registry
+from brevpipe.engine import storage
+from brevpipe.engine.job import Job
+from brevpipe.engine.records import StopRequested
 from tests.conftest import compose_config, free_port, tiny_overrides
 
 
@@ -242,7 +243,7 @@ def test_jobs_list_imports_neither_tensorflow_nor_mlflow(tmp_path: Path) -> None
     job.open()
     job.complete()
     code = (
-        "import sys; from brevpipe import cli; "
+        "import sys; from brevpipe.commands import cli; "
         f"assert cli.main(['jobs', 'list', '--root', {str(tmp_path / 'jobs')!r}]) == 0; "
         "heavy = sorted({'tensorflow', 'keras', 'mlflow', 'hydra'} & set(sys.modules)); "
         "assert not heavy, heavy"
@@ -298,8 +299,8 @@ def build_root(root: str, tmp: Path, *, everything: bool) -> JobRoot:
     """Run real tiny jobs into ``root``: completed, failed (a corrupt image, local only),
     archived (failed: its dataset does not exist); and, written by :class:`Job` as the runner
     writes them, one in mid-training and one stopped (the real stop is tested on its own)."""
+    from brevpipe.engine.runner import StageContext, resolve_config, run_job
     from brevpipe.errors import DataError
-    from brevpipe.runner import StageContext, resolve_config, run_job
 
     def overrides(*extra: str, shapes: bool = True) -> list[str]:
         return root_overrides(root, tmp, *extra, shapes=shapes)
@@ -480,7 +481,7 @@ def test_stop_writes_the_marker_for_running_jobs_only(job_root: JobRoot, capsys)
 
 def test_a_stop_request_before_a_stage_ends_the_job_as_stopped(tmp_path: Path) -> None:
     """The runner looks for a request before each stage (no model is trained here)."""
-    from brevpipe.runner import run_job
+    from brevpipe.engine.runner import run_job
 
     root, job_id = str(tmp_path / "jobs"), str(uuid.uuid4())
     registry.request_stop(f"{root}/{job_id}")  # e.g. asked for while the job was queued
@@ -497,7 +498,7 @@ def test_a_stop_request_before_a_stage_ends_the_job_as_stopped(tmp_path: Path) -
 def test_a_stop_request_ends_a_training_job_as_stopped_and_it_resumes(tmp_path: Path) -> None:
     """``brevpipe jobs stop`` during epoch 1's end; the job ends as ``stopped`` at the next
     batch; ``brevpipe run job.id=...`` later resumes it, and the old request is not applied."""
-    from brevpipe.runner import run_job
+    from brevpipe.engine.runner import run_job
 
     root, job_id = str(tmp_path / "jobs"), str(uuid.uuid4())
     report = tmp_path / "stop-report.json"

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brevpipe import storage
+from brevpipe.engine import storage
 from brevpipe.reports import charts
 from brevpipe.reports.report import pivot, render_html
 from brevpipe.stages.classification import classification_metrics
@@ -113,7 +113,7 @@ def test_report_html_renders_every_chart_offline(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_job_report_in_the_bucket(tiny_config) -> None:
-    from brevpipe.runner import run_job
+    from brevpipe.engine.runner import run_job
 
     job = run_job(tiny_config("tracking=none"))
     output = storage.read_json(job.output_url)

@@ -12,11 +12,12 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from brevpipe import app, storage
+from brevpipe.commands import run as app
 from brevpipe.data.shapes import ShapesDataset
+from brevpipe.engine import storage
+from brevpipe.engine.rerun import check_fingerprint, read_output, rebuild_config
+from brevpipe.engine.runner import resolve_config, run_job
 from brevpipe.errors import ConfigError, DataError
-from brevpipe.rerun import check_fingerprint, read_output, rebuild_config
-from brevpipe.runner import resolve_config, run_job
 from tests.conftest import compose_config, tiny_overrides
 
 

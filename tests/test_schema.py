@@ -13,10 +13,10 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from brevpipe.components import REGISTRY
-from brevpipe.config import CONF_DIR
-from brevpipe.schema import GROUP_KINDS, parameters
-from brevpipe.schema_command import compose_plain, group_options, preset_component, schema_of
+from brevpipe.commands.schema import compose_plain, group_options, preset_component, schema_of
+from brevpipe.engine.components import REGISTRY
+from brevpipe.engine.config import CONF_DIR
+from brevpipe.engine.schema import GROUP_KINDS, parameters
 from tests.conftest import compose_config
 
 PRESETS = [(g, o) for g, options in group_options([CONF_DIR]).items() if g in GROUP_KINDS
@@ -66,8 +66,8 @@ def test_a_misspelt_key_or_a_wrong_type_is_rejected_by_schema_and_compose(schema
 def test_every_component_round_trips_its_settings(component) -> None:
     """Contract: its settings make a structured config whose defaults its own JSON Schema
     accepts, and a config of those defaults builds the component (runtime values added)."""
-    from brevpipe.components import instantiate
-    from brevpipe.schema import component_schema, config_class
+    from brevpipe.engine.components import instantiate
+    from brevpipe.engine.schema import component_schema, config_class
 
     defaults = OmegaConf.to_container(OmegaConf.structured(config_class(component)))
     jsonschema.validate({k: v for k, v in defaults.items() if v != "???"},
@@ -94,7 +94,7 @@ def test_no_default_is_declared_twice() -> None:
 def test_one_preset_schema_and_the_command_import_neither_tensorflow_nor_mlflow() -> None:
     code = (
         "import sys, json, io, contextlib\n"
-        "from brevpipe.cli import main\n"
+        "from brevpipe.commands.cli import main\n"
         "out = io.StringIO()\n"
         "with contextlib.redirect_stdout(out):\n"
         "    assert main(['schema', 'model=resnet50']) == 0\n"

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brevpipe import storage
+from brevpipe.engine import storage
+from brevpipe.engine.runner import run_job
 from brevpipe.errors import ConfigError
-from brevpipe.predictor import load_predictor
-from brevpipe.runner import run_job
+from brevpipe.serving.predictor import load_predictor
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.slow

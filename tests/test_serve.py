@@ -16,8 +16,9 @@ import httpx
 import jwt
 import pytest
 
-from brevpipe import predict, serve
 from brevpipe.errors import ConfigError
+from brevpipe.serving import batch as predict
+from brevpipe.serving import service as serve
 from tests.conftest import free_port
 from tests.test_predict import JPEG_HEAD, TinyJob, tiny_job
 
@@ -57,7 +58,7 @@ def url(job: TinyJob) -> Iterator[str]:
     """The service on a free 127.0.0.1 port, uvicorn in a background thread."""
     import uvicorn
 
-    from brevpipe.predictor import load_predictor
+    from brevpipe.serving.predictor import load_predictor
 
     app = serve.create_app(load_predictor(job.archive), SECRET, max_batch=MAX_BATCH,
                            max_bytes=MAX_BYTES)  # fmt: skip
@@ -279,7 +280,7 @@ def test_decompression_bomb_is_refused_before_decoding(url, headers, job, expect
 def test_too_many_waiting_tasks_get_503(job) -> None:
     from fastapi.testclient import TestClient
 
-    from brevpipe.predictor import load_predictor
+    from brevpipe.serving.predictor import load_predictor
 
     app = serve.create_app(load_predictor(job.archive), SECRET, task_threads=1, max_pending=1)
     service = app.state.service

@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brevpipe import storage
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.samples import find_samples
 from brevpipe.data.shapes import ShapesDataset
+from brevpipe.engine import storage
 from brevpipe.errors import StorageError
 
 

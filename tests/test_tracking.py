@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from brevpipe import storage
-from brevpipe.runner import run_job
+from brevpipe.engine import storage
+from brevpipe.engine.runner import run_job
 from tests.conftest import free_port, tiny_overrides
 
 pytestmark = pytest.mark.slow

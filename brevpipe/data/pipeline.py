@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brevpipe import storage
-from brevpipe.config import stable_hash
 from brevpipe.data.augment import NoAugmenter
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.mirror import local_copies
 from brevpipe.data.sampler import Sampler
+from brevpipe.engine import storage
+from brevpipe.engine.config import stable_hash
 from brevpipe.errors import ConfigError
 
 Component = Callable[[dict[str, Any]], dict[str, Any]]

@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from brevpipe import storage
-from brevpipe.config import stable_hash
+from brevpipe.engine import storage
+from brevpipe.engine.config import stable_hash
 from brevpipe.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

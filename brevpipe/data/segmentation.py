@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from brevpipe import storage
+from brevpipe.engine import storage
 from brevpipe.errors import ConfigError, DataError
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from brevpipe.engine.seeding import derive_seed
 from brevpipe.errors import ConfigError
-from brevpipe.seeding import derive_seed
 
 PURPOSES = ("train", "devel", "test")
 

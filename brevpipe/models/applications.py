@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from brevpipe import storage
+from brevpipe.engine import storage
 from brevpipe.errors import ConfigError
 
 ARCHITECTURES = {

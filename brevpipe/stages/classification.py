@@ -17,19 +17,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brevpipe import __version__, storage
-from brevpipe.checkpoint import Checkpoint
-from brevpipe.components import instantiate
+from brevpipe import __version__
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.samples import fingerprint, samples_from_csv, samples_to_csv, summarize
 from brevpipe.data.split import SampleSplit, identification_table
 from brevpipe.data.visual import preview_png
+from brevpipe.engine import storage
+from brevpipe.engine.checkpoint import Checkpoint
+from brevpipe.engine.components import instantiate
+from brevpipe.engine.rerun import check_fingerprint
+from brevpipe.engine.runner import StageContext
+from brevpipe.engine.seeding import derive_seed
 from brevpipe.errors import ConfigError, DataError
-from brevpipe.rerun import check_fingerprint
-from brevpipe.runner import StageContext
-from brevpipe.seeding import derive_seed
 
 log = logging.getLogger("brevpipe")
 

@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brevpipe import storage
-from brevpipe.checkpoint import Checkpoint
-from brevpipe.components import instantiate
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.samples import summarize
 from brevpipe.data.segmentation import MaskLoader
+from brevpipe.engine import storage
+from brevpipe.engine.checkpoint import Checkpoint
+from brevpipe.engine.components import instantiate
+from brevpipe.engine.runner import StageContext
 from brevpipe.errors import ConfigError, DataError
-from brevpipe.runner import StageContext
 from brevpipe.stages.classification import _raise_naming_bad_images, _seed, _usable, record_samples
 from brevpipe.stages.classification import segmentation_metrics as pixel_metrics
 

@@ -11,13 +11,13 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 class BrevpipeSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from brevpipe.config import CONF_DIR, PIPELINES_DIR
+        from brevpipe.engine.config import CONF_DIR, PIPELINES_DIR
 
         if any(
             str(entry.path).rstrip("/").endswith(str(CONF_DIR)) for entry in search_path.get_path()
         ):
-            from brevpipe.schema import store_schemas
-            from brevpipe.settings import store_settings
+            from brevpipe.engine.schema import store_schemas
+            from brevpipe.engine.settings import store_settings
 
             store_settings()
             store_schemas()

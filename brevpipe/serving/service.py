@@ -46,7 +46,7 @@ from brevpipe.errors import BrevpipeError, ConfigError, DataError
 if TYPE_CHECKING:
     import numpy as np
 
-    from brevpipe.predictor import Predictor
+    from brevpipe.serving.predictor import Predictor
 
 DEFAULT_SECRET_ENV = "BREVPIPE_JWT_SECRET"
 MIN_SECRET_BYTES = 32  # HS256 wants a key of at least 256 bits (RFC 7518, 3.2)
@@ -616,7 +616,7 @@ def main(argv: list[str]) -> int:
             return 0
         import uvicorn
 
-        from brevpipe.predict import resolve_model
+        from brevpipe.serving.batch import resolve_model
 
         predictor = resolve_model(args.model, args.job_root, args.tracking_uri)
         app = create_app(predictor, secret, args.max_batch, args.max_bytes, args.workers_threads,

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brevpipe import storage
 from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
 from brevpipe.data.loader import ImageLoader
+from brevpipe.engine import storage
+from brevpipe.engine.liveness import temp_prefix
 from brevpipe.errors import ConfigError
-from brevpipe.liveness import temp_prefix
 
 
 class Predictor:

@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from brevpipe import storage
+from brevpipe.engine import storage
+from brevpipe.engine.job import JobStatus, now
+from brevpipe.engine.liveness import HEARTBEAT_FILE, is_stale, raise_if_signalled
 from brevpipe.errors import BrevpipeError
-from brevpipe.job import JobStatus, now
-from brevpipe.liveness import HEARTBEAT_FILE, is_stale, raise_if_signalled
 
 log = logging.getLogger("brevpipe")
 

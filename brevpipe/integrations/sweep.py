@@ -18,7 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from brevpipe import storage
+from brevpipe.engine import storage
 
 log = logging.getLogger("brevpipe")
 SWEEP_FILE = "brevpipe_sweep.json"
@@ -47,7 +47,7 @@ class MlflowSweepCallback(Callback):
             return
         from mlflow import MlflowClient
 
-        from brevpipe.tracking import ensure_experiment, tracking_uri_for
+        from brevpipe.integrations.tracking import ensure_experiment, tracking_uri_for
 
         uri = tracking_uri_for(tracking.get("uri"), storage.normalize(str(config.job.root)))
         name = tracking.get("experiment") or config.pipeline.name

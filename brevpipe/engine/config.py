@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # brevpipe/
 REPO_DIR = PACKAGE_DIR.parent
 # A wheel carries conf/ and pipelines/ inside the package (pyproject's package-dir); a source
 # checkout or an editable install reads them at the top level of the repository.

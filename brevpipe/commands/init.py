@@ -82,7 +82,7 @@ def build(
 COMPONENTS = '''\
 """What {package} adds to brevpipe: called once through the brevpipe.components entry point."""
 
-from brevpipe.components import MODEL_RUNTIME, Registry
+from brevpipe.engine.components import MODEL_RUNTIME, Registry
 
 
 def register(registry: Registry) -> None:

@@ -40,7 +40,7 @@ def preset_component(folders: list[Path], group: str, option: str) -> str | None
     """The component a preset starts from (its ``/schema/<kind>/<name>`` default)."""
     from omegaconf import OmegaConf
 
-    from brevpipe.components import REGISTRY
+    from brevpipe.engine.components import REGISTRY
 
     for folder in reversed(folders):  # a user's preset shadows brevpipe's
         path = folder / group / f"{option}.yaml"
@@ -62,7 +62,7 @@ def compose_plain(overrides: list[str], config_dir: str | None = None) -> tuple[
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from brevpipe.config import CONF_DIR
+    from brevpipe.engine.config import CONF_DIR
 
     overrides = [*overrides, *([f"hydra.searchpath=[file://{config_dir}]"] if config_dir else [])]
     try:
@@ -81,9 +81,9 @@ def compose_plain(overrides: list[str], config_dir: str | None = None) -> tuple[
 
 def schema_of(selector: str | None, config_dir: str | None = None) -> dict[str, Any]:
     """The JSON Schema printed by ``brevpipe schema [selector]``."""
-    from brevpipe.components import REGISTRY
-    from brevpipe.config import CONF_DIR
-    from brevpipe.schema import GROUP_KINDS, SCHEMA_URI, component_schema, config_schema
+    from brevpipe.engine.components import REGISTRY
+    from brevpipe.engine.config import CONF_DIR
+    from brevpipe.engine.schema import GROUP_KINDS, SCHEMA_URI, component_schema, config_schema
 
     folders = [CONF_DIR, *([Path(config_dir)] if config_dir else [])]
     options = group_options(folders)
@@ -121,7 +121,7 @@ def main(args: list[str]) -> int:
         return 0
     try:
         if options.components:
-            from brevpipe.components import REGISTRY
+            from brevpipe.engine.components import REGISTRY
 
             for c in REGISTRY:
                 print(f"{c.kind:<10} {c.name:<28} {c.target:<48} {c.package}")

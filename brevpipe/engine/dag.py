@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from brevpipe.config import stable_hash
+from brevpipe.engine.config import stable_hash
+from brevpipe.engine.seeding import derive_seed
 from brevpipe.errors import ConfigError
-from brevpipe.seeding import derive_seed
 
 
 @dataclass(frozen=True)

@@ -58,35 +58,35 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if command in ("run", "rerun"):
-        from brevpipe.liveness import terminate_as_interrupt
+        from brevpipe.engine.liveness import terminate_as_interrupt
 
         terminate_as_interrupt()  # SIGTERM ends a job as 'stopped', like Ctrl-C
     try:
         if command == "run":
-            from brevpipe import app
+            from brevpipe.commands import run as app
 
             return app.run_command(rest)
         if command == "rerun":
-            from brevpipe import app
+            from brevpipe.commands import run as app
 
             return app.rerun_command(rest)
         if command == "predict":
-            from brevpipe import predict
+            from brevpipe.serving import batch as predict
 
             return predict.main(rest)
         if command == "serve":
-            from brevpipe import serve
+            from brevpipe.serving import service as serve
 
             return serve.main(rest)
         if command == "schema":
-            from brevpipe import schema_command
+            from brevpipe.commands import schema as schema_command
 
             return schema_command.main(rest)
         if command == "init":
-            from brevpipe import user_project
+            from brevpipe.commands import init as user_project
 
             return user_project.main(rest)
-        from brevpipe import registry
+        from brevpipe.engine import records as registry
 
         return registry.main(rest)
     except KeyboardInterrupt as exc:

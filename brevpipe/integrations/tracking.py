@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brevpipe import __version__, storage
-from brevpipe.config import flatten
-from brevpipe.job import Job, JobStatus
+from brevpipe import __version__
+from brevpipe.engine import storage
+from brevpipe.engine.config import flatten
+from brevpipe.engine.job import Job, JobStatus
 
 log = logging.getLogger("brevpipe")
 

@@ -12,17 +12,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from brevpipe import storage
-from brevpipe.config import CONF_DIR
+from brevpipe.engine import storage
+from brevpipe.engine.config import CONF_DIR
 from brevpipe.errors import BrevpipeError
-from brevpipe.sweep import parent_run
+from brevpipe.integrations.sweep import parent_run
 
 log = logging.getLogger("brevpipe")
 
 
 def _run_job(cfg: DictConfig) -> float | None:
     """The Hydra task: run one job; return its key metric (for sweepers)."""
-    from brevpipe.runner import run_job
+    from brevpipe.engine.runner import run_job
 
     hydra_cfg = HydraConfig.get()
     choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items()
@@ -97,12 +97,12 @@ def rerun_command(args: list[str]) -> int:
         logging_config = OmegaConf.load(CONF_DIR / "hydra" / "job_logging" / "brevpipe.yaml")
         logging.config.dictConfig(OmegaConf.to_container(logging_config))
     try:
-        from brevpipe.rerun import read_output, rebuild_config
+        from brevpipe.engine.rerun import read_output, rebuild_config
 
         output = read_output(url)
         cfg = rebuild_config(output, url, overrides, allow_data_change=allow)
         log.info("rerun of job %s (%s)", output["job"]["id"], url)
-        from brevpipe.runner import run_job
+        from brevpipe.engine.runner import run_job
 
         job = run_job(cfg, choices=output.get("choices"))
     except BrevpipeError as exc:

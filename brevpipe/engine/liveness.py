@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from brevpipe import storage
+from brevpipe.engine import storage
 
 log = logging.getLogger("brevpipe")
 HEARTBEAT_FILE = "control/heartbeat.json"

@@ -1,7 +1,8 @@
 """The component registry: every object a config may build, by kind and short name.
 
-A config names a component with Hydra's ``_target_``: the dotted path (``brevpipe.train.Trainer``)
-or the registered short name (``trainer``, or ``kind:name`` where a name is used by two kinds).
+A config names a component with Hydra's ``_target_``: the dotted path
+(``brevpipe.models.training.Trainer``) or the registered short name (``trainer``, or
+``kind:name`` where a name is used by two kinds).
 brevpipe's own components are registered below; another package registers its own through the
 ``brevpipe.components`` entry-point group, whose value is a function taking this module's
 :class:`Registry`::
@@ -161,8 +162,8 @@ def _builtins(registry: Registry) -> None:
     add("model", "keras_application", "brevpipe.models.applications.build",
         runtime=MODEL_RUNTIME)  # fmt: skip
     add("model", "unet", "brevpipe.models.unet.build", runtime=MODEL_RUNTIME)
-    add("trainer", "trainer", "brevpipe.train.Trainer")
-    add("tracking", "mlflow", "brevpipe.tracking.TrackingSettings")
+    add("trainer", "trainer", "brevpipe.models.training.Trainer")
+    add("tracking", "mlflow", "brevpipe.integrations.tracking.TrackingSettings")
     for module, names in {
         "classification": ("find_samples", "split_samples", "train", "evaluate", "preview",
                            "export", "report"),
@@ -229,6 +230,27 @@ def check_names(tree: Any, path: str = "") -> None:
             cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"{where}: cannot import {target!r} ({cause}); check the name, "
                               "and that its package is installed.") from None
+
+
+# Components whose module moved (2026-11-26, the engine/commands/stages layout): an output.json
+# written before names them by their old paths, which :func:`modernize` rewrites.
+MOVED_TARGETS = {
+    "brevpipe.train.Trainer": "brevpipe.models.training.Trainer",
+    "brevpipe.tracking.TrackingSettings": "brevpipe.integrations.tracking.TrackingSettings",
+}
+
+
+def modernize(tree: Any) -> Any:
+    """A copy of a plain config tree whose moved ``_target_`` paths are today's."""
+    if isinstance(tree, dict):
+        out = {k: modernize(v) for k, v in tree.items()}
+        target = out.get("_target_")
+        if isinstance(target, str) and target in MOVED_TARGETS:
+            out["_target_"] = MOVED_TARGETS[target]
+        return out
+    if isinstance(tree, list | tuple):
+        return [modernize(v) for v in tree]
+    return tree
 
 
 def expand(tree: Any) -> Any:

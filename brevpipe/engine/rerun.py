@@ -6,7 +6,7 @@ two, applies the user's overrides (Hydra's override grammar), reuses the origina
 checks that the data did not change, and runs as a new job that records ``rerun_of``.
 
 An output.json from a bucket is untrusted input: every ``_target_`` must be a registered
-component (:mod:`brevpipe.components`), or an exact dotted name that the command line allows
+component (:mod:`brevpipe.engine.components`), or an exact dotted name that the command line allows
 (``rerun.allow_targets``, recorded in the new output.json); the stage declarations may only link
 config nodes (no resolvers).
 """
@@ -21,9 +21,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from brevpipe import storage
-from brevpipe.components import allowed_target_list, check_registered
-from brevpipe.config import CONF_DIR, REDACTED
+from brevpipe.engine import storage
+from brevpipe.engine.components import allowed_target_list, check_registered, modernize
+from brevpipe.engine.config import CONF_DIR, REDACTED
 from brevpipe.errors import ConfigError, DataError
 
 # A stage declaration may link config nodes (``${trainer}``), nothing else (no resolvers).
@@ -152,11 +152,11 @@ def rebuild_config(
 def _rebuild(
     output: dict[str, Any], url: str, overrides: Sequence[str], allow_data_change: bool
 ) -> DictConfig:
-    from brevpipe.settings import RerunSettings, Settings
+    from brevpipe.engine.settings import RerunSettings, Settings
 
-    template = output["pipeline_template"]
+    template, config = modernize(output["pipeline_template"]), modernize(output["config"])
     _check_links(template)
-    saved = {k: v for k, v in output["config"].items() if k != "pipeline"}
+    saved = {k: v for k, v in config.items() if k != "pipeline"}
     cfg = OmegaConf.create(_escape(saved))
     if OmegaConf.to_container(cfg, resolve=True) != _escape(saved, escape=False):
         raise ConfigError(f"refusing {url}: its config holds values that would be resolved "
@@ -166,7 +166,7 @@ def _rebuild(
         relinked = OmegaConf.to_container(cfg.pipeline, resolve=True)
     except Exception as exc:  # noqa: BLE001 - any resolution failure means a broken template
         raise ConfigError(f"cannot rebuild the pipeline from {url}: {exc}") from None
-    if relinked != output["config"]["pipeline"]:
+    if relinked != config["pipeline"]:
         raise ConfigError(f"the pipeline saved in {url} does not match its config; "
                           "it cannot be rerun exactly.")  # fmt: skip
     try:  # brevpipe's types: seed=abc in an output.json is refused like on the command line
@@ -200,8 +200,8 @@ def _rebuild(
 
 def _settings_it_predates(cfg: DictConfig) -> None:
     """Loader settings added after the job ran get the value that reproduces it."""
-    from brevpipe.components import REGISTRY
     from brevpipe.data.loader import LEGACY_SETTINGS
+    from brevpipe.engine.components import REGISTRY
 
     loader = cfg.get("loader")
     if not isinstance(loader, DictConfig) or not isinstance(loader.get("_target_"), str):

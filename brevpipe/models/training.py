@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from brevpipe.checkpoint import Checkpoint
     from brevpipe.data.pipeline import InputPipeline
+    from brevpipe.engine.checkpoint import Checkpoint
 
 
 def job_callback(on_epoch: Callable[[int, dict[str, float]], None]) -> Any:
@@ -181,7 +181,7 @@ class Trainer:
         ``brevpipe jobs stop`` asked for it."""
         import keras
 
-        from brevpipe.registry import stop_callback
+        from brevpipe.engine.records import stop_callback
 
         steps = len(train)
         if not model.compiled:

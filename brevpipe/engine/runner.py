@@ -12,15 +12,16 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from brevpipe import registry, storage
-from brevpipe.artifacts import load_output, save_output
-from brevpipe.components import REGISTRY, check_names
-from brevpipe.config import code_version
-from brevpipe.dag import Pipeline, StageSpec
+from brevpipe.engine import records as registry
+from brevpipe.engine import storage
+from brevpipe.engine.artifacts import load_output, save_output
+from brevpipe.engine.components import REGISTRY, check_names
+from brevpipe.engine.config import code_version
+from brevpipe.engine.dag import Pipeline, StageSpec
+from brevpipe.engine.job import Job
+from brevpipe.engine.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
 from brevpipe.errors import ConfigError
-from brevpipe.job import Job
-from brevpipe.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
-from brevpipe.tracking import make_tracker
+from brevpipe.integrations.tracking import make_tracker
 
 log = logging.getLogger("brevpipe")
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from brevpipe import storage
+from brevpipe.engine import storage
 
 
 def save_output(value: Any, url_stem: str, temp_dir: str) -> dict[str, str]:

@@ -13,9 +13,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
-from brevpipe import __version__, storage
-from brevpipe.config import REPO_DIR, redact
-from brevpipe.liveness import temp_prefix
+from brevpipe import __version__
+from brevpipe.engine import storage
+from brevpipe.engine.config import REPO_DIR, redact
+from brevpipe.engine.liveness import temp_prefix
 
 SCHEMA_VERSION = 1
 ENVIRONMENT_PACKAGES = (

@@ -21,14 +21,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brevpipe import storage
+from brevpipe.engine import storage
+from brevpipe.engine.liveness import temp_prefix
 from brevpipe.errors import BrevpipeError, ConfigError, DataError
-from brevpipe.liveness import temp_prefix
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from brevpipe.predictor import Predictor
+    from brevpipe.serving.predictor import Predictor
 
 ARCHIVE = "artifacts/model/saved_model.tar.gz"  # inside a job bucket
 RUN_ARCHIVE = "model/saved_model.tar.gz"  # inside an MLflow run's artifacts (tracking.py)
@@ -48,7 +48,7 @@ def resolve_model(
     model: str, job_root: str = "./jobs", tracking_uri: str | None = None
 ) -> Predictor:
     """The :class:`Predictor` for MODEL (archive URL, job bucket, job id or MLflow URI)."""
-    from brevpipe.predictor import load_predictor
+    from brevpipe.serving.predictor import load_predictor
 
     return load_predictor(model_archive_url(model, job_root, tracking_uri))
 
@@ -119,7 +119,7 @@ def _archive_from_mlflow(uri: str, job_root: str, tracking_uri: str | None) -> s
     import mlflow.artifacts
     from mlflow import MlflowClient
 
-    from brevpipe.tracking import default_tracking_uri
+    from brevpipe.integrations.tracking import default_tracking_uri
 
     tracking_uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                     or default_tracking_uri(storage.normalize(job_root)))  # fmt: skip
