@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from brevpipe.commands import jobs
 from brevpipe.engine import records as registry
 from brevpipe.engine.liveness import clean_stale_temp, host_token, is_stale, temp_prefix
 from tests.conftest import tiny_overrides
@@ -104,15 +105,15 @@ def test_sigkill_leaves_a_lost_job_that_is_settled_archived_and_resumed(
         print(f"lost {time.monotonic() - killed:.1f} s after SIGKILL (heartbeat every {period} s)")
     assert [r.id for r in registry.list_jobs(str(root), status="lost")] == [job_id]
 
-    assert registry.main(["stop", job_id, "--root", str(root)]) == 0
+    assert jobs.main(["stop", job_id, "--root", str(root)]) == 0
     assert "was lost (killed without a word); now marked 'stopped'" in capsys.readouterr().out
     output = json.loads((root / job_id / "artifacts" / "output.json").read_text())
     assert output["job"]["status"] == "stopped" and output["job"]["error"].startswith("lost:")
     assert output["stages"]["train"]["status"] == "stopped"
     client = MlflowClient(output["mlflow"]["tracking_uri"])
     assert client.get_run(output["mlflow"]["run_id"]).info.status == "KILLED"
-    assert registry.main(["archive", job_id, "--root", str(root)]) == 0
-    assert registry.main(["unarchive", job_id, "--root", str(root)]) == 0
+    assert jobs.main(["archive", job_id, "--root", str(root)]) == 0
+    assert jobs.main(["unarchive", job_id, "--root", str(root)]) == 0
 
     resumed = subprocess.run(
         [sys.executable, "-m", "brevpipe", "run", *tiny_overrides(tmp_path), *config,

@@ -16,18 +16,20 @@ from typing import Any
 
 import pytest
 
+from brevpipe.commands import jobs
 from brevpipe.data.shapes import ShapesDataset
+from brevpipe.engine import control, storage
 from brevpipe.engine import records as registry
-from brevpipe.engine import storage
+from brevpipe.engine.control import StopRequested
 from brevpipe.engine.job import Job
-from brevpipe.engine.records import StopRequested
+from brevpipe.integrations import lifecycle
 from tests.conftest import compose_config, free_port, tiny_overrides
 
 
 def jobs_cli(root: str, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``brevpipe jobs ARGS --root ROOT``: exit code, stdout, stderr."""
     capsys.readouterr()
-    code = registry.main([*args, "--root", root])
+    code = jobs.main([*args, "--root", root])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -51,12 +53,12 @@ def unit_job(root: str, **kwargs: Any) -> Job:
 
 # -- fast: no model is trained --------------------------------------------------------------
 def test_usage_errors_exit_2_and_help_exits_0(capsys) -> None:
-    assert registry.main([]) == 2
-    assert registry.main(["list", "--status", "finished"]) == 2
-    assert registry.main(["list", "--format", "yaml"]) == 2
-    assert registry.main(["show"]) == 2
-    assert registry.main(["frobnicate"]) == 2
-    assert registry.main(["--help"]) == 0
+    assert jobs.main([]) == 2
+    assert jobs.main(["list", "--status", "finished"]) == 2
+    assert jobs.main(["list", "--format", "yaml"]) == 2
+    assert jobs.main(["show"]) == 2
+    assert jobs.main(["frobnicate"]) == 2
+    assert jobs.main(["--help"]) == 0
     assert "statistics" in capsys.readouterr().out
 
 
@@ -109,7 +111,7 @@ def test_bad_job_folders_are_listed_as_unknown(capsys) -> None:
     unknown = jobs_json(root, "list", "--status", "unknown", capsys=capsys)
     assert {r["id"] for r in unknown} == {"half-made", "garbled", "foreign"}
     capsys.readouterr()
-    assert registry.main(["--root", root, "--format", "json", "list", "--status", "unknown"]) == 0
+    assert jobs.main(["--root", root, "--format", "json", "list", "--status", "unknown"]) == 0
     assert json.loads(capsys.readouterr().out) == unknown, "options go before the action too"
     code, out, _ = jobs_cli(root, "list", capsys=capsys)
     assert code == 0 and "note: garbled: artifacts/output.json is not valid JSON" in out
@@ -161,17 +163,17 @@ def test_malformed_output_json_shows_as_unknown_and_hides_no_job(fmt: str, capsy
 
 def test_stop_markers_and_sessions() -> None:
     bucket = "memory://registry-markers/job"
-    assert not registry.stop_requested(bucket)
-    marker = registry.request_stop(bucket, session="2030-01-01T00:00:00+00:00")
+    assert not control.stop_requested(bucket)
+    marker = control.request_stop(bucket, session="2030-01-01T00:00:00+00:00")
     assert marker["by"] and marker["requested"]
-    assert registry.stop_requested(bucket)
-    assert registry.stop_requested(bucket, session="2030-01-01T00:00:00+00:00")
-    assert not registry.stop_requested(bucket, session="2031-01-01T00:00:00+00:00"), (
+    assert control.stop_requested(bucket)
+    assert control.stop_requested(bucket, session="2030-01-01T00:00:00+00:00")
+    assert not control.stop_requested(bucket, session="2031-01-01T00:00:00+00:00"), (
         "a request made for an earlier run of the job does not stop it once resumed"
     )
-    registry.clear_stop(bucket)
-    registry.clear_stop(bucket)  # twice is fine
-    assert not registry.stop_requested(bucket)
+    control.clear_stop(bucket)
+    control.clear_stop(bucket)  # twice is fine
+    assert not control.stop_requested(bucket)
 
 
 def test_stop_only_stops_running_jobs(capsys) -> None:
@@ -182,10 +184,10 @@ def test_stop_only_stops_running_jobs(capsys) -> None:
     done.complete()
     code, _, err = jobs_cli(root, "stop", done.id, capsys=capsys)
     assert code == 1 and f"job {done.id} is completed, not running" in err
-    assert not registry.stop_requested(done.bucket_url)
+    assert not control.stop_requested(done.bucket_url)
     code, out, _ = jobs_cli(root, "stop", running.id, capsys=capsys)
     assert code == 0 and "stop requested" in out
-    marker = registry.read_stop(running.bucket_url)
+    marker = control.read_stop(running.bucket_url)
     assert marker["session"] == running.start_time
     code, out, _ = jobs_cli(root, "stop", running.id, capsys=capsys)
     assert code == 0 and "already requested" in out
@@ -263,7 +265,7 @@ def request_stop_after_epoch(root: str, job_id: str, report: str, epoch: int = 1
         def on_epoch_end(self, index: int, logs: dict | None = None) -> None:
             if index + 1 == epoch:
                 stats = registry.statistics(registry.get_job(root, job_id))
-                code = registry.main(["stop", job_id, "--root", root])
+                code = jobs.main(["stop", job_id, "--root", root])
                 Path(report).write_text(json.dumps({"code": code, "statistics": stats}))
 
     return RequestStop()
@@ -314,7 +316,7 @@ def build_root(root: str, tmp: Path, *, everything: bool) -> JobRoot:
         run_job(compose_config(missing))
     (archived,) = set(registry.job_ids(root)) - set(made.ids.values())
     made.ids["archived"] = archived
-    registry.set_archived(root, archived, True)
+    lifecycle.set_archived(root, archived, True)
 
     if everything:
         data = corrupt_dataset(tmp)
@@ -472,11 +474,11 @@ def test_stop_writes_the_marker_for_running_jobs_only(job_root: JobRoot, capsys)
     try:
         code, out, _ = jobs_cli(root, "stop", ids["running"], capsys=capsys)
         assert code == 0 and "stop requested" in out
-        assert registry.stop_requested(bucket)
+        assert control.stop_requested(bucket)
         info = jobs_json(root, "show", ids["running"], capsys=capsys)
         assert info["stop_request"]["session"] == output_of(root, ids["running"])["job"]["start"]
     finally:
-        registry.clear_stop(bucket)
+        control.clear_stop(bucket)
 
 
 def test_a_stop_request_before_a_stage_ends_the_job_as_stopped(tmp_path: Path) -> None:
@@ -484,7 +486,7 @@ def test_a_stop_request_before_a_stage_ends_the_job_as_stopped(tmp_path: Path) -
     from brevpipe.engine.runner import run_job
 
     root, job_id = str(tmp_path / "jobs"), str(uuid.uuid4())
-    registry.request_stop(f"{root}/{job_id}")  # e.g. asked for while the job was queued
+    control.request_stop(f"{root}/{job_id}")  # e.g. asked for while the job was queued
     settings = root_overrides(root, tmp_path, f"job.id={job_id}")
     with pytest.raises(StopRequested, match="stop requested before stage 'samples'"):
         run_job(compose_config(settings))
@@ -569,7 +571,7 @@ def request_at_batch(bucket: str, at: int) -> Any:
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             self.seen += 1
             if self.seen == at:
-                registry.request_stop(bucket)
+                control.request_stop(bucket)
 
     return Request()
 
@@ -585,19 +587,19 @@ def test_stop_callback_ends_a_keras_fit_at_the_next_batch(
         "s3": lambda: request.getfixturevalue("s3_bucket") + "/jobs/job",
     }[kind]()
     fit = TinyFit()
-    assert fit(registry.stop_callback(bucket, check_every_s=0)) == 32, "no request: 2 epochs"
+    assert fit(control.stop_callback(bucket, check_every_s=0)) == 32, "no request: 2 epochs"
     assert not fit.model.stop_training
     with pytest.raises(StopRequested, match="stop requested"):
-        fit(request_at_batch(bucket, 5), registry.stop_callback(bucket, check_every_s=0))
+        fit(request_at_batch(bucket, 5), control.stop_callback(bucket, check_every_s=0))
     assert fit.batches == 5, "the fit ends at the batch boundary after the request"
     assert fit.model.stop_training
-    registry.clear_stop(bucket)
-    assert fit(registry.stop_callback(bucket, check_every_s=0)) == 32, "cleared: runs again"
-    registry.request_stop(bucket)  # a request made before training is seen at the first batch
+    control.clear_stop(bucket)
+    assert fit(control.stop_callback(bucket, check_every_s=0)) == 32, "cleared: runs again"
+    control.request_stop(bucket)  # a request made before training is seen at the first batch
     with pytest.raises(StopRequested):
-        fit(registry.stop_callback(bucket, check_every_s=0))
+        fit(control.stop_callback(bucket, check_every_s=0))
     assert fit.batches == 1
-    registry.clear_stop(bucket)
+    control.clear_stop(bucket)
 
 
 @pytest.mark.slow
@@ -606,19 +608,19 @@ def test_stop_callback_checks_storage_at_most_every_check_every_s(
 ) -> None:
     bucket = str(tmp_path / "job")
     checks = []
-    original = registry.stop_requested
+    original = control.stop_requested
 
     def counting(url: str, session: str | None = None) -> bool:
         checks.append(url)
         return original(url, session)
 
-    monkeypatch.setattr(registry, "stop_requested", counting)
+    monkeypatch.setattr(control, "stop_requested", counting)
     fit = TinyFit()
     # Checked at the first batch, then not again within the hour: the request goes unseen.
-    assert fit(request_at_batch(bucket, 5), registry.stop_callback(bucket, 3600)) == 32
+    assert fit(request_at_batch(bucket, 5), control.stop_callback(bucket, 3600)) == 32
     assert len(checks) == 1
-    registry.clear_stop(bucket)
+    control.clear_stop(bucket)
     checks.clear()
     with pytest.raises(StopRequested):
-        fit(request_at_batch(bucket, 5), registry.stop_callback(bucket, check_every_s=0))
+        fit(request_at_batch(bucket, 5), control.stop_callback(bucket, check_every_s=0))
     assert len(checks) == 5, "with check_every_s=0 every batch end looks"

@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             from brevpipe.commands import init as user_project
 
             return user_project.main(rest)
-        from brevpipe.engine import records as registry
+        from brevpipe.commands import jobs
 
-        return registry.main(rest)
+        return jobs.main(rest)
     except KeyboardInterrupt as exc:
         terminated = type(exc).__name__ == "Terminated"
         if terminated:

@@ -8,7 +8,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from brevpipe.engine.config import stable_hash
-from brevpipe.engine.seeding import derive_seed
+from brevpipe.engine.seeding import stage_seed
 from brevpipe.errors import ConfigError
 
 
@@ -23,7 +23,7 @@ class StageSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def seed(self, root_seed: int) -> int:
-        return derive_seed(root_seed, "stage", self.name)
+        return stage_seed(root_seed, self.name)
 
 
 @dataclass

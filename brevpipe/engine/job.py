@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from brevpipe import __version__
 from brevpipe.engine import storage
 from brevpipe.engine.config import REPO_DIR, redact
+from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.liveness import temp_prefix
 
 SCHEMA_VERSION = 1
@@ -43,6 +44,24 @@ class JobListener(Protocol):
     """Receives a job's metrics as they happen (the MLflow mirror is one)."""
 
     def on_metrics(self, metrics: dict[str, float], step: int | None) -> None: ...
+
+
+class Tracker(Protocol):
+    """Mirrors a job somewhere else (MLflow: :mod:`brevpipe.integrations.tracking`)."""
+
+    def start(self) -> None: ...
+
+    def finish(self, job: Job) -> None: ...
+
+
+class NullTracker:
+    """Tracking turned off (``tracking=none``)."""
+
+    def start(self) -> None:
+        pass
+
+    def finish(self, job: Job) -> None:
+        pass
 
 
 def now() -> str:
@@ -89,7 +108,8 @@ class Job:
     ) -> None:
         self.id = job_id or str(uuid.uuid4())
         self.root = storage.normalize(root)
-        self.bucket_url = storage.join(self.root, self.id)
+        self.bucket = JobBucket.of(self.root, self.id)
+        self.bucket_url = self.bucket.url
         self.name = name
         self.pipeline = pipeline
         self.config = redact(config)
@@ -114,7 +134,7 @@ class Job:
     # -- paths ------------------------------------------------------------------------------
     def artifact_path(self, *parts: str) -> str:
         """URL of ``artifacts/<parts>`` in the job bucket."""
-        return storage.join(self.bucket_url, "artifacts", *parts)
+        return self.bucket.artifact(*parts)
 
     def temp_path(self, *parts: str) -> str:
         """A local scratch path (not persisted); its parent folder exists."""
@@ -127,7 +147,7 @@ class Job:
 
     @property
     def output_url(self) -> str:
-        return self.artifact_path("output.json")
+        return self.bucket.output
 
     # -- metrics ----------------------------------------------------------------------------
     def add_metric(self, name: str, value: float) -> None:
@@ -158,7 +178,7 @@ class Job:
         self.start_time = self.start_time or now()
         self.status = JobStatus.RUNNING
         storage.write_json(
-            storage.join(self.bucket_url, "info.json"),
+            self.bucket.info,
             {
                 "schema_version": SCHEMA_VERSION,
                 "job": {"id": self.id, "name": self.name, "pipeline": self.pipeline},

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from brevpipe.engine import storage
+from brevpipe.engine.layout import JobBucket
 
 log = logging.getLogger("brevpipe")
-HEARTBEAT_FILE = "control/heartbeat.json"
 STALE_PERIODS = 3
 # brevpipe-[kind-]<pid>-<host>-...: the process and the machine (container) that made it
 _TEMP_NAME = re.compile(r"^brevpipe-(?:[a-z]+-)?(\d+)-([0-9a-f]{6})-")
@@ -86,7 +86,7 @@ class Heartbeat:
     thread while a job runs; a storage hiccup is logged, never fatal."""
 
     def __init__(self, bucket_url: str, period_s: float, session: str | None) -> None:
-        self.url = storage.join(bucket_url, HEARTBEAT_FILE)
+        self.url = JobBucket(bucket_url).heartbeat
         self.period_s = float(period_s)
         self.session = session
         self._stop = threading.Event()

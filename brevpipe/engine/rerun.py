@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from brevpipe.engine import storage
 from brevpipe.engine.components import allowed_target_list, check_registered, modernize
 from brevpipe.engine.config import CONF_DIR, REDACTED
+from brevpipe.engine.layout import JobBucket
 from brevpipe.errors import ConfigError, DataError
 
 # A stage declaration may link config nodes (``${trainer}``), nothing else (no resolvers).
@@ -176,9 +177,9 @@ def _rebuild(
 
     _settings_it_predates(cfg)
     bucket = output["job"]["bucket"]
-    split_url = storage.join(bucket, "artifacts", "sample_identification.csv")
+    split_url = JobBucket(bucket).split
     cfg.job.id = None
-    cfg.job.root = bucket.rstrip("/").rsplit("/", 1)[0]
+    cfg.job.root = JobBucket(bucket).root
     cfg.storage.options = {}  # fsspec options can redirect and write anywhere: not from a file
     cfg.rerun = RerunSettings(  # replaced whole: the saved allow-list is untrusted
         of=url,

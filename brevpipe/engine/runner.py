@@ -5,62 +5,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from brevpipe.engine import records as registry
-from brevpipe.engine import storage
+from brevpipe.engine import control, storage
 from brevpipe.engine.artifacts import load_output, save_output
-from brevpipe.engine.components import REGISTRY, check_names
+from brevpipe.engine.components import REGISTRY, check_names, instantiate
 from brevpipe.engine.config import code_version
+from brevpipe.engine.context import StageContext
 from brevpipe.engine.dag import Pipeline, StageSpec
-from brevpipe.engine.job import Job
+from brevpipe.engine.job import Job, NullTracker
 from brevpipe.engine.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
 from brevpipe.errors import ConfigError
-from brevpipe.integrations.tracking import make_tracker
 
 log = logging.getLogger("brevpipe")
-
-
-@dataclass
-class StageContext:
-    """What a stage function gets besides its inputs and parameters."""
-
-    job: Job
-    name: str
-    seed: int
-    url: str  # the stage's folder in the job bucket
-    verbose: str | int = "auto"
-    key: str = ""  # the stage's cache key
-    recorded: dict[str, Any] = field(default_factory=dict)
-    cleanups: list[Callable[[], None]] = field(default_factory=list)  # after outputs are saved
-    notes: dict[str, Any] = field(default_factory=dict)  # go into output.json's stage entry
-
-    def add_metric(self, name: str, value: float) -> None:
-        self.job.add_metric(name, value)
-        self.recorded.setdefault("metrics", {})[name] = float(value)
-
-    def add_epoch(self, epoch: int, logs: dict[str, float]) -> None:
-        self.job.add_epoch(epoch, logs)
-        self.recorded.setdefault("history", []).append({"epoch": epoch, **logs})
-        self.job.write_output()
-
-    def set_section(self, key: str, value: dict[str, Any]) -> None:
-        """Fill an output.json section (``samples``, ``model``) from this stage."""
-        setattr(self.job, key, value)
-        self.recorded.setdefault("sections", {})[key] = value
-
-    def replay(self, recorded: dict[str, Any]) -> None:
-        """Give the job what a cached run of this stage reported."""
-        for row in recorded.get("history", []):
-            self.job.add_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
-        self.job.add_metrics(recorded.get("metrics", {}))
-        for key, value in recorded.get("sections", {}).items():
-            setattr(self.job, key, value)
 
 
 def resolve_config(cfg: DictConfig) -> dict[str, Any]:
@@ -99,9 +60,10 @@ def run_stage(
     stage: StageSpec, key: str, job: Job, values: dict[str, Any], verbose: str | int
 ) -> dict[str, Any]:
     """Run one stage, or load its outputs when they exist under the same cache key."""
-    stage_url = job.artifact_path("stages", stage.name)
-    marker_url = storage.join(stage_url, "stage.json")
-    ctx = StageContext(job, stage.name, stage.seed(job.seed), stage_url, verbose, key)
+    stage_url = job.bucket.stage(stage.name)
+    marker_url = job.bucket.stage_marker(stage.name)
+    ctx = StageContext(job, stage.name, stage.seed(job.seed), stage_url, verbose, key,
+                       stage.inputs, stage.outputs)  # fmt: skip
     marker = storage.read_json(marker_url) if storage.exists(marker_url) else None
     if (
         marker
@@ -152,7 +114,7 @@ def run_stage(
 def _stop_requested(job: Job, session: str | None) -> bool:
     """Whether ``brevpipe jobs stop`` asked this job to stop; a storage hiccup is no."""
     try:
-        return registry.stop_requested(job.bucket_url, session)
+        return control.stop_requested(job.bucket_url, session)
     except Exception as exc:  # noqa: BLE001 - checking must never fail the job
         log.warning("cannot check %s for a stop request: %s", job.bucket_url, exc)
         return False
@@ -182,24 +144,26 @@ def run_job(
     job.extra["pipeline_template"] = OmegaConf.to_container(cfg.pipeline, resolve=False)
     if rerun_of := (plain.get("rerun") or {}).get("of"):
         job.extra["rerun_of"] = {"url": rerun_of, "job_id": plain["rerun"].get("job_id")}
-    tracker = make_tracker(plain.get("tracking", {}), job, parent)
+    # the tracking component (brevpipe.integrations.tracking by default) makes the mirror
+    tracking = plain.get("tracking") or {}
+    tracker = instantiate(tracking).tracker(job, parent) if tracking else NullTracker()
     runtime = plain.get("runtime", {})
     clean_stale_temp()
     job.open()
     log.info("job %s  bucket %s", job.id, job.bucket_url)
     heartbeat = Heartbeat(job.bucket_url, float(runtime.get("heartbeat_s", 10.0)),
-                          registry.session_of(job.to_output()))  # fmt: skip
+                          control.session_of(job.to_output()))  # fmt: skip
     try:
         heartbeat.start()
         tracker.start()
         configure_tensorflow(seed, bool(runtime.get("deterministic", True)))
         keys = pipeline.cache_keys(seed, code_version())
         values: dict[str, Any] = {}
-        session = registry.session_of(job.to_output())
+        session = control.session_of(job.to_output())
         for stage in pipeline.order():
             raise_if_signalled()  # an interrupt swallowed inside the previous stage
             if _stop_requested(job, session):  # brevpipe jobs stop
-                raise registry.StopRequested(f"stop requested before stage '{stage.name}'")
+                raise control.StopRequested(f"stop requested before stage '{stage.name}'")
             values.update(
                 run_stage(stage, keys[stage.name], job, values, runtime.get("verbose", "auto"))
             )
@@ -207,7 +171,7 @@ def run_job(
         job.complete()
         tracker.finish(job)
     except KeyboardInterrupt as exc:
-        if isinstance(exc, registry.StopRequested):
+        if isinstance(exc, control.StopRequested):
             job.stop(f"stopped on request (brevpipe jobs stop): {exc}")
         elif isinstance(exc, Terminated):
             job.stop("terminated (SIGTERM)")

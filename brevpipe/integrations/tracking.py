@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from brevpipe import __version__
 from brevpipe.engine import storage
 from brevpipe.engine.config import flatten
-from brevpipe.engine.job import Job, JobStatus
+from brevpipe.engine.job import Job, JobStatus, NullTracker, Tracker
 
 log = logging.getLogger("brevpipe")
 
@@ -65,16 +65,6 @@ def params_of(config: dict[str, Any]) -> dict[str, str]:
             text = text[: MAX_PARAM_VALUE - 3] + "..."
         params[key] = text
     return params
-
-
-class NullTracker:
-    """Tracking turned off (``tracking=none``)."""
-
-    def start(self) -> None:
-        pass
-
-    def finish(self, job: Job) -> None:
-        pass
 
 
 class MlflowTracker:
@@ -242,10 +232,14 @@ class TrackingSettings:
     uri: str | None = None
     experiment: str | None = None
 
+    def tracker(self, job: Job, parent: dict[str, Any] | None = None) -> Tracker:
+        """The job's mirror (what the runner calls: it knows no MLflow)."""
+        return make_tracker(asdict(self), job, parent)
+
 
 def make_tracker(
     tracking: dict[str, Any], job: Job, parent: dict[str, Any] | None = None
-) -> MlflowTracker | NullTracker:
+) -> Tracker:
     """The job's mirror; ``parent`` (``{run_id, overrides}``) nests it in a sweep's run."""
     if not tracking.get("enabled", False):
         return NullTracker()

@@ -181,7 +181,7 @@ class Trainer:
         ``brevpipe jobs stop`` asked for it."""
         import keras
 
-        from brevpipe.engine.records import stop_callback
+        from brevpipe.engine.control import stop_callback
 
         steps = len(train)
         if not model.compiled:

@@ -1,0 +1,81 @@
+"""The stage contract: what a stage function gets besides its inputs and parameters.
+
+A stage is a function ``(ctx: StageContext, **inputs, **params) -> {output name: value}``,
+declared in a pipeline YAML with its ``inputs`` (other stages' outputs) and ``outputs``. The
+runner saves the outputs under ``artifacts/stages/<stage>/`` and hands them to later stages;
+a stage reads nothing of another stage but its declared inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from brevpipe.engine.job import Job
+from brevpipe.engine.seeding import component_seed
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets besides its inputs and parameters.
+
+    ``seed`` is the stage's own seed; :meth:`seed_for` gives a component's. ``url`` is the
+    stage's folder in the job bucket; :meth:`artifact` a path under the job's ``artifacts/``.
+    """
+
+    job: Job
+    name: str
+    seed: int
+    url: str  # the stage's folder in the job bucket
+    verbose: str | int = "auto"
+    key: str = ""  # the stage's cache key
+    inputs: tuple[str, ...] = ()  # the declared inputs and outputs of the stage
+    outputs: tuple[str, ...] = ()
+    recorded: dict[str, Any] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # after outputs are saved
+    notes: dict[str, Any] = field(default_factory=dict)  # go into output.json's stage entry
+
+    def seed_for(self, component: str) -> int:
+        """The seed of a component: one rule for every stage (:func:`component_seed`)."""
+        return component_seed(self.job.seed, component)
+
+    def artifact(self, *parts: str) -> str:
+        """A path under the job's ``artifacts/`` (what users open: report.html, model/...)."""
+        return self.job.bucket.artifact(*parts)
+
+    def temp_path(self, *parts: str) -> str:
+        """A local scratch path of the job (not persisted); its parent folder exists."""
+        return self.job.temp_path(*parts)
+
+    def stop_callback(self) -> Any:
+        """A Keras callback that ends ``fit`` when ``brevpipe jobs stop`` asks this job to."""
+        from brevpipe.engine.control import stop_callback
+
+        return stop_callback(self.job.bucket_url)
+
+    def add_metric(self, name: str, value: float) -> None:
+        self.job.add_metric(name, value)
+        self.recorded.setdefault("metrics", {})[name] = float(value)
+
+    def add_metrics(self, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.add_metric(name, value)
+
+    def add_epoch(self, epoch: int, logs: dict[str, float]) -> None:
+        self.job.add_epoch(epoch, logs)
+        self.recorded.setdefault("history", []).append({"epoch": epoch, **logs})
+        self.job.write_output()
+
+    def set_section(self, key: str, value: dict[str, Any]) -> None:
+        """Fill an output.json section (``samples``, ``model``) from this stage."""
+        setattr(self.job, key, value)
+        self.recorded.setdefault("sections", {})[key] = value
+
+    def replay(self, recorded: dict[str, Any]) -> None:
+        """Give the job what a cached run of this stage reported."""
+        for row in recorded.get("history", []):
+            self.job.add_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+        self.job.add_metrics(recorded.get("metrics", {}))
+        for key, value in recorded.get("sections", {}).items():
+            setattr(self.job, key, value)
