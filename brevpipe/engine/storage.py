@@ -7,6 +7,7 @@ connection, fails with a :class:`StorageError` naming the URL instead of hanging
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import uuid
@@ -14,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import fsspec.config
 from fsspec.core import url_to_fs
 from fsspec.exceptions import FSTimeoutError
 
 from brevpipe.errors import StorageError
 
-# Per-protocol fsspec keyword arguments (``storage.options`` in the config). Set once per
-# process by the runner; never contains anything we write into artifacts.
-_STORAGE_OPTIONS: dict[str, dict[str, Any]] = {}
+# What fsspec's own configuration gave (its config files and FSSPEC_<PROTOCOL>_<KEY> variables):
+# ``storage.options`` go on top of it in ``fsspec.config.conf``, which every file system that
+# fsspec makes applies, ours and those pandas or MLflow open.
+_FSSPEC_CONF = copy.deepcopy(fsspec.config.conf)
 DEFAULT_TIMEOUT_S = 300.0
 _TIMEOUT_S = [DEFAULT_TIMEOUT_S]
 # Concurrent reads per request batch of :func:`cat_many` (s3fs pools 10 connections per client).
@@ -31,10 +34,14 @@ CAT_BATCH = 64
 def set_storage_options(
     options: dict[str, dict[str, Any]] | None, timeout_s: float | None = None
 ) -> None:
-    """Register fsspec keyword arguments per protocol, e.g. ``{"s3": {"client_kwargs": ...}}``,
-    and the time limit of one remote call (``storage.timeout_s``)."""
-    _STORAGE_OPTIONS.clear()
-    _STORAGE_OPTIONS.update({k: dict(v or {}) for k, v in (options or {}).items()})
+    """Set fsspec keyword arguments per protocol, e.g. ``{"s3": {"client_kwargs": ...}}``, in
+    fsspec's configuration (over what its config files and variables give), and the time limit
+    of one remote call (``storage.timeout_s``). Set by the runner once per job."""
+    conf = copy.deepcopy(_FSSPEC_CONF)
+    for protocol, kwargs in (options or {}).items():
+        conf[protocol] = {**conf.get(protocol, {}), **dict(kwargs or {})}
+    fsspec.config.conf.clear()
+    fsspec.config.conf.update(conf)
     _TIMEOUT_S[0] = float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S
 
 
@@ -77,8 +84,8 @@ def normalize(url: str) -> str:
 
 
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The file system and in-filesystem path for ``url``, with the configured options."""
-    return url_to_fs(url, **_STORAGE_OPTIONS.get(protocol_of(url), {}))
+    """The file system and in-filesystem path for ``url`` (fsspec applies the options)."""
+    return url_to_fs(url)
 
 
 def join(base: str, *parts: str) -> str:
