@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -60,6 +60,7 @@ class ImageLoader:
     faster, already low-pass filtered) when that keeps them at least target_size; no roi
     """
 
+    LEGACY_SETTINGS: ClassVar[dict[str, Any]] = LEGACY_SETTINGS  # what a rerun fills in
     target_size: Sequence[int] = field(default_factory=lambda: [64, 64])
     color_mode: str = "rgb"
     rescale: str | Mapping[str, float] = "unit"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from brevpipe.engine import storage
+from brevpipe.engine.artifacts import table_from_csv, table_to_csv
 from brevpipe.engine.config import stable_hash
 from brevpipe.errors import ConfigError, DataError
 
@@ -184,20 +184,8 @@ class FolderDataset:
 
 
 # -- sample tables as CSV (the category tuple travels as a JSON list) ------------------------
-def samples_to_csv(samples: pd.DataFrame) -> bytes:
-    table = samples.copy()
-    if "category" in table:
-        table["category"] = [json.dumps(list(c)) for c in table["category"]]
-    return table.to_csv(index=False).encode()
-
-
-def samples_from_csv(data: bytes) -> pd.DataFrame:
-    import io
-
-    table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    if "category" in table:
-        table["category"] = [tuple(json.loads(c)) for c in table["category"]]
-    return table
+samples_to_csv = table_to_csv  # the sample table's CSV is the engine's table format
+samples_from_csv = table_from_csv
 
 
 def summarize(samples: pd.DataFrame) -> dict[str, Any]:

@@ -200,18 +200,19 @@ def _rebuild(
 
 
 def _settings_it_predates(cfg: DictConfig) -> None:
-    """Loader settings added after the job ran get the value that reproduces it."""
-    from brevpipe.data.loader import LEGACY_SETTINGS
+    """Settings a component gained after the job ran get the value that reproduces the job:
+    the component's ``LEGACY_SETTINGS`` (the loader's ``reduced_jpeg_decode: false``, say)."""
     from brevpipe.engine.components import REGISTRY
 
-    loader = cfg.get("loader")
-    if not isinstance(loader, DictConfig) or not isinstance(loader.get("_target_"), str):
-        return
-    component = REGISTRY.find(loader["_target_"])
-    if component is not None and component.target == "brevpipe.data.loader.ImageLoader":
-        with open_dict(loader):
-            for key, value in LEGACY_SETTINGS.items():
-                loader.setdefault(key, value)
+    for node in cfg.values():
+        if not isinstance(node, DictConfig) or not isinstance(node.get("_target_"), str):
+            continue
+        component = REGISTRY.find(node["_target_"])
+        legacy = getattr(component.load(), "LEGACY_SETTINGS", None) if component else None
+        if legacy:
+            with open_dict(node):
+                for key, value in legacy.items():
+                    node.setdefault(key, value)
 
 
 def _refuse_chained_urls(tree: Any) -> None:

@@ -1,0 +1,104 @@
+"""The structure stays as designed: rooms in layers, imports only downward, no import cycles.
+
+Read from the source with ``ast`` (every import, the lazy ones inside functions included), so
+the check costs no import and holds for code that is never run here.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "brevpipe"
+
+# Each room of brevpipe/ and its layer: a module imports its own room and lower layers only.
+LAYERS = {
+    "brevpipe": 0,  # __init__: the version
+    "errors": 0,
+    "engine": 1,  # job, job bucket layout, DAG, runner, stage contract, storage, registry
+    "data": 2,  # components
+    "models": 3,
+    "reports": 3,
+    "integrations": 3,  # MLflow mirror, sweeps, lifecycle
+    "stages": 4,
+    "serving": 4,
+    "commands": 5,  # argument parsing and printing
+    "__main__": 6,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def imports(module: str) -> Iterator[tuple[str, int]]:
+    """``(imported brevpipe module, line)`` for every import in ``module``."""
+    tree = ast.parse(MODULES[module].read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "brevpipe":
+                    yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] != "brevpipe":
+                continue
+            for alias in node.names:  # "from brevpipe.engine import storage" is a module
+                child = f"{node.module}.{alias.name}"
+                yield (child if child in MODULES else node.module), node.lineno
+
+
+GRAPH = {m: sorted({t for t, _ in imports(m) if t in MODULES and t != m}) for m in MODULES}
+
+
+def test_every_room_has_a_layer() -> None:
+    assert {room(m) for m in MODULES} <= set(LAYERS), "add the new room to LAYERS"
+
+
+def test_imports_only_go_down() -> None:
+    upward = [
+        f"{MODULES[m].relative_to(PACKAGE.parent)}:{line} imports {target}"
+        for m in MODULES
+        for target, line in imports(m)
+        if target in MODULES and room(target) != room(m)
+        and LAYERS[room(target)] >= LAYERS[room(m)]
+    ]
+    assert not upward, "imports that go up or sideways:\n" + "\n".join(upward)
+
+
+def test_no_import_cycles() -> None:
+    cycles, state, stack = [], {}, []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for target in GRAPH[module]:
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = "done"
+
+    for module in MODULES:
+        if module not in state:
+            visit(module)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checks_see_what_they_check() -> None:
+    """The graph is read at all: the runner imports the engine's job and the CLI its commands."""
+    assert "brevpipe.engine.job" in GRAPH["brevpipe.engine.runner"]
+    assert any(t.startswith("brevpipe.commands.") for t in GRAPH["brevpipe.commands.cli"])
+    assert len(MODULES) > 40
