@@ -38,8 +38,9 @@ from brevpipe import __version__
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.shapes import ShapesDataset
 from brevpipe.models.small_cnn import build
+from brevpipe.serving.auth import make_token
 from brevpipe.serving.predictor import load_predictor
-from brevpipe.serving.service import ModelService, make_token
+from brevpipe.serving.service import ModelService
 
 RESULTS = Path(__file__).parent / "results" / "serving.json"
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"

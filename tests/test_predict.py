@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brevpipe.commands import predict
 from brevpipe.engine import storage
 from brevpipe.errors import ConfigError, DataError
-from brevpipe.serving import batch as predict
+from brevpipe.serving.batch import expand_images
+from brevpipe.serving.resolve import model_archive_url
 from tests.conftest import compose_config, tiny_overrides
 
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01"
@@ -115,7 +117,7 @@ def test_a_pattern_that_matches_nothing_is_named(tmp_path: Path, capsys) -> None
     assert code == 1 and out == ""
     assert f"no images match '{tmp_path / 'nope' / '*.jpg'}'" in err
     with pytest.raises(DataError, match="no images match 'memory://empty'"):
-        predict.expand_images(["memory://empty"])
+        expand_images(["memory://empty"])
 
 
 def test_images_from_folders_globs_and_files(tmp_path: Path) -> None:
@@ -123,24 +125,24 @@ def test_images_from_folders_globs_and_files(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     patterns = ["a", "*.bmp", "a/1.png", "a/skip.txt"]  # a folder, a glob, files
-    urls = predict.expand_images([str(tmp_path / p) for p in patterns])
+    urls = expand_images([str(tmp_path / p) for p in patterns])
     assert urls == [str(tmp_path / p) for p in ("a/1.png", "a/b/2.JPG", "a/b/3.tiff", "c.bmp",
                                                 "a/skip.txt")]  # fmt: skip
 
 
 def test_unknown_models_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"no job 'deadbeef' under {tmp_path}"):
-        predict.model_archive_url("deadbeef", job_root=str(tmp_path))
+        model_archive_url("deadbeef", job_root=str(tmp_path))
     (tmp_path / "1234-a").mkdir()
     (tmp_path / "1234-b").mkdir()
     with pytest.raises(ConfigError, match="job id '1234' is ambiguous.*1234-a, 1234-b"):
-        predict.model_archive_url("1234", job_root=str(tmp_path))
+        model_archive_url("1234", job_root=str(tmp_path))
     with pytest.raises(ConfigError, match=r"job 1234-a \(status unknown\) has no exported model"):
-        predict.model_archive_url("1234-a", job_root=str(tmp_path))
+        model_archive_url("1234-a", job_root=str(tmp_path))
     with pytest.raises(ConfigError, match="holds no exported model"):
-        predict.model_archive_url(str(tmp_path / "1234-b"))
+        model_archive_url(str(tmp_path / "1234-b"))
     with pytest.raises(ConfigError, match="use models:/<name>/<version>"):
-        predict.model_archive_url("models:/tiny", tracking_uri=f"sqlite:///{tmp_path}/m.db")
+        model_archive_url("models:/tiny", tracking_uri=f"sqlite:///{tmp_path}/m.db")
 
 
 # -- with a trained model ------------------------------------------------------------------
@@ -212,7 +214,7 @@ def test_mlflow_uris_lead_to_the_jobs_archive(job, predictor, tmp_path, capsys) 
     from mlflow import MlflowClient
 
     uri = f"runs:/{job.run_id}/mlflow_model"
-    assert predict.model_archive_url(uri, tracking_uri=job.tracking_uri) == job.archive
+    assert model_archive_url(uri, tracking_uri=job.tracking_uri) == job.archive
     # a registered version of the run's model
     mlflow.set_tracking_uri(job.tracking_uri)
     mlflow.set_registry_uri(job.tracking_uri)
@@ -222,7 +224,7 @@ def test_mlflow_uris_lead_to_the_jobs_archive(job, predictor, tmp_path, capsys) 
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
     for name in (f"models:/tiny-shapes/{version.version}", "models:/tiny-shapes/latest"):
-        assert predict.model_archive_url(name, tracking_uri=job.tracking_uri) == job.archive
+        assert model_archive_url(name, tracking_uri=job.tracking_uri) == job.archive
 
     # bucket gone: the copy of the archive in the run's artifacts (a copy of the store whose
     # run tag points to a bucket that does not exist; artifacts stay where they were)
@@ -234,7 +236,7 @@ def test_mlflow_uris_lead_to_the_jobs_archive(job, predictor, tmp_path, capsys) 
     assert_same_scores(pd.read_csv(io.StringIO(out)), predictor.predict_urls(list(job.images)))
 
     with pytest.raises(ConfigError, match="MLflow run 0123abc not found"):
-        predict.model_archive_url("runs:/0123abc/mlflow_model", tracking_uri=job.tracking_uri)
+        model_archive_url("runs:/0123abc/mlflow_model", tracking_uri=job.tracking_uri)
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 
 from brevpipe.commands import jobs
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.engine import control, storage
+from brevpipe.engine import control, job_details, storage
 from brevpipe.engine import records as registry
 from brevpipe.engine.control import StopRequested
 from brevpipe.engine.job import Job
@@ -264,7 +264,7 @@ def request_stop_after_epoch(root: str, job_id: str, report: str, epoch: int = 1
     class RequestStop(keras.callbacks.Callback):
         def on_epoch_end(self, index: int, logs: dict | None = None) -> None:
             if index + 1 == epoch:
-                stats = registry.statistics(registry.get_job(root, job_id))
+                stats = job_details.statistics(registry.get_job(root, job_id))
                 code = jobs.main(["stop", job_id, "--root", root])
                 Path(report).write_text(json.dumps({"code": code, "statistics": stats}))
 
@@ -521,7 +521,7 @@ def test_a_stop_request_ends_a_training_job_as_stopped_and_it_resumes(tmp_path: 
     assert output["job"]["status"] == "stopped"
     assert [h["epoch"] for h in output["history"]] == [1], "stopped in epoch 2 of 3"
     assert "evaluate" not in output["stages"]
-    stats = registry.statistics(registry.get_job(root, job_id))
+    stats = job_details.statistics(registry.get_job(root, job_id))
     assert {s["name"]: s["status"] for s in stats["stages"]}["train"] == "stopped"
     made = JobRoot(root, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
     assert mlflow_run(made, job_id).info.status == "KILLED"

@@ -16,9 +16,10 @@ import httpx
 import jwt
 import pytest
 
+from brevpipe.commands import predict, serve
 from brevpipe.errors import ConfigError
-from brevpipe.serving import batch as predict
-from brevpipe.serving import service as serve
+from brevpipe.serving.app import create_app
+from brevpipe.serving.auth import DEFAULT_SECRET_ENV, make_token
 from tests.conftest import free_port
 from tests.test_predict import JPEG_HEAD, TinyJob, tiny_job
 
@@ -29,11 +30,11 @@ MAX_BYTES = 256 * 1024
 
 # -- no model needed -----------------------------------------------------------------------
 def test_tokens_and_secrets(tmp_path: Path, monkeypatch, capsys) -> None:
-    token = serve.make_token(SECRET, expires_in=60, subject="ci")
+    token = make_token(SECRET, expires_in=60, subject="ci")
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
     assert claims["sub"] == "ci" and 55 <= claims["exp"] - time.time() <= 60
     with pytest.raises(ConfigError, match="at least 32"):
-        serve.make_token("short")
+        make_token("short")
 
     monkeypatch.delenv("BREVPIPE_JWT_SECRET", raising=False)
     assert serve.main(["--make-token"]) == 1
@@ -60,8 +61,8 @@ def url(job: TinyJob) -> Iterator[str]:
 
     from brevpipe.serving.predictor import load_predictor
 
-    app = serve.create_app(load_predictor(job.archive), SECRET, max_batch=MAX_BATCH,
-                           max_bytes=MAX_BYTES)  # fmt: skip
+    app = create_app(load_predictor(job.archive), SECRET, max_batch=MAX_BATCH,
+                     max_bytes=MAX_BYTES)  # fmt: skip
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -85,7 +86,7 @@ def expected(job: TinyJob, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 @pytest.fixture(scope="module")
 def headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {serve.make_token(SECRET, 600)}"}
+    return {"Authorization": f"Bearer {make_token(SECRET, 600)}"}
 
 
 def files_of(paths: list[str]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -130,7 +131,7 @@ def test_refused_without_a_valid_token(url) -> None:
     no_exp = jwt.encode({"sub": "x"}, SECRET, algorithm="HS256")
     hs512 = jwt.encode({"exp": now + 600}, SECRET, algorithm="HS512")  # not the service's alg
     unsigned = jwt.encode({"exp": now + 600}, None, algorithm="none")  # alg: none
-    header, payload, signature = serve.make_token(SECRET, 600).split(".")
+    header, payload, signature = make_token(SECRET, 600).split(".")
     forged = base64.urlsafe_b64encode(json.dumps({"exp": now + 10**6}).encode()).rstrip(b"=")
     tampered = f"{header}.{forged.decode()}.{signature}"  # payload changed, signature kept
     not_yet = jwt.encode({"exp": now + 600, "nbf": now + 300}, SECRET, algorithm="HS256")
@@ -282,9 +283,9 @@ def test_too_many_waiting_tasks_get_503(job) -> None:
 
     from brevpipe.serving.predictor import load_predictor
 
-    app = serve.create_app(load_predictor(job.archive), SECRET, task_threads=1, max_pending=1)
+    app = create_app(load_predictor(job.archive), SECRET, task_threads=1, max_pending=1)
     service = app.state.service
-    auth = {"Authorization": f"Bearer {serve.make_token(SECRET, 600)}"}
+    auth = {"Authorization": f"Bearer {make_token(SECRET, 600)}"}
     with TestClient(app) as client:
         with service._model_lock:  # the first task waits for the model
             first = client.post("/tasks", headers=auth, files=files_of([job.images[0]]))
@@ -400,7 +401,7 @@ def served(job: TinyJob, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         server = subprocess.Popen(
             [str(Path(sys.executable).parent / "brevpipe"), "serve", job.archive,
              "--port", str(port), "--max-batch", str(MAX_BATCH), "--max-bytes", str(MAX_BYTES)],
-            env={**os.environ, serve.DEFAULT_SECRET_ENV: SECRET}, stdout=out, stderr=out,
+            env={**os.environ, DEFAULT_SECRET_ENV: SECRET}, stdout=out, stderr=out,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 120

@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return app.rerun_command(rest)
         if command == "predict":
-            from brevpipe.serving import batch as predict
+            from brevpipe.commands import predict
 
             return predict.main(rest)
         if command == "serve":
-            from brevpipe.serving import service as serve
+            from brevpipe.commands import serve
 
             return serve.main(rest)
         if command == "schema":

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from brevpipe.engine import layout, storage
-from brevpipe.engine.control import read_stop, session_of
+from brevpipe.engine.control import session_of
 from brevpipe.engine.job import JobStatus
 from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.liveness import is_stale
@@ -29,13 +29,7 @@ DEFAULT_ROOT = "./jobs"
 UNKNOWN = "unknown"
 LOST = "lost"  # output.json says running, but the heartbeat went stale (killed without a word)
 STATUSES = (*(str(s) for s in JobStatus), LOST, UNKNOWN)
-DONE_STAGE_STATUSES = ("completed", "cached")
 SHORT_ID = 8
-KEY_PARAMS = (
-    "dataset.name", "dataset.url", "split.fractions", "sampler._target_", "loader.target_size",
-    "augmenter._target_", "encoder._target_", "model._target_", "trainer.epochs",
-    "trainer.batch_size", "trainer.lr", "trainer.schedule", "runtime.deterministic",
-)  # fmt: skip
 
 
 class JobRegistryError(BrevpipeError):
@@ -196,12 +190,12 @@ def load_jobs(root: str, ids: Iterable[str] | None = None) -> list[JobRecord]:
         raise _storage_error(root, exc) from exc
     records = []
     for job_id, (output_path, registry_path, heartbeat_path) in paths.items():
-        output, problem = _parse_json(
+        output, problem = parse_json(
             contents.get(fs._strip_protocol(output_path)), "artifacts/output.json",
             missing="a job still starting, or not a job folder",
         )  # fmt: skip
-        registry, _ = _parse_json(contents.get(fs._strip_protocol(registry_path)), layout.REGISTRY)
-        heartbeat, _ = _parse_json(contents.get(fs._strip_protocol(heartbeat_path)),
+        registry, _ = parse_json(contents.get(fs._strip_protocol(registry_path)), layout.REGISTRY)
+        heartbeat, _ = parse_json(contents.get(fs._strip_protocol(heartbeat_path)),
                                    layout.HEARTBEAT)  # fmt: skip
         if output is not None and (wrong := shape_problem(output)):
             output, problem = None, f"artifacts/output.json is not a brevpipe output.json: {wrong}"
@@ -241,7 +235,7 @@ def shape_problem(output: dict[str, Any]) -> str | None:
     return None
 
 
-def _parse_json(
+def parse_json(
     data: bytes | Exception | None, what: str, missing: str = ""
 ) -> tuple[dict[str, Any] | None, str | None]:
     """A JSON object read by ``fs.cat(..., on_error="return")``, or ``(None, problem)``."""
@@ -316,117 +310,13 @@ def list_jobs(
     return sorted(records, key=lambda r: (r.job.get("start") or "", r.id), reverse=True)
 
 
-# -- show and statistics --------------------------------------------------------------------
-def dotted(config: dict[str, Any], key: str) -> Any:
-    value: Any = config
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
-def artifact_files(bucket: str) -> list[dict[str, Any]]:
-    """``artifacts/`` files of a bucket, ``{"path", "size"}`` relative to it (sorted)."""
-    fs, path = storage.get_fs(JobBucket(bucket).artifact())
-    fs.invalidate_cache(path)
-    found = fs.find(path, detail=True)
-    base = path.rstrip("/") + "/"
-    return [
-        {"path": name[len(base):] if name.startswith(base) else name, "size": info.get("size")}
-        for name, info in sorted(found.items())
-        if ".tmp-" not in name
-    ]  # fmt: skip
 
 
-def describe(record: JobRecord) -> dict[str, Any]:
-    """What ``show`` prints: config summary, metrics, stages, artifacts, MLflow run."""
-    output = record.output or {}
-    config = record.config
-    params = {k: v for k in KEY_PARAMS if (v := dotted(config, k)) is not None}
-    stages = [
-        {
-            "name": name,
-            "status": record.stage_status(stage),
-            "cached": stage.get("status") == "cached",
-            "seconds": stage.get("seconds"),
-        }
-        for name, stage in (output.get("stages") or {}).items()
-    ]
-    name, value = record.key_metric
-    return {
-        **record.summary(),
-        "error": record.job.get("error"),
-        "config": {
-            "choices": output.get("choices") or {},
-            "seed": output.get("seed"),
-            "key_metric": name,
-            "params": params,
-        },
-        "metrics": output.get("metrics") or {},
-        "stages": stages,
-        "artifacts": artifact_files(record.bucket),
-        "mlflow": output.get("mlflow") or {},
-        "registry": record.registry,
-        "stop_request": read_stop(record.bucket),
-    }
 
 
-def statistics(record: JobRecord) -> dict[str, Any]:
-    """Progress of a running or finished job, from its output.json (rewritten by the runner
-    at every stage end and every epoch) and its stages' ``stage.json`` markers."""
-    output = record.output or {}
-    history = output.get("history") or []
-    epochs_total = dotted(record.config, "trainer.epochs")
-    epochs_done = max((int(h.get("epoch", 0)) for h in history), default=0)
-    recorded = output.get("stages") or {}
-    declared = list(dotted(record.config, "pipeline.stages") or {}) or list(recorded)
-    names = declared + [n for n in recorded if n not in declared]
-    markers = _stage_markers(record.bucket, [n for n in names if n in recorded])
-    stages = []
-    for name in names:
-        stage = recorded.get(name) or {}
-        marker = (markers.get(name) or {}).get("recorded") or {}
-        metrics = dict(marker.get("metrics") or {})
-        if not metrics and marker.get("history"):
-            metrics = {k: v for k, v in marker["history"][-1].items() if k != "epoch"}
-        stages.append({
-            "name": name, "status": record.stage_status(stage),
-            "seconds": stage.get("seconds"), "metrics": metrics,
-        })  # fmt: skip
-    done = sum(s["status"] in DONE_STAGE_STATUSES for s in stages)
-    latest = dict(history[-1]) if history else {}
-    return {
-        "id": record.id,
-        "status": record.status,
-        "pipeline": record.pipeline,
-        "elapsed_s": record.duration_s,
-        "epoch": epochs_done,
-        "num_epochs": epochs_total,
-        "epoch_progress": _percent(epochs_done, epochs_total),
-        "stages_done": done,
-        "stages_total": len(stages),
-        "stage_progress": _percent(done, len(stages)),
-        "latest_epoch": latest,
-        "stages": stages,
-        "metrics": output.get("metrics") or {},
-    }
 
 
-def _percent(done: int, total: Any) -> float | None:
-    return round(100.0 * min(done, total) / total, 1) if isinstance(total, int) and total else None
 
 
-def _stage_markers(bucket: str, names: list[str]) -> dict[str, dict[str, Any]]:
-    """The runner's ``stage.json`` markers of the given stages, read concurrently."""
-    if not names:
-        return {}
-    fs, path = storage.get_fs(bucket)
-    paths = {n: JobBucket(path).stage_marker(n) for n in names}
-    contents = fs.cat(list(paths.values()), on_error="return")
-    markers = {}
-    for name, stage_path in paths.items():
-        parsed, _ = _parse_json(contents.get(fs._strip_protocol(stage_path)), "stage.json")
-        if parsed is not None:
-            markers[name] = parsed
-    return markers
