@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
-
+from brevpipe.data import decode
+from brevpipe.data.decode import JPEG_RATIOS
 from brevpipe.errors import ConfigError, DataError
 
 RESCALES = ("none", "unit", "imagenet")
 PADDING_MODES = ("constant", "reflect", "symmetric")
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
-_JPEG_MAGIC = b"\xff\xd8\xff"
-JPEG_RATIOS = (8, 4, 2)  # libjpeg's DCT-domain downscales that decode_jpeg offers
 # what records written before a setting existed imply (model.json, output.json): they still
 # decode, predict and rerun exactly as they were trained
 LEGACY_SETTINGS = {"reduced_jpeg_decode": False}
@@ -199,17 +195,16 @@ class ImageLoader:
         if not self.reduces_jpeg:
             source = self.decode_source(data)
             return self.resize(source), tf.shape(source)[:2]
-        is_jpeg = tf.strings.substr(data, 0, 3) == _JPEG_MAGIC
-
         def jpeg() -> tuple[Any, Any]:
             size = tf.io.extract_jpeg_shape(data)[:2]
-            return self._decode_jpeg_reduced(data, size), size
+            index = self._jpeg_scale_index(size)
+            return decode.decode_jpeg_reduced(data, self.channels, index), size
 
         def other() -> tuple[Any, Any]:
             source = self.decode_source(data)
             return source, tf.shape(source)[:2]
 
-        image, size = tf.cond(is_jpeg, jpeg, other)
+        image, size = tf.cond(decode.is_jpeg(data), jpeg, other)
         image.set_shape([None, None, self.channels])
         return self.resize(image, size), size
 
@@ -222,45 +217,18 @@ class ImageLoader:
         """log2 of :meth:`jpeg_ratio`: how many of the ratios 2, 4, 8 fit."""
         import tensorflow as tf
 
-        height, width = size[0], size[1]
         wanted = self.fitted_size(size) if self.keep_aspect_ratio else tf.constant(
             self.target_size, tf.int32)  # fmt: skip
-        fitting = [
-            tf.logical_and((height + r - 1) // r >= wanted[0], (width + r - 1) // r >= wanted[1])
-            for r in sorted(JPEG_RATIOS)
-        ]  # if a ratio fits, the smaller ones do too
-        return tf.add_n([tf.cast(f, tf.int32) for f in fitting])
-
-    def _decode_jpeg_reduced(self, data: Any, size: Any) -> Any:
-        import tensorflow as tf
-
-        ratios = (1, *sorted(JPEG_RATIOS))
-        branches = [
-            lambda r=r: tf.io.decode_jpeg(data, channels=self.channels, ratio=r) for r in ratios
-        ]
-        return tf.switch_case(self._jpeg_scale_index(size), branches)
+        return decode.jpeg_scale_index(size, wanted)
 
     def decode_source(self, data: Any) -> Any:
         """Encoded bytes -> uint8 image at the file's own size and ``channels``."""
-        import tensorflow as tf
-
-        is_tiff = tf.reduce_any([tf.strings.substr(data, 0, 4) == magic for magic in _TIFF_MAGIC])
-        image = tf.cond(
-            is_tiff,
-            lambda: self._decode_with_pillow(data),
-            lambda: tf.io.decode_image(data, channels=self.channels, expand_animations=False),
-        )
-        image.set_shape([None, None, self.channels])
-        return image
+        return decode.decode_source(data, self.channels)
 
     def fitted_size(self, size: Any) -> Any:
         """[height, width] that an image of ``size`` gets inside ``target_size`` keeping its
-        aspect ratio: tf.image.resize's own rule for ``preserve_aspect_ratio``."""
-        import tensorflow as tf
-
-        height, width = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
-        scale = tf.minimum(self.target_size[0] / height, self.target_size[1] / width)
-        return tf.cast(tf.round(tf.stack([scale * height, scale * width])), tf.int32)
+        aspect ratio (tf.image.resize's rule)."""
+        return decode.fitted_size(size, self.target_size)
 
     def resize(self, image: Any, source_size: Any = None) -> Any:
         """Crop to ``roi``, then resize (and pad) to ``target_size``: float32 in [0, 255].
@@ -274,25 +242,13 @@ class ImageLoader:
         if self.keep_aspect_ratio:
             size = tf.shape(image)[:2] if source_size is None or self.roi is not None \
                 else source_size  # fmt: skip
-            image = self._resize_keeping_aspect(image, self.fitted_size(size))
+            image = decode.resize_to(image, self.fitted_size(size), self.antialias)
+            image = decode.pad_to(image, self.target_size, self.padding_mode)
         else:
-            image = self._resize_to(image, tf.constant(self.target_size, tf.int32))
+            size = tf.constant(self.target_size, tf.int32)
+            image = decode.resize_to(image, size, self.antialias)
         image.set_shape(self.output_shape)
         return image
-
-    def _resize_to(self, image: Any, size: Any) -> Any:
-        """Bilinear resize to ``size``; an image already of that size (a JPEG decoded at
-        reduced size often is) is only converted: the antialias kernel costs as much as the
-        decode even when it has nothing to do."""
-        import tensorflow as tf
-
-        if not self.antialias:
-            return tf.image.resize(image, size)
-        return tf.cond(
-            tf.reduce_all(tf.shape(image)[:2] == size),
-            lambda: tf.cast(image, tf.float32),
-            lambda: tf.image.resize(image, size, antialias=True),
-        )
 
     def resize_mask(self, mask: Any) -> Any:
         """The geometry of :meth:`resize` for an int32 class mask: nearest neighbour, pads 0."""
@@ -303,56 +259,13 @@ class ImageLoader:
             mask = mask[top:bottom, left:right]
         nearest = tf.image.ResizeMethod.NEAREST_NEIGHBOR
         if self.keep_aspect_ratio:
-            height, width = self.target_size
             mask = tf.image.resize(mask, self.fitted_size(tf.shape(mask)[:2]), nearest)
-            h, w = tf.shape(mask)[0], tf.shape(mask)[1]
-            top, left = (height - h) // 2, (width - w) // 2
-            mask = tf.pad(mask, [[top, height - h - top], [left, width - w - left], [0, 0]])
+            mask = decode.pad_to(mask, self.target_size, "constant")
         else:
             mask = tf.image.resize(mask, self.target_size, nearest)
         mask = tf.cast(mask, tf.int32)
         mask.set_shape([*self.target_size, 1])
         return mask
-
-    def _decode_with_pillow(self, data: Any) -> Any:
-        import tensorflow as tf
-
-        mode = "RGB" if self.channels == 3 else "L"
-
-        def decode(raw: Any) -> np.ndarray:
-            from PIL import Image
-
-            raw = raw if isinstance(raw, bytes) else raw.item()  # a 0-d array in eager mode
-            with Image.open(io.BytesIO(raw)) as picture:
-                array = np.asarray(picture.convert(mode), dtype=np.uint8)
-            return array.reshape(*array.shape[:2], self.channels)
-
-        return tf.numpy_function(decode, [data], tf.uint8, stateful=False)
-
-    def _resize_keeping_aspect(self, image: Any, fitted: Any) -> Any:
-        """Resize to ``fitted`` (inside ``target_size``), then pad (``padding_mode``)."""
-        import tensorflow as tf
-
-        height, width = self.target_size
-        image = self._resize_to(image, fitted)
-        h, w = tf.shape(image)[0], tf.shape(image)[1]
-        top, left = (height - h) // 2, (width - w) // 2
-        paddings = [[top, height - h - top], [left, width - w - left], [0, 0]]
-        if self.padding_mode == "constant":
-            return tf.pad(image, paddings)
-        # reflect/symmetric can mirror at most the image's own size (less one for reflect);
-        # an extremely elongated image gets the rest as zeros
-        limit_h = h - 1 if self.padding_mode == "reflect" else h
-        limit_w = w - 1 if self.padding_mode == "reflect" else w
-        mirrored = [
-            [tf.minimum(top, limit_h), tf.minimum(height - h - top, limit_h)],
-            [tf.minimum(left, limit_w), tf.minimum(width - w - left, limit_w)],
-            [0, 0],
-        ]
-        image = tf.pad(image, mirrored, mode=self.padding_mode.upper())
-        rest_h, rest_w = height - tf.shape(image)[0], width - tf.shape(image)[1]
-        return tf.pad(image, [[rest_h // 2, rest_h - rest_h // 2],
-                              [rest_w // 2, rest_w - rest_w // 2], [0, 0]])  # fmt: skip
 
     def normalize(self, image: Any) -> Any:
         """Apply ``rescale`` to a float32 image in [0, 255]: ``x * scale + offset`` with the
