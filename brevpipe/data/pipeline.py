@@ -152,14 +152,6 @@ class InputPipeline:
             files = tf.constant(self.local_files("path"))
             mask_files = tf.constant(self.local_files("mask_path") if masks else [""])
 
-        def epoch_rows(epoch: Any) -> Any:
-            rows = tf.numpy_function(
-                lambda e: self.sampler.epoch_indices(self.samples, int(e)).astype(np.int64),
-                [epoch], tf.int64, stateful=False,
-            )  # fmt: skip
-            rows.set_shape([None])
-            return tf.data.Dataset.from_tensor_slices((tf.fill(tf.shape(rows), epoch), rows))
-
         def element(epoch: Any, row: Any) -> Any:
             seed = tf.random.experimental.stateless_fold_in(
                 tf.random.experimental.stateless_fold_in(base_seed, epoch), row
@@ -183,37 +175,48 @@ class InputPipeline:
                 features["mask"] = mask
             if labels is not None:
                 features["label"] = labels[row]
-            return features if batched else finish(features)
-
-        def augment_batch(features: dict[str, Any]) -> dict[str, Any]:
-            image, mask = self.augmenter.augment_batch(
-                features["image"], features["seed"], features.get("mask")
-            )
-            return {**features, "image": image, **({} if mask is None else {"mask": mask})}
-
-        def finish(features: dict[str, Any]) -> Any:
-            """Rescale, the ``.map`` components, ``output_structure``: per element or batch."""
-            features = {**features, "image": self.loader.normalize(features["image"])}
-            for component in self.components:
-                features = component(features)
-            return self._structure(features)
+            return features if batched else self._finish(features)
 
         def one_epoch(epoch: Any) -> Any:
             parallel = {"num_parallel_calls": MAP_PARALLELISM, "deterministic": True}
-            ds = epoch_rows(epoch).map(element, **parallel).batch(self.batch_size)
+            ds = self._epoch_rows(epoch).map(element, **parallel).batch(self.batch_size)
             if not batched:
                 return ds
             # augmenters with a Python body run once per batch, not once per image
-            ds = ds.map(augment_batch, **parallel)
+            ds = ds.map(self._augment_batch, **parallel)
             if not self.components:  # rescaling is elementwise: the same on a batch
-                return ds.map(finish)
-            return ds.unbatch().map(finish, **parallel).batch(self.batch_size)
+                return ds.map(self._finish)
+            return ds.unbatch().map(self._finish, **parallel).batch(self.batch_size)
 
         if epochs is None:
             epoch_ids = tf.data.Dataset.counter(start_epoch, dtype=tf.int64)
         else:
             epoch_ids = tf.data.Dataset.range(start_epoch, start_epoch + epochs)
         return epoch_ids.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+    def _epoch_rows(self, epoch: Any) -> Any:
+        """``(epoch, row)`` pairs of one epoch, in the sampler's order."""
+        import tensorflow as tf
+
+        rows = tf.numpy_function(
+            lambda e: self.sampler.epoch_indices(self.samples, int(e)).astype(np.int64),
+            [epoch], tf.int64, stateful=False,
+        )  # fmt: skip
+        rows.set_shape([None])
+        return tf.data.Dataset.from_tensor_slices((tf.fill(tf.shape(rows), epoch), rows))
+
+    def _augment_batch(self, features: dict[str, Any]) -> dict[str, Any]:
+        image, mask = self.augmenter.augment_batch(
+            features["image"], features["seed"], features.get("mask")
+        )
+        return {**features, "image": image, **({} if mask is None else {"mask": mask})}
+
+    def _finish(self, features: dict[str, Any]) -> Any:
+        """Rescale, the ``.map`` components, ``output_structure``: per element or batch."""
+        features = {**features, "image": self.loader.normalize(features["image"])}
+        for component in self.components:
+            features = component(features)
+        return self._structure(features)
 
     def _structure(self, features: dict[str, Any]) -> Any:
         structure = self.output_structure

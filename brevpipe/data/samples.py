@@ -85,51 +85,7 @@ def find_samples(
         raise DataError("no dataset URL given: set dataset.url to a folder-per-class tree.")
     rows: list[dict[str, Any]] = []
     for url in urls:
-        url = storage.normalize(str(url))
-        fs, root = storage.get_fs(url)
-        local = storage.is_local(url)
-        try:
-            found = (storage.call(fs, url, "find", root, detail=True)
-                     if storage.call(fs, url, "isdir", root) else None)  # fmt: skip
-        except (FileNotFoundError, PermissionError) as exc:
-            raise DataError(f"cannot list dataset URL {url}: {exc}; check dataset.url.") from exc
-        if found is None:
-            raise DataError(
-                f"dataset URL {url} does not exist or is not a folder; set dataset.url to a "
-                "folder with one sub-folder of images per class."
-            )
-        images = sorted(
-            (path, info)
-            for path, info in found.items()
-            if path.lower().endswith(IMAGE_EXTENSIONS) and info.get("type", "file") == "file"
-        )
-        entries = []
-        for path, info in images:
-            relative = path[len(root.rstrip("/")) :].strip("/")
-            folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
-            if not folder:
-                continue  # an image at the root has no class folder
-            category = map_category(folder, class_mapping, classes)
-            if category:
-                entries.append((path, info, folder, category))
-        etags = [_plain_md5_etag(info) for _, info, _, _ in entries]
-        missing = [i for i, etag in enumerate(etags) if etag is None]
-        for i, digest in zip(
-            missing, _md5_of_files(fs, [entries[i][0] for i in missing], local), strict=True
-        ):
-            etags[i] = digest
-        dataset_id = stable_hash(url, length=12)
-        for (path, _, folder, category), etag in zip(entries, etags, strict=True):
-            rows.append(
-                {
-                    "path": path if local else fs.unstrip_protocol(path),
-                    "category": category,
-                    "folder": folder,
-                    "dataset": dataset,
-                    "dataset_id": dataset_id,
-                    "etag": etag,
-                }
-            )
+        rows += _samples_under(storage.normalize(str(url)), dataset, classes, class_mapping)
     if not rows:
         raise DataError(
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders under "
@@ -138,6 +94,51 @@ def find_samples(
         )
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS).sort_values("path", ignore_index=True)
 
+
+
+def _samples_under(
+    url: str, dataset: str, classes: Sequence[str] | None,
+    class_mapping: Mapping[str, Any] | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The sample rows of one folder-per-class URL (unsorted)."""
+    fs, root = storage.get_fs(url)
+    local = storage.is_local(url)
+    try:
+        found = (storage.call(fs, url, "find", root, detail=True)
+                 if storage.call(fs, url, "isdir", root) else None)  # fmt: skip
+    except (FileNotFoundError, PermissionError) as exc:
+        raise DataError(f"cannot list dataset URL {url}: {exc}; check dataset.url.") from exc
+    if found is None:
+        raise DataError(
+            f"dataset URL {url} does not exist or is not a folder; set dataset.url to a "
+            "folder with one sub-folder of images per class."
+        )
+    images = sorted(
+        (path, info)
+        for path, info in found.items()
+        if path.lower().endswith(IMAGE_EXTENSIONS) and info.get("type", "file") == "file"
+    )
+    entries = []
+    for path, info in images:
+        relative = path[len(root.rstrip("/")) :].strip("/")
+        folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
+        if not folder:
+            continue  # an image at the root has no class folder
+        category = map_category(folder, class_mapping, classes)
+        if category:
+            entries.append((path, info, folder, category))
+    etags = [_plain_md5_etag(info) for _, info, _, _ in entries]
+    missing = [i for i, etag in enumerate(etags) if etag is None]
+    for i, digest in zip(
+        missing, _md5_of_files(fs, [entries[i][0] for i in missing], local), strict=True
+    ):
+        etags[i] = digest
+    dataset_id = stable_hash(url, length=12)
+    return [
+        {"path": path if local else fs.unstrip_protocol(path), "category": category,
+         "folder": folder, "dataset": dataset, "dataset_id": dataset_id, "etag": etag}
+        for (path, _, folder, category), etag in zip(entries, etags, strict=True)
+    ]  # fmt: skip
 
 @dataclass
 class FolderDataset:

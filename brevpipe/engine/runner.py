@@ -130,20 +130,7 @@ def run_job(
     storage_cfg = plain.get("storage") or {}
     storage.set_storage_options(storage_cfg.get("options"), storage_cfg.get("timeout_s"))
     pipeline = Pipeline.from_config(plain["pipeline"])
-    seed = int(plain["seed"])
-    job = Job(
-        root=plain["job"]["root"],
-        job_id=plain["job"].get("id"),
-        name=plain["job"].get("name") or pipeline.name,
-        pipeline=pipeline.name,
-        config=plain,
-        seed=seed,
-        choices=choices,
-    )
-    # The stage declarations with their ${...} links, so that a rerun can apply overrides.
-    job.extra["pipeline_template"] = OmegaConf.to_container(cfg.pipeline, resolve=False)
-    if rerun_of := (plain.get("rerun") or {}).get("of"):
-        job.extra["rerun_of"] = {"url": rerun_of, "job_id": plain["rerun"].get("job_id")}
+    job = new_job(cfg, plain, pipeline.name, choices)
     # the tracking component (brevpipe.integrations.tracking by default) makes the mirror
     tracking = plain.get("tracking") or {}
     tracker = instantiate(tracking).tracker(job, parent) if tracking else NullTracker()
@@ -156,18 +143,8 @@ def run_job(
     try:
         heartbeat.start()
         tracker.start()
-        configure_tensorflow(seed, bool(runtime.get("deterministic", True)))
-        keys = pipeline.cache_keys(seed, code_version())
-        values: dict[str, Any] = {}
-        session = control.session_of(job.to_output())
-        for stage in pipeline.order():
-            raise_if_signalled()  # an interrupt swallowed inside the previous stage
-            if _stop_requested(job, session):  # brevpipe jobs stop
-                raise control.StopRequested(f"stop requested before stage '{stage.name}'")
-            values.update(
-                run_stage(stage, keys[stage.name], job, values, runtime.get("verbose", "auto"))
-            )
-            job.write_output()
+        configure_tensorflow(job.seed, bool(runtime.get("deterministic", True)))
+        run_stages(job, pipeline, runtime.get("verbose", "auto"))
         job.complete()
         tracker.finish(job)
     except KeyboardInterrupt as exc:
@@ -186,3 +163,36 @@ def run_job(
     finally:
         heartbeat.stop()
     return job
+
+
+def new_job(
+    cfg: DictConfig, plain: dict[str, Any], pipeline: str, choices: dict[str, str] | None
+) -> Job:
+    """The job of a resolved config (``plain``), not yet opened."""
+    job = Job(
+        root=plain["job"]["root"],
+        job_id=plain["job"].get("id"),
+        name=plain["job"].get("name") or pipeline,
+        pipeline=pipeline,
+        config=plain,
+        seed=int(plain["seed"]),
+        choices=choices,
+    )
+    # The stage declarations with their ${...} links, so that a rerun can apply overrides.
+    job.extra["pipeline_template"] = OmegaConf.to_container(cfg.pipeline, resolve=False)
+    if rerun_of := (plain.get("rerun") or {}).get("of"):
+        job.extra["rerun_of"] = {"url": rerun_of, "job_id": plain["rerun"].get("job_id")}
+    return job
+
+
+def run_stages(job: Job, pipeline: Pipeline, verbose: str | int) -> None:
+    """Every stage in order (cached ones load), checking for a stop before each."""
+    keys = pipeline.cache_keys(job.seed, code_version())
+    values: dict[str, Any] = {}
+    session = control.session_of(job.to_output())
+    for stage in pipeline.order():
+        raise_if_signalled()  # an interrupt swallowed inside the previous stage
+        if _stop_requested(job, session):  # brevpipe jobs stop
+            raise control.StopRequested(f"stop requested before stage '{stage.name}'")
+        values.update(run_stage(stage, keys[stage.name], job, values, verbose))
+        job.write_output()
