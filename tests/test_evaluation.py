@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from brevpipe.stages.classification import classification_metrics
+from brevpipe.reports.metrics import classification_metrics
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -56,7 +56,7 @@ def test_classification_metrics_match_scikit_learn(seed: int) -> None:
 
 
 def test_segmentation_metrics_match_scikit_learn() -> None:
-    from brevpipe.stages.classification import segmentation_metrics
+    from brevpipe.reports.metrics import segmentation_metrics
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 3, (4, 16, 16))
@@ -76,7 +76,7 @@ def test_segmentation_metrics_match_scikit_learn() -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_multilabel_metrics_match_scikit_learn(seed: int) -> None:
     from brevpipe.data.encoder import MultiHotEncoder
-    from brevpipe.stages.classification import multilabel_metrics
+    from brevpipe.reports.metrics import multilabel_metrics
 
     rng = np.random.default_rng(seed)
     classes = ["circle", "square", "triangle"]

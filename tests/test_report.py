@@ -14,8 +14,8 @@ import pytest
 
 from brevpipe.engine import storage
 from brevpipe.reports import charts
+from brevpipe.reports.metrics import classification_metrics
 from brevpipe.reports.report import pivot, render_html
-from brevpipe.stages.classification import classification_metrics
 
 CLASSES = ["circle", "square", "triangle"]
 

@@ -98,7 +98,7 @@ class ShapesDataset:
     ``classes``: the shapes to draw (circle, square, triangle)
     ``samples_per_class``: images per class
     ``image_size``: side of the square images in pixels
-    ``seed``: the generator's seed (the same seed gives the same files)
+    ``seed``: the generator's seed (null: derived from the job's seed; 0 outside a job)
     ``formats``: file formats used in turn (png, jpg)
     ``cache_dir``: where the files go (null: ~/.cache/brevpipe/datasets)
     ``max_labels``: 2 or more makes a multi-label dataset (use encoder=multihot)
@@ -109,13 +109,17 @@ class ShapesDataset:
     classes: Sequence[str] = field(default_factory=lambda: ["circle", "square", "triangle"])
     samples_per_class: int = 200
     image_size: int = 64
-    seed: int = 0
+    # null: a job's find_samples stage passes the job's own (ctx.seed_for("dataset")); output.json
+    # files from before 2026-11-26 say seed: 0, which keeps generating what they trained on
+    seed: int | None = None
     formats: Sequence[str] = field(default_factory=lambda: ["png", "jpg"])  # used in turn
     cache_dir: str | None = None
     max_labels: int = 1
     masks: bool = False
 
     def __post_init__(self) -> None:
+        if self.seed is None:  # built outside a job (a script, a benchmark)
+            self.seed = 0
         self.classes = list(self.classes)
         self.formats = [str(f).lower() for f in self.formats]
         if not self.formats or set(self.formats) - {"png", "jpg"}:

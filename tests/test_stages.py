@@ -1,0 +1,50 @@
+"""The stage contract: stage functions stay registered where pipelines name them, and a
+generated dataset's seed comes from the job's root seed unless the config sets one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from brevpipe.engine.components import REGISTRY, instantiate
+from brevpipe.engine.context import StageContext
+from brevpipe.engine.job import Job
+from brevpipe.engine.seeding import component_seed
+from brevpipe.stages import classification, common, segmentation
+from tests.conftest import compose_config
+
+
+def context(tmp_path: Path, seed: int) -> StageContext:
+    job = Job(root=str(tmp_path / "jobs"), config={"seed": seed}, seed=seed, name="unit",
+              pipeline="p")  # fmt: skip
+    return StageContext(job, "samples", seed=1, url=str(tmp_path / "stage"))
+
+
+def shapes(tmp_path: Path, **settings) -> dict:
+    return {"_target_": "dataset:shapes", "samples_per_class": 2, "image_size": 16,
+            "cache_dir": str(tmp_path / "datasets"), **settings}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", [classification, segmentation])
+def test_every_stage_function_is_registered_where_pipelines_name_it(module) -> None:
+    prefix = module.__name__.rsplit(".", 1)[1]
+    registered = {c.name.split(".", 1)[1] for c in REGISTRY.of_kind("stage")
+                  if c.name.startswith(f"{prefix}.")}  # fmt: skip
+    assert registered == set(module.__all__)
+    for name in module.__all__:
+        assert REGISTRY.get(f"brevpipe.stages.{prefix}.{name}").load() is getattr(module, name)
+
+
+def test_a_null_dataset_seed_is_the_jobs_and_a_set_one_is_kept(tmp_path: Path) -> None:
+    assert compose_config([])["dataset"]["seed"] is None, "conf/dataset/shapes.yaml: null"
+    first, second = context(tmp_path, 3), context(tmp_path, 4)
+    derived = common.dataset_component(first, shapes(tmp_path, seed=None))
+    assert derived.seed == first.seed_for("dataset") == component_seed(3, "dataset")
+    other = common.dataset_component(second, shapes(tmp_path, seed=None))
+    assert other.seed == component_seed(4, "dataset") != derived.seed
+    assert other.folder != derived.folder, "the cache folder follows the seed"
+    # output.json files written before seeds were derived say seed: 0 and keep their images
+    kept = common.dataset_component(first, shapes(tmp_path, seed=0))
+    assert kept.seed == 0
+    assert kept.folder == instantiate(shapes(tmp_path)).folder, "no job: seed 0"
