@@ -16,7 +16,8 @@ from brevpipe.commands import run as app
 from brevpipe.data.shapes import ShapesDataset
 from brevpipe.engine import storage
 from brevpipe.engine.components import modernize
-from brevpipe.engine.rerun import check_fingerprint, read_output, rebuild_config
+from brevpipe.engine.output_json import read_output
+from brevpipe.engine.rerun import check_fingerprint, rebuild_config
 from brevpipe.engine.runner import resolve_config, run_job
 from brevpipe.errors import ConfigError, DataError
 from tests.conftest import compose_config, tiny_overrides

@@ -7,7 +7,8 @@ import json
 import os
 from typing import Any
 
-from brevpipe.engine.records import SHORT_ID, UNKNOWN, JobRecord, parse_time
+from brevpipe.engine.job import UNKNOWN
+from brevpipe.engine.records import SHORT_ID, JobRecord, parse_time
 
 
 def format_duration(seconds: float | None) -> str:

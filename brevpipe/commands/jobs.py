@@ -12,14 +12,10 @@ from collections.abc import Callable
 
 from brevpipe.commands.job_tables import print_json, print_list, print_show, print_statistics
 from brevpipe.engine import storage
+from brevpipe.engine.job import STATUSES
 from brevpipe.engine.job_details import describe, statistics
 from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.records import (
-    DEFAULT_ROOT,
-    STATUSES,
-    get_job,
-    list_jobs,
-)
+from brevpipe.engine.records import DEFAULT_ROOT, get_job, list_jobs
 from brevpipe.errors import BrevpipeError
 from brevpipe.integrations.lifecycle import set_archived, stop_job
 

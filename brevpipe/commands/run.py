@@ -97,7 +97,8 @@ def rerun_command(args: list[str]) -> int:
         logging_config = OmegaConf.load(CONF_DIR / "hydra" / "job_logging" / "brevpipe.yaml")
         logging.config.dictConfig(OmegaConf.to_container(logging_config))
     try:
-        from brevpipe.engine.rerun import read_output, rebuild_config
+        from brevpipe.engine.output_json import read_output
+        from brevpipe.engine.rerun import rebuild_config
 
         output = read_output(url)
         cfg = rebuild_config(output, url, overrides, allow_data_change=allow)

@@ -4,6 +4,7 @@ with its settings (:mod:`brevpipe.data.loader`)."""
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,18 @@ import numpy as np
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_RATIOS = (8, 4, 2)  # libjpeg's DCT-domain downscales that decode_jpeg offers
+
+
+def error_text(message: str) -> str:
+    """The readable part of a TensorFlow op error (no node names, no ``[Op:...]``)."""
+    message = re.sub(r"\{\{.*?\}\}|\s*\[Op:[^\]]*\]", "", message)
+    # graph errors put the op's message, after its status code, below a trace of the caller
+    coded = re.search(r"\b(?:INVALID_ARGUMENT|DATA_LOSS|NOT_FOUND|UNKNOWN|INTERNAL|"
+                      r"OUT_OF_RANGE|FAILED_PRECONDITION): (.+)", message)  # fmt: skip
+    if coded:
+        return coded.group(1).strip()
+    first = message.strip().splitlines()[0].strip() if message.strip() else ""
+    return "cannot decode" if not first or first.startswith("Graph execution") else first
 
 
 def is_jpeg(data: Any) -> Any:

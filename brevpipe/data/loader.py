@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,18 +19,6 @@ LEGACY_SETTINGS = {"reduced_jpeg_decode": False}
 COLOR_MODES = {"rgb": 3, "greyscale": 1, "grayscale": 1}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _clean_tf_message(message: str) -> str:
-    """The readable part of a TensorFlow op error (no node names, no ``[Op:...]``)."""
-    message = re.sub(r"\{\{.*?\}\}|\s*\[Op:[^\]]*\]", "", message)
-    # graph errors put the op's message, after its status code, below a trace of the caller
-    coded = re.search(r"\b(?:INVALID_ARGUMENT|DATA_LOSS|NOT_FOUND|UNKNOWN|INTERNAL|"
-                      r"OUT_OF_RANGE|FAILED_PRECONDITION): (.+)", message)  # fmt: skip
-    if coded:
-        return coded.group(1).strip()
-    first = message.strip().splitlines()[0].strip() if message.strip() else ""
-    return "cannot decode" if not first or first.startswith("Graph execution") else first
 
 
 @dataclass
@@ -304,7 +291,7 @@ class ImageLoader:
                 return None
             except Exception as exc:  # noqa: BLE001 - any failure makes the image unusable
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                return url, _clean_tf_message(reason)
+                return url, decode.error_text(reason)
 
         missing: dict[str, str] = {}  # remote files that cannot be read at all
         pairs = list(zip(paths, local_copies(paths, etags, failures=missing), strict=True))

@@ -40,6 +40,12 @@ class JobStatus(str, Enum):  # enum.StrEnum is Python 3.11+; this behaves the sa
     STOPPED = "stopped"
 
 
+# What a listing shows besides a job's own status (brevpipe jobs list).
+LOST = "lost"  # output.json says running, but the heartbeat went stale (killed without a word)
+UNKNOWN = "unknown"  # no readable output.json
+STATUSES = (*(str(s) for s in JobStatus), LOST, UNKNOWN)
+
+
 class JobListener(Protocol):
     """Receives a job's metrics as they happen (the MLflow mirror is one)."""
 

@@ -9,7 +9,8 @@ from typing import Any
 from brevpipe.engine import storage
 from brevpipe.engine.control import read_stop
 from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.records import JobRecord, parse_json
+from brevpipe.engine.output_json import parse_json
+from brevpipe.engine.records import JobRecord
 
 log = logging.getLogger("brevpipe")
 

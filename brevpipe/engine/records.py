@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,17 +17,15 @@ from typing import Any
 
 from brevpipe.engine import layout, storage
 from brevpipe.engine.control import session_of
-from brevpipe.engine.job import JobStatus
+from brevpipe.engine.job import LOST, UNKNOWN, JobStatus
 from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.liveness import is_stale
+from brevpipe.engine.output_json import parse_json, shape_problem
 from brevpipe.errors import BrevpipeError
 
 log = logging.getLogger("brevpipe")
 
 DEFAULT_ROOT = "./jobs"
-UNKNOWN = "unknown"
-LOST = "lost"  # output.json says running, but the heartbeat went stale (killed without a word)
-STATUSES = (*(str(s) for s in JobStatus), LOST, UNKNOWN)
 SHORT_ID = 8
 
 
@@ -204,54 +201,10 @@ def load_jobs(root: str, ids: Iterable[str] | None = None) -> list[JobRecord]:
     return records
 
 
-# The fields that listing and statistics read, with the types a job writes (None allowed).
-_OUTPUT_SHAPE: dict[str, tuple[type, ...]] = {
-    "job": (dict,), "job.id": (str,), "job.name": (str,), "job.pipeline": (str,),
-    "job.status": (str,), "job.start": (str,), "job.end": (str,), "metrics": (dict,),
-    "config": (dict,), "config.pipeline": (dict,), "pipeline_template": (dict,),
-    "stages": (dict,), "history": (list,),
-}  # fmt: skip
 
 
-def shape_problem(output: dict[str, Any]) -> str | None:
-    """What is wrong with the types of an output.json's fields (None when nothing is): one
-    malformed file makes its job ``unknown`` with this note, never breaks a listing."""
-    for path, types in _OUTPUT_SHAPE.items():
-        node: Any = output
-        for key in path.split("."):
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None and not isinstance(node, types):
-            return f"'{path}' is {type(node).__name__}, not {types[0].__name__}"
-    if not isinstance(output.get("job"), dict):
-        return "no 'job' object"
-    if output["job"].get("status") not in (None, *STATUSES):
-        return f"'job.status' {str(output['job']['status'])[:40]!r} is not a job status"
-    metrics = output.get("metrics") or {}
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()):
-        return "'metrics' holds values that are not numbers"
-    stages = output.get("stages") or {}
-    if not all(isinstance(v, dict) for v in stages.values()):
-        return "'stages' holds entries that are not objects"
-    return None
 
 
-def parse_json(
-    data: bytes | Exception | None, what: str, missing: str = ""
-) -> tuple[dict[str, Any] | None, str | None]:
-    """A JSON object read by ``fs.cat(..., on_error="return")``, or ``(None, problem)``."""
-    if data is None or isinstance(data, FileNotFoundError):
-        return None, f"no {what}" + (f" ({missing})" if missing else "")
-    if isinstance(data, Exception):
-        return None, f"cannot read {what}: {type(data).__name__}: {data}"
-    try:
-        parsed = json.loads(data)
-    except RecursionError:
-        return None, f"{what} is nested too deeply to be a job's file"
-    except ValueError as exc:
-        return None, f"{what} is not valid JSON ({exc})"
-    if not isinstance(parsed, dict):
-        return None, f"{what} is not a JSON object"
-    return parsed, None
 
 
 def resolve_id(root: str, job_id: str, ids: list[str] | None = None) -> str:

@@ -13,7 +13,6 @@ config nodes (no resolvers).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,37 +30,6 @@ from brevpipe.errors import ConfigError, DataError
 _LINK = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_.]*\}")
 
 
-def read_output(url: str) -> dict[str, Any]:
-    """The output.json at ``url``, checked to be one (clear errors otherwise)."""
-    url = storage.normalize(url)
-    try:
-        data = storage.read_bytes(url)
-    except FileNotFoundError:
-        raise ConfigError(f"{url} does not exist: give the URL of a job's "
-                          "artifacts/output.json.") from None  # fmt: skip
-    except OSError as exc:
-        raise ConfigError(f"cannot read {url}: {exc}") from None
-    try:
-        output = json.loads(data)
-    except (ValueError, RecursionError):
-        raise ConfigError(f"{url} is not JSON: give the URL of a job's "
-                          "artifacts/output.json.") from None  # fmt: skip
-    if not isinstance(output, dict):
-        raise ConfigError(f"{url} is not a brevpipe output.json (not a JSON object).")
-    missing = [k for k in ("schema_version", "job", "config", "seed") if k not in output]
-    if missing:
-        raise ConfigError(f"{url} is not a brevpipe output.json (missing {missing}).")
-    if not output.get("pipeline_template"):
-        raise ConfigError(f"{url} has no pipeline_template: it was written by an older "
-                          "brevpipe; run the job again with brevpipe run.")  # fmt: skip
-    job, config = output["job"], output["config"]
-    if not (isinstance(job, dict) and isinstance(job.get("id"), str)
-            and isinstance(job.get("bucket"), str) and isinstance(config, dict)
-            and isinstance(config.get("pipeline"), dict)
-            and isinstance(output["pipeline_template"], dict)):  # fmt: skip
-        raise ConfigError(f"{url} is not a brevpipe output.json (job.id, job.bucket, "
-                          "config.pipeline or pipeline_template missing or of the wrong type).")
-    return output
 
 
 def _strings(tree: Any, path: str) -> Iterator[tuple[str, str]]:

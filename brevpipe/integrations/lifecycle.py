@@ -9,9 +9,9 @@ from typing import Any
 
 from brevpipe.engine import storage
 from brevpipe.engine.control import read_stop, request_stop, session_of, who
-from brevpipe.engine.job import JobStatus, now
+from brevpipe.engine.job import LOST, JobStatus, now
 from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.records import LOST, JobRecord, JobRegistryError, get_job
+from brevpipe.engine.records import JobRecord, JobRegistryError, get_job
 
 log = logging.getLogger("brevpipe")
 

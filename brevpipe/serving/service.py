@@ -75,7 +75,7 @@ class ModelService:
 
     def decode(self, name: str, data: bytes) -> np.ndarray:
         """One image as the model sees it; a :class:`DataError` naming it if it does not decode."""
-        from brevpipe.data.loader import _clean_tf_message
+        from brevpipe.data.decode import error_text
 
         if not data:
             raise DataError(f"image {name!r} is empty.")
@@ -84,7 +84,7 @@ class ModelService:
             with self._decode_slots:
                 return self._decode(data).numpy()
         except Exception as exc:  # noqa: BLE001 - any decode failure makes the image unusable
-            reason = _clean_tf_message(getattr(exc, "message", None) or str(exc) or "")
+            reason = error_text(getattr(exc, "message", None) or str(exc) or "")
             if reason == "cannot decode":  # graph-mode errors keep their detail in the log
                 reason = "not a readable JPEG, PNG, BMP, GIF or WebP file (corrupt or truncated?)"
             raise DataError(f"image {name!r} cannot be decoded: {reason}.") from None
