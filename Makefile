@@ -62,4 +62,5 @@ bench: install  ## benchmarks: ratios against a hand-written tf.data baseline, s
 	$(BIN)/python bench/serving.py
 
 clean:  ## remove generated state (jobs, MLflow store, multirun folders), keep .venv
-	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache
+	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache \
+		build brevpipe.egg-info

@@ -62,14 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
         terminate_as_interrupt()  # SIGTERM ends a job as 'stopped', like Ctrl-C
     try:
-        if command == "run":
-            from brevpipe.commands import run as app
+        if command in ("run", "rerun"):
+            from brevpipe.commands import run
 
-            return app.run_command(rest)
-        if command == "rerun":
-            from brevpipe.commands import run as app
-
-            return app.rerun_command(rest)
+            return (run.run_command if command == "run" else run.rerun_command)(rest)
         if command == "predict":
             from brevpipe.commands import predict
 
@@ -79,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve.main(rest)
         if command == "schema":
-            from brevpipe.commands import schema as schema_command
+            from brevpipe.commands import schema
 
-            return schema_command.main(rest)
+            return schema.main(rest)
         if command == "init":
-            from brevpipe.commands import init as user_project
+            from brevpipe.commands import init
 
-            return user_project.main(rest)
+            return init.main(rest)
         from brevpipe.commands import jobs
 
         return jobs.main(rest)

@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+from brevpipe.engine import layout
 from brevpipe.engine.job import UNKNOWN
 from brevpipe.engine.records import SHORT_ID, JobRecord, parse_time
 
@@ -152,13 +153,13 @@ def print_show(info: dict[str, Any]) -> None:
                           format_value(stage["seconds"]))  # fmt: skip
         console.print(table)
     table = _table("artifacts", "path", "size")
-    caches = [a for a in info["artifacts"] if a["path"].startswith("stages/")]
+    caches = [a for a in info["artifacts"] if a["path"].startswith(f"{layout.STAGES}/")]
     for artifact in info["artifacts"]:
-        if not artifact["path"].startswith("stages/"):
+        if not artifact["path"].startswith(f"{layout.STAGES}/"):
             table.add_row(artifact["path"], format_size(artifact["size"]))
     if caches:
         total = sum(a["size"] or 0 for a in caches)
-        table.add_row(f"stages/ ({len(caches)} files: stage caches)", format_size(total))
+        table.add_row(f"{layout.STAGES}/ ({len(caches)} files: stage caches)", format_size(total))
     console.print(table)
     mlflow = info["mlflow"]
     if mlflow.get("run_id"):

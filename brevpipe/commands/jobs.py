@@ -19,7 +19,6 @@ from brevpipe.engine.records import DEFAULT_ROOT, get_job, list_jobs
 from brevpipe.errors import BrevpipeError
 from brevpipe.integrations.lifecycle import set_archived, stop_job
 
-# -- command line ---------------------------------------------------------------------------
 EPILOG = """\
 examples:
   brevpipe jobs list                          jobs in ./jobs, newest first

@@ -1,5 +1,5 @@
-"""TensorFlow graph functions that decode and resize one image; :class:`ImageLoader` uses them
-with its settings (:mod:`brevpipe.data.loader`)."""
+"""Decoding and resizing one image in TensorFlow graph functions, which :class:`ImageLoader`
+uses with its settings (:mod:`brevpipe.data.loader`), and the text of a decode error."""
 
 from __future__ import annotations
 

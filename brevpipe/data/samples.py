@@ -95,7 +95,6 @@ def find_samples(
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS).sort_values("path", ignore_index=True)
 
 
-
 def _samples_under(
     url: str, dataset: str, classes: Sequence[str] | None,
     class_mapping: Mapping[str, Any] | None,

@@ -3,7 +3,9 @@
 A stage is a function ``(ctx: StageContext, **inputs, **params) -> {output name: value}``,
 declared in a pipeline YAML with its ``inputs`` (other stages' outputs) and ``outputs``. The
 runner saves the outputs under ``artifacts/stages/<stage>/`` and hands them to later stages;
-a stage reads nothing of another stage but its declared inputs.
+a stage reads no file of another stage but its declared inputs. What earlier stages reported
+to the job (``ctx.job.metrics``, ``history``, the ``samples`` section: what output.json holds)
+is the job's record, readable by any later stage.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class StopRequested(KeyboardInterrupt):
 
 
 def who() -> str:
-    """``user@host`` of this process (for the markers the registry writes)."""
+    """``user@host`` of this process (for the markers ``brevpipe jobs`` writes)."""
     try:
         user = getpass.getuser()
     except (OSError, KeyError):

@@ -3,7 +3,6 @@ settings, stages and artifacts, and the progress of a running one."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from brevpipe.engine import storage
@@ -11,8 +10,6 @@ from brevpipe.engine.control import read_stop
 from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.output_json import parse_json
 from brevpipe.engine.records import JobRecord
-
-log = logging.getLogger("brevpipe")
 
 DONE_STAGE_STATUSES = ("completed", "cached")
 KEY_PARAMS = (

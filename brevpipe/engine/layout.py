@@ -21,6 +21,7 @@ REGISTRY = "registry.json"
 STOP = "control/stop.json"
 HEARTBEAT = "control/heartbeat.json"
 ARTIFACTS = "artifacts"
+STAGES = "stages"  # under artifacts/
 OUTPUT = "output.json"
 STAGE_MARKER = "stage.json"
 SPLIT = "sample_identification.csv"  # the split a rerun reuses
@@ -90,7 +91,7 @@ class JobBucket:
 
     def stage(self, name: str, *parts: str) -> str:
         """A stage's folder (``artifacts/stages/<name>``), or a path in it."""
-        return self.artifact("stages", name, *parts)
+        return self.artifact(STAGES, name, *parts)
 
     def stage_marker(self, name: str) -> str:
         return self.stage(name, STAGE_MARKER)

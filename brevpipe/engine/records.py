@@ -1,16 +1,15 @@
 """The job registry: the jobs of a job root, read for ``brevpipe jobs list|show|statistics``.
 
 Everything is read from the job root (any fsspec URL): each job's ``artifacts/output.json``
-(written by the job itself, never rewritten here), plus the small files others own in the job
-bucket (:mod:`brevpipe.engine.layout`): the stop request, the heartbeat and ``registry.json``
-(archived or not). Stopping and archiving are :mod:`brevpipe.integrations.lifecycle`.
+(written by the job itself, never rewritten here), its heartbeat and ``registry.json``
+(archived or not), in one concurrent read. :mod:`brevpipe.engine.job_details` describes one
+job; stopping and archiving are :mod:`brevpipe.integrations.lifecycle`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import difflib
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +22,6 @@ from brevpipe.engine.liveness import is_stale
 from brevpipe.engine.output_json import parse_json, shape_problem
 from brevpipe.errors import BrevpipeError
 
-log = logging.getLogger("brevpipe")
-
 DEFAULT_ROOT = "./jobs"
 SHORT_ID = 8
 
@@ -33,23 +30,6 @@ class JobRegistryError(BrevpipeError):
     """The registry cannot do what was asked: unknown job, unreadable root, wrong state."""
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# -- reading the job root -------------------------------------------------------------------
 @dataclass
 class JobRecord:
     """One job folder of a root: its output.json (None if unreadable) and registry state."""
@@ -201,12 +181,6 @@ def load_jobs(root: str, ids: Iterable[str] | None = None) -> list[JobRecord]:
     return records
 
 
-
-
-
-
-
-
 def resolve_id(root: str, job_id: str, ids: list[str] | None = None) -> str:
     """The job folder ``job_id`` names (a full id or a unique prefix), or an error that names
     the root and lists close ids."""
@@ -261,15 +235,3 @@ def list_jobs(
         and (pipeline is None or r.pipeline == pipeline)
     ]
     return sorted(records, key=lambda r: (r.job.get("start") or "", r.id), reverse=True)
-
-
-
-
-
-
-
-
-
-
-
-

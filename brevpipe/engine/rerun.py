@@ -30,8 +30,6 @@ from brevpipe.errors import ConfigError, DataError
 _LINK = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_.]*\}")
 
 
-
-
 def _strings(tree: Any, path: str) -> Iterator[tuple[str, str]]:
     """Every ``(config path, string value)`` of a plain config tree."""
     if isinstance(tree, dict):

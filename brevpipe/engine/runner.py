@@ -89,7 +89,7 @@ def run_stage(
             f"{sorted(stage.outputs)}; fix the pipeline's 'outputs' list."
         )
     records = {
-        name: save_output(value, storage.join(stage_url, name), job.temp_path())
+        name: save_output(value, job.bucket.stage(stage.name, name), job.temp_path())
         for name, value in outputs.items()
     }
     summary = {

@@ -1,4 +1,4 @@
-"""Stopping and archiving jobs for the registry (``brevpipe jobs stop|archive|unarchive``):
+"""Stopping and archiving jobs (``brevpipe jobs stop|archive|unarchive``):
 the job bucket's record first, then its MLflow run (KILLED, deleted or restored)."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from brevpipe import __version__
-from brevpipe.engine import storage
+from brevpipe.engine import layout, storage
 from brevpipe.engine.config import flatten
 from brevpipe.engine.job import Job, JobStatus, NullTracker, Tracker
 
@@ -163,7 +163,7 @@ class MlflowTracker:
         with tempfile.TemporaryDirectory(prefix="brevpipe-mlflow-") as tmp:
             for path in fs.find(root):
                 relative = path[len(root.rstrip("/")) :].strip("/")
-                if relative.startswith("stages/") or ".tmp-" in relative:
+                if relative.startswith(f"{layout.STAGES}/") or ".tmp-" in relative:
                     continue
                 local = Path(tmp, relative)
                 local.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.visual import preview_png
-from brevpipe.engine import storage
+from brevpipe.engine import layout, storage
 from brevpipe.engine.components import instantiate
 from brevpipe.engine.context import StageContext
 from brevpipe.errors import ConfigError, DataError
@@ -96,7 +96,7 @@ def preview(
     pipeline.output_structure = ("image", "index")
     images, rows = next(pipeline.numpy_iterator(epoch=0))
     captions = ["+".join(pipeline.samples["category"].iloc[int(r)]) for r in rows]
-    url = ctx.job.artifact_path("samples_preview.png")
+    url = ctx.artifact("samples_preview.png")
     storage.write_bytes(url, preview_png(images, captions))
     return {"preview": {"url": url, "count": len(images)}}
 
@@ -185,7 +185,7 @@ def _read_back(ctx: StageContext, predictions: pd.DataFrame | None) -> pd.DataFr
     if predictions is None:
         # Only for pipelines declared before 2026-11-26 (an output.json's pipeline_template),
         # whose report takes no predictions input: read the evaluate stage's artifact.
-        data = storage.read_bytes(ctx.job.artifact_path("predictions.csv"))
+        data = storage.read_bytes(ctx.artifact(layout.PREDICTIONS))
     else:
         data = predictions.to_csv(index=False).encode()
     return pd.read_csv(io.BytesIO(data))
@@ -225,5 +225,5 @@ def _atlas(paths: list[str], captions: list[str], loader: ImageLoader, name: str
     samples = pd.DataFrame({"path": paths, "category": [()] * len(paths)})
     pipeline = InputPipeline(samples, loader, batch_size=64, output_structure="image")
     png = thumbnails(np.concatenate(list(pipeline.numpy_iterator())), captions)
-    storage.write_bytes(ctx.job.artifact_path(name), png)
+    storage.write_bytes(ctx.artifact(name), png)
     return png

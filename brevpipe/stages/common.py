@@ -14,7 +14,7 @@ import pandas as pd
 
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.samples import fingerprint, samples_to_csv, summarize
-from brevpipe.engine import storage
+from brevpipe.engine import layout, storage
 from brevpipe.engine.checkpoint import Checkpoint
 from brevpipe.engine.components import instantiate
 from brevpipe.engine.context import StageContext
@@ -38,7 +38,7 @@ def dataset_component(ctx: StageContext, dataset: dict[str, Any]) -> Any:
 def record_samples(ctx: StageContext, samples: pd.DataFrame, rerun: dict[str, Any] | None) -> None:
     """In a rerun, check the images are the original job's; write ``artifacts/samples.csv``."""
     check_fingerprint(fingerprint(samples), rerun)
-    storage.write_bytes(ctx.job.artifact_path("samples.csv"), samples_to_csv(samples))
+    storage.write_bytes(ctx.artifact("samples.csv"), samples_to_csv(samples))
 
 
 def purpose_samples(
@@ -128,7 +128,7 @@ def fit_checkpointed(
     failure names the unreadable files."""
     import tensorflow as tf
 
-    checkpoint = Checkpoint(storage.join(ctx.url, "checkpoint"), ctx.key)
+    checkpoint = Checkpoint(ctx.job.bucket.stage(ctx.name, "checkpoint"), ctx.key)
     ctx.cleanups.append(checkpoint.remove)
     try:
         fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose,
@@ -154,7 +154,7 @@ def evaluation_outputs(
     (pipelines declared before 2026-11-26 do not)."""
     predictions = pd.DataFrame(rows, columns=columns)  # columns: a header even with no rows
     storage.write_bytes(
-        ctx.job.artifact_path("predictions.csv"), predictions.to_csv(index=False).encode()
+        ctx.artifact(layout.PREDICTIONS), predictions.to_csv(index=False).encode()
     )
     outputs: dict[str, Any] = {"evaluation": evaluation}
     if "predictions" in ctx.outputs:
@@ -185,9 +185,9 @@ def publish_report(
     from brevpipe.reports.report import render_html
 
     for name, spec in specs.items():
-        storage.write_json(ctx.job.artifact_path("charts", f"{name}.vl.json"), spec)
+        storage.write_json(ctx.artifact("charts", f"{name}.vl.json"), spec)
     pivot_data = pivot_table(split_samples, pivot["rows"], pivot["cols"])
-    storage.write_json(ctx.job.artifact_path("samples_pivot.json"), pivot_data)
+    storage.write_json(ctx.artifact("samples_pivot.json"), pivot_data)
     job = ctx.job
     page = render_html(
         title=f"brevpipe job {job.id}",

@@ -30,7 +30,7 @@ def split_samples(
 ) -> dict[str, Any]:
     """Assign purposes; keep assignments from an earlier split of this job or ``reuse_url``."""
     splitter: SampleSplit = instantiate({"_target_": "split:default", **split}, seed=ctx.seed)
-    identification_url = ctx.job.artifact_path("sample_identification.csv")
+    identification_url = ctx.job.bucket.split
     previous_url = splitter.reuse_url or (
         identification_url if storage.exists(identification_url) else None
     )
@@ -71,13 +71,13 @@ def export(
     with tarfile.open(archive, "w:gz") as tar:  # all a predictor needs: load_predictor(url)
         tar.add(local / "saved_model", arcname="saved_model")
         tar.add(local / "model.json", arcname="model.json")
-    model_url = ctx.job.artifact_path("model")
+    model_url, archive_url = ctx.job.bucket.model, ctx.job.bucket.model_archive
     storage.upload(local / "model.keras", storage.join(model_url, "model.keras"))
-    storage.upload(archive, storage.join(model_url, "saved_model.tar.gz"))
+    storage.upload(archive, archive_url)
     info = {
         "format": "keras+saved_model",
         "keras_url": storage.join(model_url, "model.keras"),
-        "archive_url": storage.join(model_url, "saved_model.tar.gz"),
+        "archive_url": archive_url,
         "archive_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
         **metadata,
     }

@@ -142,7 +142,7 @@ def _write_overlays(
     pairs = np.stack([overlay(pixels, truth), overlay(pixels, predicted)], axis=1)
     captions = [f"{kind} {i}" for i in rows for kind in ("true", "predicted")]
     png = thumbnails(pairs.reshape(-1, *pairs.shape[2:]), captions)
-    url = ctx.job.artifact_path("segmentation_overlays.png")
+    url = ctx.artifact("segmentation_overlays.png")
     storage.write_bytes(url, png)
     return url
 
