@@ -277,3 +277,50 @@ def test_records_from_before_reduced_decode_keep_full_size_decoding() -> None:
     assert ImageLoader().metadata()["reduced_jpeg_decode"] is True
     assert ImageLoader.from_record(ImageLoader().metadata()).reduced_jpeg_decode is True
     assert not ImageLoader(roi=[0, 0, 10, 10]).reduces_jpeg  # a crop is in source pixels
+
+
+@pytest.mark.parametrize(("side", "antialias"), [(128, True), (150, True), (128, False)])
+def test_jpegs_of_one_ratio_decode_without_branches_to_the_same_bytes(
+    tmp_path: Path, side: int, antialias: bool
+) -> None:
+    """A folder of JPEGs that all take one ratio gets the ratio fixed in the graph (and no
+    resize where they decode at the target size): the batches are those of the per-image
+    decode; a folder with other files, or other ratios, keeps the per-image decode."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from brevpipe.data.decode import jpeg_size
+
+    rng = np.random.default_rng(side)
+    for i in range(12):  # 128 -> 64 at ratio 2; 150 (158 wide) -> 75 (79), resized to 64
+        width = side if side == 128 else side + 8 * (i % 2)
+        pixels = (rng.random((side, width, 3)) * 255).astype(np.uint8)
+        (tmp_path / "data" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(tmp_path / "data" / f"c{i % 3}" / f"{i}.jpg", quality=90,
+                                     progressive=bool(i % 4 == 1))  # fmt: skip
+    samples = find_samples(str(tmp_path / "data"))
+    paths = samples["path"].tolist()
+    for path in paths:
+        header = tf.io.extract_jpeg_shape(tf.io.read_file(path))[:2].numpy()
+        assert jpeg_size(path) == tuple(int(v) for v in header)
+    loader = ImageLoader(target_size=[64, 64], antialias=antialias)
+    plan = loader._jpeg_plan(paths)
+    assert plan == (2, side == 128 and antialias)
+    decode_known = loader.decoder_for(paths)
+    assert decode_known != loader.decode_sized
+    for path in paths:
+        data = tf.io.read_file(path)
+        assert np.array_equal(decode_known(data)[0], loader.decode_sized(data)[0]), path
+        assert np.array_equal(decode_known(data)[1], loader.decode_sized(data)[1]), path
+    pipe = InputPipeline(samples, loader, batch_size=4, output_structure="image")
+    per_image = [loader.load(tf.constant(p)).numpy() for p in pipe.get_samples()["path"]]
+    assert np.array_equal(np.concatenate(list(pipe.numpy_iterator())), np.stack(per_image))
+
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(other / "x.png")
+    Image.fromarray(np.zeros((4 * side, 4 * side, 3), np.uint8)).save(other / "big.jpg")
+    assert loader._jpeg_plan([*paths, str(other / "x.png")]) is None  # not all JPEGs
+    assert loader._jpeg_plan([*paths, str(other / "big.jpg")]) is None  # ratio 8 for this one
+    assert loader.decoder_for([*paths, str(other / "x.png")]) == loader.decode_sized
+    assert ImageLoader(target_size=[64, 64], keep_aspect_ratio=True)._jpeg_plan(paths) is None

@@ -27,6 +27,41 @@ def error_text(message: str) -> str:
     return "cannot decode" if not first or first.startswith("Graph execution") else first
 
 
+# JPEG frame headers (SOF0-SOF15 but DHT, JPG and DAC, which share the range): height, width
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(path: str) -> tuple[int, int] | None:
+    """[height, width] from a JPEG file's frame header, as ``tf.io.extract_jpeg_shape`` reads
+    it; None for a file that is not a JPEG or whose header cannot be read."""
+    with open(path, "rb") as f:
+        if f.read(3) != JPEG_MAGIC:
+            return None
+        f.seek(2)
+        while True:
+            marker = f.read(2)
+            while len(marker) == 2 and marker[0] == 0xFF and marker[1] == 0xFF:
+                marker = marker[1:] + f.read(1)  # fill bytes before a marker
+            if len(marker) < 2 or marker[0] != 0xFF or marker[1] == 0xDA:
+                return None  # not a marker, or the scan starts before any frame header
+            if marker[1] == 0x01 or 0xD0 <= marker[1] <= 0xD8:
+                continue  # markers without a length
+            length = int.from_bytes(f.read(2), "big")
+            if marker[1] in _SOF:
+                header = f.read(5)
+                height, width = (int.from_bytes(header[i:i + 2], "big") for i in (1, 3))
+                return (height, width) if len(header) == 5 and height and width else None
+            if length < 2:
+                return None
+            f.seek(length - 2, 1)
+
+
+def scale_index_of(size: Sequence[int], wanted: Sequence[int]) -> int:
+    """:func:`jpeg_scale_index` in Python, for sizes known before decoding."""
+    return sum((size[0] + r - 1) // r >= wanted[0] and (size[1] + r - 1) // r >= wanted[1]
+               for r in sorted(JPEG_RATIOS))  # fmt: skip
+
+
 def is_jpeg(data: Any) -> Any:
     """Whether encoded bytes start as a JPEG does (bool tensor)."""
     import tensorflow as tf

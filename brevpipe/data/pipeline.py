@@ -149,7 +149,8 @@ class InputPipeline:
         if self.cache:
             store = self.decoded_images()
         else:  # tf.data reads local files only: remote ones are copied first (data.mirror)
-            files = tf.constant(self.local_files("path"))
+            local = self.local_files("path")
+            files, decode_sized = tf.constant(local), self.loader.decoder_for(local)
             mask_files = tf.constant(self.local_files("mask_path") if masks else [""])
 
         def element(epoch: Any, row: Any) -> Any:
@@ -162,7 +163,7 @@ class InputPipeline:
                                           stateful=False)  # fmt: skip
                 image.set_shape(self.loader.output_shape)
             else:  # read here, in the parallel map: files are read concurrently
-                image, size = self.loader.decode_sized(tf.io.read_file(files[row]))
+                image, size = decode_sized(tf.io.read_file(files[row]))
                 if masks:
                     raw = self.mask_loader.load(tf.io.read_file(mask_files[row]),
                                                 mask_is_json[row], size[0], size[1])  # fmt: skip
