@@ -62,6 +62,20 @@ def scale_index_of(size: Sequence[int], wanted: Sequence[int]) -> int:
                for r in sorted(JPEG_RATIOS))  # fmt: skip
 
 
+def one_jpeg_ratio(paths: Sequence[str], wanted: Sequence[int]) -> tuple[int, bool] | None:
+    """``(ratio, whether every file decodes at exactly wanted)`` when every local file of
+    ``paths`` is a JPEG that takes the same ratio for ``wanted`` [height, width]; else None."""
+    sizes = {jpeg_size(path) for path in paths}
+    if not sizes or None in sizes:
+        return None
+    indices = {scale_index_of(size, wanted) for size in sizes}
+    if len(indices) != 1:
+        return None
+    ratio = 2 ** indices.pop()
+    decoded = {(-(-height // ratio), -(-width // ratio)) for height, width in sizes}
+    return ratio, decoded == {tuple(wanted)}
+
+
 def is_jpeg(data: Any) -> Any:
     """Whether encoded bytes start as a JPEG does (bool tensor)."""
     import tensorflow as tf

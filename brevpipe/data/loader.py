@@ -220,20 +220,12 @@ class ImageLoader:
         return decode_known_jpeg
 
     def _jpeg_plan(self, paths: Sequence[str]) -> tuple[int, bool] | None:
-        """``(ratio, whether every file decodes at exactly target_size)`` when all ``paths``
-        are JPEGs that decode at one ratio; None otherwise (or where the rule needs TF)."""
-        if not self.reduces_jpeg or self.keep_aspect_ratio or not paths:
+        """:func:`~brevpipe.data.decode.one_jpeg_ratio` where it applies (the aspect-keeping
+        fit is computed in TF); without antialias, resize runs even at the target size."""
+        if not self.reduces_jpeg or self.keep_aspect_ratio:
             return None
-        sizes = {decode.jpeg_size(path) for path in paths}
-        if None in sizes:
-            return None
-        indices = {decode.scale_index_of(size, self.target_size) for size in sizes}
-        if len(indices) != 1:
-            return None
-        ratio = 2 ** indices.pop()
-        decoded = {(-(-height // ratio), -(-width // ratio)) for height, width in sizes}
-        # without antialias, resize runs even at the target size: keep that op
-        return ratio, self.antialias and decoded == {tuple(self.target_size)}
+        plan = decode.one_jpeg_ratio(paths, self.target_size)
+        return plan and (plan[0], plan[1] and self.antialias)
 
     def jpeg_ratio(self, size: Any) -> Any:
         """The largest of :data:`JPEG_RATIOS` (else 1) that keeps a JPEG of ``size`` [height,

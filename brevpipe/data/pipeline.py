@@ -149,9 +149,7 @@ class InputPipeline:
         if self.cache:
             store = self.decoded_images()
         else:  # tf.data reads local files only: remote ones are copied first (data.mirror)
-            local = self.local_files("path")
-            files, decode_sized = tf.constant(local), self.loader.decoder_for(local)
-            mask_files = tf.constant(self.local_files("mask_path") if masks else [""])
+            files, mask_files, decode_sized = self._local_reading(masks)
 
         def element(epoch: Any, row: Any) -> Any:
             seed = tf.random.experimental.stateless_fold_in(
@@ -194,6 +192,14 @@ class InputPipeline:
         else:
             epoch_ids = tf.data.Dataset.range(start_epoch, start_epoch + epochs)
         return epoch_ids.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+    def _local_reading(self, masks: bool) -> tuple[Any, Any, Callable[[Any], tuple[Any, Any]]]:
+        """The local images and masks as tensors, and the decode for these images."""
+        import tensorflow as tf
+
+        images = self.local_files("path")
+        mask_files = self.local_files("mask_path") if masks else [""]
+        return tf.constant(images), tf.constant(mask_files), self.loader.decoder_for(images)
 
     def _epoch_rows(self, epoch: Any) -> Any:
         """``(epoch, row)`` pairs of one epoch, in the sampler's order."""
