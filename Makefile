@@ -7,7 +7,8 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 ARGS   ?=
 PYTEST_ARGS ?=
 # test processes (pytest-xdist): two halve the suite's time on two cores; TEST_WORKERS=0 runs
-# it in this process
+# it in this process. --dist loadgroup: tests marked xdist_group("ray") share one process, so
+# two Ray instances never run at once
 TEST_WORKERS ?= 2
 
 .PHONY: help install browser run test test-fast lint bench clean
@@ -51,10 +52,10 @@ browser:  ## headless Chromium for the report test (Debian package; the test ski
 	  echo "chromium could not be installed (needs root and the Debian mirror): the report rendering test will skip"
 
 test: install browser  ## run the test suite
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: install  ## the tests that train no model
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m 'not slow' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m 'not slow' $(PYTEST_ARGS)
 
 lint: install  ## ruff
 	$(BIN)/ruff check brevpipe tests bench hydra_plugins

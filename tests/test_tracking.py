@@ -175,6 +175,7 @@ def test_joblib_launcher_two_workers(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("ray")  # never beside tests/test_ray_cluster.py's cluster (2 cores)
 def test_ray_launcher_local_ray(tmp_path: Path) -> None:
     sweep(tmp_path, "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
           "+hydra.launcher.ray.init.include_dashboard=false", "seed=1,2")  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -12,10 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from brevpipe.engine import storage
 from brevpipe.engine.config import CONF_DIR
 from brevpipe.errors import BrevpipeError
-from brevpipe.integrations.sweep import parent_run
+from brevpipe.integrations.sweep import job_root, parent_run
 
 log = logging.getLogger("brevpipe")
 
@@ -28,14 +26,9 @@ def _run_job(cfg: DictConfig) -> float | None:
     choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items()
                if not k.startswith("hydra")}  # fmt: skip
     cwd = hydra_cfg.runtime.cwd  # where brevpipe was started (a launcher may run us elsewhere)
-    root = str(cfg.job.root)
-    if storage.is_local(root) and not Path(root.removeprefix("file://")).expanduser().is_absolute():
-        cfg.job.root = str(Path(cwd) / root)
-    parent = None
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        parent = parent_run(hydra_cfg.sweep.dir, cwd)
-        if parent:
-            parent["overrides"] = " ".join(hydra_cfg.overrides.task)
+    cfg.job.root = job_root(str(cfg.job.root), cwd)  # as the sweep's callback sees it
+    # a job of a sweep: its MLflow parent run, from the sweep's record in the job root
+    parent = parent_run(cfg, hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
     try:
         job = run_job(cfg, choices=choices, parent=parent)
     except BrevpipeError as exc:

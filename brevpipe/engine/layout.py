@@ -8,6 +8,8 @@
         artifacts/output.json         the job's record (DESIGN.md: the output.json contract)
         artifacts/stages/<stage>/     each stage's outputs and its stage.json marker
         artifacts/...                 what users open: report.html, model/, predictions.csv...
+    <root>/sweeps/<sweep id>.json     a sweep's MLflow parent run, read by its jobs on any node
+                                      (not a job: brevpipe jobs skips it)
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ STAGE_MARKER = "stage.json"
 SPLIT = "sample_identification.csv"  # the split a rerun reuses
 PREDICTIONS = "predictions.csv"
 MODEL_ARCHIVE = "saved_model.tar.gz"
+SWEEPS = "sweeps"  # under the root, beside the job buckets
+NOT_JOBS = frozenset({SWEEPS})  # folders of a root that are no job buckets
+
+
+def sweep_record(root: str, sweep_id: str) -> str:
+    """The record of sweep ``sweep_id`` under the job root: ``<root>/sweeps/<sweep id>.json``."""
+    return storage.join(root, SWEEPS, f"{sweep_id}.json")
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,8 @@ def job_ids(root: str) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - botocore, aiohttp, OS errors: one clear line
         raise _storage_error(root, exc) from exc
     names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
-    return sorted(n for n in names if n and not n.startswith((".", "_")))
+    return sorted(n for n in names
+                  if n and not n.startswith((".", "_")) and n not in layout.NOT_JOBS)  # fmt: skip
 
 
 def load_jobs(root: str, ids: Iterable[str] | None = None) -> list[JobRecord]:

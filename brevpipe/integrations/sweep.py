@@ -1,87 +1,146 @@
 """Sweeps in MLflow: one parent run per ``brevpipe run -m``, one nested child run per job.
 
 A Hydra callback (configured in ``conf/config.yaml`` under ``hydra.callbacks``) opens the
-parent run when the multirun starts and writes its id into the sweep folder
-(``brevpipe_sweep.json``), where every job finds it, whichever launcher runs the job
-(basic, joblib workers, Ray). When the multirun ends, the parent gets the summary: the best
-objective value and job, and a table of the children as an artifact.
+parent run when the multirun starts and writes the sweep's record (tracking URI, experiment,
+parent run id, objective) to the job root, ``<job.root>/sweeps/<sweep id>.json``. Every job
+reads it from there, whichever launcher runs the job and on whichever node (basic, joblib
+workers, a Ray cluster): the job root is the one thing driver and jobs share, never the
+driver's disk. The sweep id needs nothing from the driver either: each job computes it from
+its own config (:func:`sweep_id`). When the multirun ends, the parent gets the summary: the
+best objective value and job, and a table of the children as an artifact.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from brevpipe.engine import storage
+from brevpipe.engine import layout, storage
 
 log = logging.getLogger("brevpipe")
-SWEEP_FILE = "brevpipe_sweep.json"
 
 
-def sweep_file(sweep_dir: str, cwd: str | None = None) -> Path:
-    """The sweep's record, relative paths taken from the folder the sweep started in."""
-    folder = Path(sweep_dir)
-    if not folder.is_absolute() and cwd:
-        folder = Path(cwd) / folder
-    return folder / SWEEP_FILE
+def sweep_id(cwd: str, sweep_dir: str) -> str:
+    """The sweep's id, equal in the driver and in every job on any node: the sweep folder's
+    name and a hash of (folder brevpipe started in, resolved sweep folder). Hydra resolves
+    ``hydra.sweep.dir`` (``${now:...}``) once in the driver and gives each job's config that
+    value; ``hydra.runtime.cwd`` is the driver's folder in every job."""
+    digest = hashlib.sha256(json.dumps([str(cwd), str(sweep_dir)]).encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(sweep_dir)).name).strip("-.")[:40]
+    return f"{name}-{digest}" if name else digest
 
 
-def parent_run(sweep_dir: str, cwd: str | None) -> dict[str, Any] | None:
-    """What a job of a sweep needs to nest its run: ``{tracking_uri, run_id}``, if any."""
-    path = sweep_file(sweep_dir, cwd)
-    return json.loads(path.read_text()) if path.is_file() else None
+def job_root(root: str, cwd: str) -> str:
+    """``job.root`` as a URL: a relative local path is taken from ``cwd`` (where brevpipe
+    started, not where a launcher runs the job)."""
+    if storage.is_local(root) and not Path(root.removeprefix("file://")).expanduser().is_absolute():
+        root = str(Path(cwd) / root.removeprefix("file://"))
+    return storage.normalize(root)
+
+
+def record_url(config: DictConfig, hydra_cfg: Any) -> str:
+    """Where the sweep's record lives: ``<job.root>/sweeps/<sweep id>.json``."""
+    cwd = str(hydra_cfg.runtime.cwd)
+    return layout.sweep_record(job_root(str(config.job.root), cwd),
+                               sweep_id(cwd, str(hydra_cfg.sweep.dir)))  # fmt: skip
+
+
+def _use_storage_options(config: DictConfig) -> None:
+    """The job's ``storage.options`` (an S3 endpoint...) before touching the job root."""
+    node = config.get("storage")
+    settings = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    assert isinstance(settings, dict)
+    storage.set_storage_options(settings.get("options"), settings.get("timeout_s"))
+
+
+def _tracking_on(config: DictConfig) -> bool:
+    return bool((config.get("tracking") or {}).get("enabled", False))
+
+
+def parent_run(config: DictConfig, hydra_cfg: Any) -> dict[str, Any] | None:
+    """What a job of a sweep needs to nest its MLflow run (``{tracking_uri, run_id, ...}``),
+    read from the job root; None, with a warning, when the record cannot be read."""
+    if not _tracking_on(config):
+        return None
+    url = record_url(config, hydra_cfg)
+    try:
+        _use_storage_options(config)
+        record = storage.read_json(url)
+    except Exception as exc:  # noqa: BLE001 - the job runs anyway, its run not nested
+        log.warning(
+            "sweep record %s cannot be read (%s: %s): this job's MLflow run is not nested "
+            "under the sweep's parent run", url, type(exc).__name__, exc,
+        )  # fmt: skip
+        return None
+    record["overrides"] = " ".join(hydra_cfg.overrides.task)
+    return record
 
 
 class MlflowSweepCallback(Callback):
     """Opens and summarises the MLflow parent run of a sweep (``tracking=none``: nothing)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracking = config.get("tracking") or {}
-        if not tracking.get("enabled", False):
+        if not _tracking_on(config):
             return
         from mlflow import MlflowClient
 
         from brevpipe.integrations.tracking import ensure_experiment, tracking_uri_for
 
-        uri = tracking_uri_for(tracking.get("uri"), storage.normalize(str(config.job.root)))
-        name = tracking.get("experiment") or config.pipeline.name
+        hydra_cfg = config.hydra
+        url = record_url(config, hydra_cfg)
+        root = job_root(str(config.job.root), str(hydra_cfg.runtime.cwd))
+        uri = tracking_uri_for(config.tracking.get("uri"), root)
         try:
             client = MlflowClient(tracking_uri=uri)
-            experiment_id = ensure_experiment(client, name, uri)
+            experiment_id = ensure_experiment(client, config.tracking.get("experiment")
+                                              or config.pipeline.name, uri)  # fmt: skip
             run = client.create_run(
                 experiment_id,
-                run_name=f"sweep-{Path(config.hydra.sweep.dir).name}",
+                run_name=f"sweep-{Path(str(hydra_cfg.sweep.dir)).name}",
                 tags={"brevpipe.sweep": "true", "brevpipe.pipeline": str(config.pipeline.name),
-                      "brevpipe.sweep_overrides": " ".join(config.hydra.overrides.task)},
+                      "brevpipe.sweep_overrides": " ".join(hydra_cfg.overrides.task),
+                      "brevpipe.sweep_record": url},
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the sweep goes on without its parent run
             log.warning("MLflow parent run for the sweep failed at %s: %s", uri, exc)
             return
         record = {
+            "sweep_id": url.rsplit("/", 1)[-1].removesuffix(".json"),
             "tracking_uri": uri,
             "experiment_id": experiment_id,
             "run_id": run.info.run_id,
             "objective": str(config.sweep.objective),
             "direction": str(config.sweep.direction),
+            "sweep_dir": str(hydra_cfg.sweep.dir),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        path = sweep_file(str(config.hydra.sweep.dir))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2))
-        log.info("sweep: MLflow parent run %s (%s)", run.info.run_id, uri)
+        try:
+            _use_storage_options(config)
+            storage.write_json(url, record)
+        except Exception as exc:  # noqa: BLE001 - the jobs will warn that they are not nested
+            log.warning("cannot write the sweep record %s: %s", url, exc)
+            client.set_terminated(run.info.run_id, "FAILED")
+            return
+        log.info("sweep: MLflow parent run %s (%s), record %s", run.info.run_id, uri, url)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        path = sweep_file(str(config.hydra.sweep.dir))
-        if not path.is_file():
+        if not _tracking_on(config):
             return
-        record = json.loads(path.read_text())
+        url = record_url(config, config.hydra)
         try:
-            summarize(record)
+            _use_storage_options(config)
+            if not storage.exists(url):  # no parent run (the start warned)
+                return
+            summarize(storage.read_json(url))
         except Exception as exc:  # noqa: BLE001
             log.warning("could not summarise the sweep in MLflow: %s", exc)
 
