@@ -70,6 +70,17 @@ def _reset_storage_options() -> Iterator[None]:
     storage.set_storage_options({})
 
 
+@pytest.fixture(autouse=True)
+def _own_data_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test's jobs (and their subprocesses) share a data cache of their own, never the
+    user's; the process's active cache is reset afterwards."""
+    from brevpipe.engine import cache
+
+    monkeypatch.setenv("BREVPIPE_CACHE_ROOT", str(tmp_path / "data-cache"))
+    yield
+    cache.configure(None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

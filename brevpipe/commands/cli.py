@@ -27,6 +27,8 @@ commands:
                             /model, /docs; bearer-token (JWT) auth
   jobs <action> ...         the job registry: list, show, stop, archive, unarchive,
                             statistics (brevpipe jobs --help)
+  cache info|clear          the data cache that jobs share (runtime.cache_root): listings
+                            and decoded images (brevpipe cache --help)
   schema [GROUP[=OPTION]]   the settings as JSON Schema; --components lists the registered
                             components (brevpipe schema --help)
   init DIR                  write a minimal user project: a package with its own model
@@ -37,7 +39,7 @@ options:
   --version                 print the version
 """
 
-COMMANDS = ("run", "rerun", "predict", "serve", "jobs", "schema", "init")
+COMMANDS = ("run", "rerun", "predict", "serve", "jobs", "cache", "schema", "init")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             from brevpipe.commands import init
 
             return init.main(rest)
+        if command == "cache":
+            from brevpipe.commands import cache
+
+            return cache.main(rest)
         from brevpipe.commands import jobs
 
         return jobs.main(rest)

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brevpipe.data import image_cache
 from brevpipe.data.augment import NoAugmenter
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.mirror import local_copies
 from brevpipe.data.sampler import Sampler
+from brevpipe.engine import cache as data_cache
 from brevpipe.engine import storage
 from brevpipe.engine.config import stable_hash
 from brevpipe.errors import ConfigError
@@ -55,6 +57,7 @@ class InputPipeline:
         output_structure: Sequence[str] | str = ("image", "label"),
         mask_loader: Any = None,
         cache: str | None = None,
+        shared_cache: bool = True,
     ) -> None:
         if samples.empty:
             raise ConfigError("the input pipeline got no samples.")
@@ -72,6 +75,8 @@ class InputPipeline:
         if cache is not None and mask_loader is not None:
             raise ConfigError("cache works for images only; drop cache or the mask loader.")
         self.cache = cache
+        self.shared_cache = shared_cache and mask_loader is None
+        self._cached: image_cache.CachedImages | None = None
         self._store: np.ndarray | None = None
         self._local: dict[str, list[str]] = {}
         self.components: list[Component] = []
@@ -101,10 +106,7 @@ class InputPipeline:
             if file.exists():
                 self._store = np.load(file, mmap_mode="r")
                 return self._store
-        unscaled = copy.copy(self.loader)
-        unscaled.rescale = "none"
-        plain = InputPipeline(self.samples, unscaled, batch_size=64, output_structure="image")
-        images = np.concatenate(list(plain.numpy_iterator()))
+        images = self._decode_rows(self.samples)
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
             partial = file.with_suffix(f".tmp-{os.getpid()}.npy")
@@ -113,6 +115,24 @@ class InputPipeline:
             images = np.load(file, mmap_mode="r")
         self._store = images
         return images
+
+    def _decode_rows(self, samples: pd.DataFrame) -> np.ndarray:
+        """The loader's decoded, resized images of these rows (no augmentation, no rescaling)."""
+        unscaled = copy.copy(self.loader)
+        unscaled.rescale = "none"
+        plain = InputPipeline(samples, unscaled, batch_size=64, output_structure="image",
+                              shared_cache=False)  # fmt: skip
+        return np.concatenate(list(plain.numpy_iterator()))
+
+    def cached_images(self) -> image_cache.CachedImages | None:
+        """The rows' decoded images through the data cache that jobs share
+        (``runtime.cache_root``), when one is set: decoded once, by whichever job first needs
+        them, then read by every job on the same data and loader settings."""
+        cache = data_cache.active() if self.shared_cache else None
+        if cache is not None and self._cached is None:
+            self._cached = image_cache.cached_images(cache, self.samples, self.loader,
+                                                     self._decode_rows)  # fmt: skip
+        return self._cached
 
     def local_files(self, column: str) -> list[str]:
         """Local paths of the files in ``column`` (``path`` or ``mask_path``): remote ones are
@@ -146,8 +166,11 @@ class InputPipeline:
         )
         base_seed = tf.constant([self.seed, 0], tf.int64)
         batched = bool(getattr(self.augmenter, "batched", False))
+        cached = None if self.cache else self.cached_images()
         if self.cache:
             store = self.decoded_images()
+        elif cached is not None:
+            entry_files, entry_is_uint8 = tf.constant(cached.files), tf.constant(cached.is_uint8)
         else:  # tf.data reads local files only: remote ones are copied first (data.mirror)
             files, mask_files, decode_sized = self._local_reading(masks)
 
@@ -160,6 +183,8 @@ class InputPipeline:
                 image = tf.numpy_function(lambda r: np.asarray(store[r]), [row], tf.float32,
                                           stateful=False)  # fmt: skip
                 image.set_shape(self.loader.output_shape)
+            elif cached is not None:
+                image = self._read_entry(entry_files[row], entry_is_uint8[row])
             else:  # read here, in the parallel map: files are read concurrently
                 image, size = decode_sized(tf.io.read_file(files[row]))
                 if masks:
@@ -200,6 +225,15 @@ class InputPipeline:
         images = self.local_files("path")
         mask_files = self.local_files("mask_path") if masks else [""]
         return tf.constant(images), tf.constant(mask_files), self.loader.decoder_for(images)
+
+    def _read_entry(self, file: Any, is_uint8: Any) -> Any:
+        """A decoded image from its data cache entry (raw uint8 or float32 bytes)."""
+        import tensorflow as tf
+
+        data = tf.io.read_file(file)
+        image = tf.cond(is_uint8, lambda: tf.cast(tf.io.decode_raw(data, tf.uint8), tf.float32),
+                        lambda: tf.io.decode_raw(data, tf.float32, little_endian=True))  # fmt: skip
+        return tf.reshape(image, self.loader.output_shape)
 
     def _epoch_rows(self, epoch: Any) -> Any:
         """``(epoch, row)`` pairs of one epoch, in the sampler's order."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from brevpipe.engine import cache as data_cache
 from brevpipe.engine import storage
 from brevpipe.engine.artifacts import table_from_csv, table_to_csv
 from brevpipe.engine.config import stable_hash
@@ -38,6 +39,31 @@ def _md5_of_files(fs: Any, paths: Sequence[str], local: bool) -> list[str]:
         # one concurrent batch of requests on async file systems, within storage.timeout_s
         contents = storage.call(fs, chunk[0], "cat", chunk)
         digests += [hashlib.md5(contents[p], usedforsecurity=False).hexdigest() for p in chunk]
+    return digests
+
+
+def _content_hashes(
+    fs: Any, url: str, files: Sequence[tuple[str, Mapping[str, Any]]], local: bool
+) -> list[str]:
+    """The MD5 of each listed file (path, info) whose store gives none: from the data cache
+    (:mod:`brevpipe.engine.cache`) when the same files, sizes and times were hashed before,
+    else read and hashed here."""
+    if not files:
+        return []
+    cache = data_cache.active()
+    listing = [(path, info.get("size"), str(info.get("mtime") or info.get("ETag")
+                                            or info.get("LastModified") or ""))
+               for path, info in files]  # fmt: skip
+    key = stable_hash([url, listing], length=32)
+    hit = (cache.read_json(data_cache.LISTINGS, key) or {}) if cache is not None else {}
+    digests = hit.get("md5") if isinstance(hit, dict) else None
+    if isinstance(digests, list) and len(digests) == len(files) and \
+            all(isinstance(d, str) and _PLAIN_MD5.match(d) for d in digests):  # fmt: skip
+        cache.record_use([f"{data_cache.LISTINGS}/{key}.json"])
+        return digests
+    digests = _md5_of_files(fs, [path for path, _ in files], local)
+    if cache is not None:
+        cache.write_json(data_cache.LISTINGS, key, {"url": url, "md5": digests})
     return digests
 
 
@@ -128,9 +154,8 @@ def _samples_under(
             entries.append((path, info, folder, category))
     etags = [_plain_md5_etag(info) for _, info, _, _ in entries]
     missing = [i for i, etag in enumerate(etags) if etag is None]
-    for i, digest in zip(
-        missing, _md5_of_files(fs, [entries[i][0] for i in missing], local), strict=True
-    ):
+    hashed = _content_hashes(fs, url, [entries[i][:2] for i in missing], local)
+    for i, digest in zip(missing, hashed, strict=True):
         etags[i] = digest
     dataset_id = stable_hash(url, length=12)
     return [

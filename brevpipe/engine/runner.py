@@ -11,6 +11,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from brevpipe.engine import cache as data_cache
 from brevpipe.engine import control, storage
 from brevpipe.engine.artifacts import load_output, save_output
 from brevpipe.engine.components import REGISTRY, check_names, instantiate
@@ -129,6 +130,8 @@ def run_job(
     check_names(plain)  # before any job bucket or MLflow run exists
     storage_cfg = plain.get("storage") or {}
     storage.set_storage_options(storage_cfg.get("options"), storage_cfg.get("timeout_s"))
+    runtime_cfg = plain.get("runtime") or {}
+    data_cache.configure(runtime_cfg.get("cache_root"), runtime_cfg.get("cache_max_gb"))
     pipeline = Pipeline.from_config(plain["pipeline"])
     job = new_job(cfg, plain, pipeline.name, choices)
     # the tracking component (brevpipe.integrations.tracking by default) makes the mirror

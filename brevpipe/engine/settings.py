@@ -42,11 +42,17 @@ class RuntimeSettings:
     """``deterministic``: TensorFlow op determinism (same bytes and metrics on CPU);
     ``verbose``: auto (bars on a terminal, a line per epoch otherwise) or a Keras verbosity;
     ``cache``: decoded training images for later epochs, null, memory or a local folder;
+    ``cache_root``: the data cache that jobs share, any fsspec URL (auto: the user cache
+    folder, $BREVPIPE_CACHE_ROOT or ~/.cache/brevpipe/data; null: none): dataset listings and
+    decoded images, keyed by content (``brevpipe cache info``);
+    ``cache_max_gb``: its size cap (least recently used entries go first);
     ``heartbeat_s``: seconds between the liveness records of a running job (0: none)."""
 
     deterministic: bool = True
     verbose: Any = "auto"
     cache: Optional[str] = None
+    cache_root: Optional[str] = "auto"
+    cache_max_gb: float = 20.0
     heartbeat_s: float = 10.0
 
 

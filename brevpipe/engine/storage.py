@@ -149,8 +149,22 @@ def write_bytes(url: str, data: bytes) -> None:
         call(fs, url, "pipe_file", path, data)
 
 
+def write_many(blobs: dict[str, bytes]) -> None:
+    """Write several URLs of one remote file system at once (one concurrent ``fs.pipe`` per
+    :data:`CAT_BATCH` files, each within ``storage.timeout_s``); each PUT is atomic."""
+    urls = list(blobs)
+    for start in range(0, len(urls), CAT_BATCH):
+        batch = urls[start : start + CAT_BATCH]
+        fs, _ = get_fs(batch[0])
+        call(fs, batch[0], "pipe", {get_fs(url)[1]: blobs[url] for url in batch})
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+
+
 def write_json(url: str, obj: Any) -> None:
-    write_bytes(url, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    write_bytes(url, json_bytes(obj))
 
 
 def upload(local_path: str | Path, url: str) -> None:
