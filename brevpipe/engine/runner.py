@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from brevpipe.engine import cache as data_cache
-from brevpipe.engine import control, storage
+from brevpipe.engine import cluster, control, storage
 from brevpipe.engine.artifacts import load_output, save_output
 from brevpipe.engine.components import REGISTRY, check_names, instantiate
 from brevpipe.engine.config import code_version
@@ -38,11 +39,14 @@ def resolve_config(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"cannot resolve {exc.full_key}: {exc.msg}") from None
 
 
-def configure_tensorflow(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and TensorFlow; turn on op determinism (same bytes on CPU)."""
+def configure_tensorflow(seed: int, deterministic: bool, multi_worker: bool = False) -> None:
+    """Seed Python, NumPy and TensorFlow; turn on op determinism (same bytes on CPU). A
+    multi-worker job first connects to its other workers (before any TensorFlow op runs)."""
     import keras
     import tensorflow as tf
 
+    if multi_worker:
+        cluster.multi_worker_strategy()
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -128,25 +132,27 @@ def run_job(
     run of the sweep this job belongs to."""
     plain = resolve_config(cfg)
     check_names(plain)  # before any job bucket or MLflow run exists
+    role = cluster.role_of(plain)  # a multi-worker job's process (TF_CONFIG checked); or None
     storage_cfg = plain.get("storage") or {}
     storage.set_storage_options(storage_cfg.get("options"), storage_cfg.get("timeout_s"))
     runtime_cfg = plain.get("runtime") or {}
     data_cache.configure(runtime_cfg.get("cache_root"), runtime_cfg.get("cache_max_gb"))
     pipeline = Pipeline.from_config(plain["pipeline"])
-    job = new_job(cfg, plain, pipeline.name, choices)
-    # the tracking component (brevpipe.integrations.tracking by default) makes the mirror
-    tracking = plain.get("tracking") or {}
+    job = new_job(cfg, plain, pipeline.name, choices, role)
+    # the tracking component (brevpipe.integrations.tracking by default) makes the mirror;
+    # in a multi-worker job, the chief's only
+    tracking = (plain.get("tracking") or {}) if _writes_job(role) else {}
     tracker = instantiate(tracking).tracker(job, parent) if tracking else NullTracker()
     runtime = plain.get("runtime", {})
     clean_stale_temp()
     job.open()
-    log.info("job %s  bucket %s", job.id, job.bucket_url)
+    log_opened(job, role)
     heartbeat = Heartbeat(job.bucket_url, float(runtime.get("heartbeat_s", 10.0)),
                           control.session_of(job.to_output()))  # fmt: skip
     try:
         heartbeat.start()
         tracker.start()
-        configure_tensorflow(job.seed, bool(runtime.get("deterministic", True)))
+        configure_tensorflow(job.seed, bool(runtime.get("deterministic", True)), role is not None)
         run_stages(job, pipeline, runtime.get("verbose", "auto"))
         job.complete()
         tracker.finish(job)
@@ -165,15 +171,40 @@ def run_job(
         raise
     finally:
         heartbeat.stop()
+        if not _writes_job(role):
+            shutil.rmtree(job.root, ignore_errors=True)  # the worker's stand-in job root
     return job
 
 
+def _writes_job(role: cluster.WorkerRole | None) -> bool:
+    """Whether this process writes the job: one that runs alone, or a multi-worker chief."""
+    return role is None or role.is_chief
+
+
+def log_opened(job: Job, role: cluster.WorkerRole | None) -> None:
+    """The console line of a job that starts; a multi-worker one says what this process is."""
+    if _writes_job(role):
+        chief = f"  (chief: {role})" if role else ""
+        log.info("job %s  bucket %s%s", job.id, job.bucket_url, chief)
+    else:
+        log.info("worker: %s of a multi-worker job; the chief writes the job (its bucket, "
+                 "output.json, MLflow run), this worker only trains with it (scratch job "
+                 "root %s, removed at the end)", role, job.root)  # fmt: skip
+
+
 def new_job(
-    cfg: DictConfig, plain: dict[str, Any], pipeline: str, choices: dict[str, str] | None
-) -> Job:
-    """The job of a resolved config (``plain``), not yet opened."""
+    cfg: DictConfig, plain: dict[str, Any], pipeline: str, choices: dict[str, str] | None,
+    role: cluster.WorkerRole | None = None,
+) -> Job:  # fmt: skip
+    """The job of a resolved config (``plain``), not yet opened. In a multi-worker job
+    (``role``), a worker other than the chief gets a temporary local job root of its own."""
+    root = plain["job"]["root"]
+    if role is not None:
+        cluster.check_not_resumed(root, plain["job"].get("id"))
+        if not role.is_chief:
+            root = cluster.scratch_root()
     job = Job(
-        root=plain["job"]["root"],
+        root=root,
         job_id=plain["job"].get("id"),
         name=plain["job"].get("name") or pipeline,
         pipeline=pipeline,

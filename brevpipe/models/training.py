@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,9 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from brevpipe.engine import cluster
+
 if TYPE_CHECKING:
     from brevpipe.data.pipeline import InputPipeline
     from brevpipe.engine.checkpoint import Checkpoint
+
+
+log = logging.getLogger("brevpipe")
 
 
 def job_callback(on_epoch: Callable[[int, dict[str, float]], None]) -> Any:
@@ -123,8 +129,8 @@ class Trainer:
 
         if self.strategy == "mirrored":
             strategy = tf.distribute.MirroredStrategy()
-        elif self.strategy == "multi_worker":
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        elif self.strategy == "multi_worker":  # one per process: the runner makes it first
+            strategy = cluster.multi_worker_strategy()
         else:
             strategy = tf.distribute.get_strategy()
         previous = keras.mixed_precision.global_policy()
@@ -203,21 +209,96 @@ class Trainer:
         class_weight = None
         if self.class_weight is not None and train.labels is not None:
             class_weight = self.class_weights(train.labels, train.encoder.classes)
-        # Both datasets are endless and cut into epochs by the step counts: Keras 3 warns
-        # ("ran out of data") whenever a finite dataset ends. Epoch e draws from (seed, e).
+        data = self._fit_data(train, validation, start)
         try:
-            return model.fit(
-                train.get_dataset(epochs=None, start_epoch=start),
-                initial_epoch=start,
-                steps_per_epoch=steps,
-                validation_data=None if validation is None else validation.get_dataset(epochs=None),
-                validation_steps=None if validation is None else len(validation),
-                epochs=self.epochs,
-                callbacks=callbacks,
-                class_weight=class_weight,
-                verbose=resolve_verbose(verbose),
-                shuffle=False,  # the input pipeline shuffles, from (seed, epoch)
-            )
+            with self._distributed_fit(model):
+                return model.fit(
+                    **data,
+                    initial_epoch=start,
+                    epochs=self.epochs,
+                    callbacks=callbacks,
+                    class_weight=class_weight,
+                    verbose=resolve_verbose(verbose),
+                    shuffle=False,  # the input pipeline shuffles, from (seed, epoch)
+                )
         finally:
             if checkpoint is not None:
                 checkpoint.wait()  # the last epoch's state is in the bucket, even on errors
+
+    def _fit_data(
+        self, train: InputPipeline, validation: InputPipeline | None, start: int
+    ) -> dict[str, Any]:
+        """``model.fit``'s data arguments. Both datasets are endless and cut into epochs by the
+        step counts: Keras 3 warns ("ran out of data") whenever a finite dataset ends. Epoch
+        e draws from (seed, e)."""
+        data = {"x": self._dataset(train.get_dataset(epochs=None, start_epoch=start)),
+                "steps_per_epoch": len(train)}  # fmt: skip
+        if validation is not None:
+            data["validation_data"] = self._dataset(validation.get_dataset(epochs=None))
+            data["validation_steps"] = len(validation)
+        return data
+
+    def _multi_worker(self) -> bool:
+        """Whether training spans several processes (``multi_worker`` with 2+ in TF_CONFIG)."""
+        return self.strategy == cluster.MULTI_WORKER and cluster.worker_role().workers > 1
+
+    def _dataset(self, dataset: Any) -> Any:
+        """``dataset`` as the strategy should split it. Across workers every one builds the
+        same batches of ``batch_size`` (the global batch) and keeps its share of each: DATA
+        sharding (FILE sharding finds no files in a dataset that starts from a counter)."""
+        if not self._multi_worker():
+            return dataset
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = policy
+        return dataset.with_options(options)
+
+    @contextlib.contextmanager
+    def _distributed_fit(self, model: Any) -> Iterator[None]:
+        """Around ``model.fit``: across workers, :func:`keras_multi_worker_fit`."""
+        if not self._multi_worker():
+            yield
+            return
+        strategy = cluster.multi_worker_strategy()
+        replicas = strategy.num_replicas_in_sync
+        if self.batch_size % replicas:
+            log.warning("trainer.batch_size=%d is not a multiple of the %d replicas: their "
+                        "shares of each batch differ in size and weigh alike in the gradient",
+                        self.batch_size, replicas)  # fmt: skip
+        with keras_multi_worker_fit(model, strategy):
+            yield
+
+
+@contextlib.contextmanager
+def keras_multi_worker_fit(model: Any, strategy: Any) -> Iterator[None]:
+    """Let Keras 3 ``fit`` a model under a MultiWorkerMirroredStrategy of 2+ workers, which it
+    cannot as released (keras-team/keras#20585, Keras 3.15): its symbolic build reduces the
+    whole (image, label) batch at once, and it reduces each step's scalar logs along axis 0.
+
+    During ``fit``, the model keeps no strategy of its own (Keras then builds when it traces
+    the step, in the strategy's scope entered here) and its steps return their logs with a
+    leading axis of 1 (Keras's reduce then averages the workers' values; the epoch's logs
+    are read from the metrics, summed over all workers). Afterwards the model stays without
+    a strategy: ``predict`` runs on each worker alone, on all its data, like a saved model."""
+    steps = {name: getattr(model, name) for name in ("train_step", "test_step")}
+    for name, step in steps.items():
+        setattr(model, name, _with_leading_axis(step))
+    model._distribute_strategy = None
+    try:
+        with strategy.scope():
+            yield
+    finally:
+        for name in steps:
+            vars(model).pop(name, None)  # the class's steps again
+
+
+def _with_leading_axis(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A train/test step whose logs get a leading axis of 1 (see keras_multi_worker_fit)."""
+    import tensorflow as tf
+
+    def wrapped(data: Any) -> Any:
+        return tf.nest.map_structure(lambda v: tf.expand_dims(v, 0), step(data))
+
+    return wrapped
