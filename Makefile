@@ -64,6 +64,7 @@ bench: install  ## benchmarks: ratios against a hand-written tf.data baseline, s
 	$(BIN)/python bench/input_pipeline.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/data_cache.py
 
 clean:  ## remove generated state (jobs, MLflow store, multirun folders), keep .venv
 	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache \

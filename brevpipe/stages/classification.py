@@ -205,24 +205,28 @@ def _atlases(
                                       wrong.iterrows(), strict=True)
         ]  # fmt: skip
         images["Misclassified (true > predicted, score)"] = _atlas(
-            wrong["path"].tolist(), captions, loader, "misclassified.png", ctx
+            wrong["path"].tolist(), captions, loader, "misclassified.png", ctx, split_samples
         )
     per_class = max(1, atlas_size // max(1, len(classes)))
     readable = split_samples[~split_samples["path"].isin(ctx.job.samples.get("skipped_urls", []))]
     sampled = readable.groupby(readable["category"].map("+".join), sort=True).head(per_class)
     images["Sampled images per category"] = _atlas(
         sampled["path"].tolist(), ["+".join(c) for c in sampled["category"]], loader,
-        "samples_atlas.png", ctx,
+        "samples_atlas.png", ctx, split_samples,
     )  # fmt: skip
     return images
 
 
 def _atlas(paths: list[str], captions: list[str], loader: ImageLoader, name: str,
-           ctx: StageContext) -> bytes:  # fmt: skip
-    """Load ``paths`` as thumbnails, write ``artifacts/<name>``, return the PNG."""
+           ctx: StageContext, split_samples: pd.DataFrame) -> bytes:  # fmt: skip
+    """Load ``paths`` as thumbnails, write ``artifacts/<name>``, return the PNG. The content
+    hashes of ``split_samples`` come along: the data cache has the images decoded."""
     from brevpipe.reports.report import thumbnails
 
     samples = pd.DataFrame({"path": paths, "category": [()] * len(paths)})
+    if "etag" in split_samples:
+        samples["etag"] = samples["path"].map(dict(zip(split_samples["path"],
+                                                        split_samples["etag"], strict=True)))
     pipeline = InputPipeline(samples, loader, batch_size=64, output_structure="image")
     png = thumbnails(np.concatenate(list(pipeline.numpy_iterator())), captions)
     storage.write_bytes(ctx.artifact(name), png)
