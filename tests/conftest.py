@@ -1,9 +1,14 @@
-"""Shared fixtures: composed configs on tiny data, and a real S3 (moto's server) on 127.0.0.1."""
+"""Shared fixtures: composed configs on tiny data, a real S3 (moto's server) on 127.0.0.1 and
+a real ``mlflow server``."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +128,31 @@ def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
     fs.mkdir(name)
     s3fs.S3FileSystem.clear_instance_cache()
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow server`` on a free 127.0.0.1 port (sqlite store, served artifacts)."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"),  # noqa: SIM115
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail("mlflow server did not start:\n"
+                            + (folder / "server.log").read_text()[-3000:])  # fmt: skip
+            time.sleep(0.5)
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,34 +38,6 @@ from tests.conftest import S3_ENV, free_port, tiny_overrides
 
 BIN = Path(sys.executable).parent
 JOBS = 4
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mlflow server`` on a free 127.0.0.1 port (sqlite store, served artifacts)."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"),  # noqa: SIM115
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail("mlflow server did not start:\n"
-                            + (folder / "server.log").read_text()[-3000:])  # fmt: skip
-            time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
 
 
 # Ray 2.60: a head turns token authentication on when ~/.ray/auth_token exists (a local
