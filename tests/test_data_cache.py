@@ -149,6 +149,31 @@ def test_concurrent_jobs_filling_the_same_keys_leave_whole_entries(tmp_path: Pat
     assert epoch_bytes(warm) == epoch_bytes(pipeline(samples))
 
 
+def _churn(root: str, worker: int) -> None:
+    """Write entries, record their use and evict, over and over, as many jobs at once do."""
+    store = DataCache(root, max_bytes=40 * 1000)
+    for round_ in range(25):
+        name = f"images/churn/{worker:02d}/{round_:04d}.u8"
+        store.write_many({name: bytes(1000)})
+        store.record_use([name])
+        store.evict(keep={name})
+
+
+def test_jobs_evicting_and_compacting_at_once_never_fail(tmp_path: Path) -> None:
+    """Four processes race to list, evict and compact the usage records of one root."""
+    root = str(tmp_path / "cache")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_churn, args=(root, i)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+        assert worker.exitcode == 0
+    info = DataCache(root).info()
+    assert 0 < info["bytes"] <= 40 * 1000 + 4 * 1000, "over the cap only by what jobs kept"
+    assert len(list((tmp_path / "cache" / "usage").glob("*.json"))) <= 4 * 17
+
+
 def test_least_recently_used_entries_go_past_the_cap(tmp_path: Path) -> None:
     samples = find_samples(str(write_images(tmp_path / "data")))
     root = tmp_path / "cache"

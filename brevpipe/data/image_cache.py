@@ -85,7 +85,12 @@ def cached_images(
     started = time.perf_counter()
     folder = storage_folder(loader)
     pixels = int(np.prod(loader.output_shape))
-    present = cache.sizes(folder)
+    try:
+        present = cache.sizes(folder)
+    except Exception as exc:  # noqa: BLE001 - an optimisation only: read the images as usual
+        log.warning("the data cache %s cannot be listed (%s): reading the images without it",
+                    cache.root, exc)  # fmt: skip
+        return None
     names = [content_name(e) for e in samples["etag"]]
     found: dict[str, str] = {}  # content name -> suffix of a complete entry
     for path, size in present.items():
@@ -102,14 +107,23 @@ def cached_images(
         again = [entry.rpartition("/")[2].partition(".")[0] for entry in vanished]
         fresh.update(_decode(folder, again, samples, first_row, decode_rows, found))
         local.update(_local_files(cache, vanished, fresh)[0])
-    cache.record_use(sorted(set(entries)))
-    if fresh:
-        cache.evict(keep=set(entries))
+    _bookkeeping(cache, sorted(set(entries)), bool(fresh))
     log.info("input pipeline: %d images ready in %.1f s (%d from the data cache %s, %d decoded)",
              len(names), time.perf_counter() - started, len(set(names)) - len(missing),
              cache.root, len(missing))  # fmt: skip
     return CachedImages([local[e] for e in entries], [found[n] == "u8" for n in names],
                         len(set(names)) - len(missing), len(missing))  # fmt: skip
+
+
+def _bookkeeping(cache: data_cache.DataCache, entries: list[str], wrote: bool) -> None:
+    """Record the use of ``entries``; after writing, evict past the cap. Other jobs do the
+    same at the same time: a failure here is a warning, never the job's end."""
+    try:
+        cache.record_use(entries)
+        if wrote:
+            cache.evict(keep=set(entries))
+    except Exception as exc:  # noqa: BLE001 - the cache is an optimisation only
+        log.warning("data cache %s: cannot record use or evict (%s)", cache.root, exc)
 
 
 def _decode(

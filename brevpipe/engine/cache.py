@@ -18,6 +18,7 @@ computes is the same with it, without it, and with a cold or warm one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ LISTINGS, IMAGES, USAGE = "listings", "images", "usage"
 KINDS = (LISTINGS, IMAGES)
 DEFAULT_MAX_GB = 20.0
 OFF = ("", "none", "null", "off", "false")
+COMPACT_AFTER = 16  # usage records before they are merged into one
 
 
 def default_root() -> str:
@@ -84,14 +86,33 @@ class DataCache:
 
     def sizes(self, folder: str) -> dict[str, int]:
         """Relative path -> size of every entry under ``folder`` (empty when there is none)."""
+        return {name: int(size) for name, (size, _) in self.listing(folder).items()}
+
+    def listing(self, folder: str) -> dict[str, tuple[float, float]]:
+        """Relative path -> (size, modification time) of every entry under ``folder``. Other
+        jobs may add and remove files meanwhile: what vanishes while listed is left out."""
         url = self.url(folder)
+        if self.local:
+            out = {}
+            for parent, _, names in os.walk(url):
+                for name in names:
+                    if ".tmp-" in name:
+                        continue
+                    try:
+                        stat = os.stat(os.path.join(parent, name))
+                    except FileNotFoundError:
+                        continue
+                    relative = os.path.relpath(os.path.join(parent, name), url)
+                    out[relative.replace(os.sep, "/")] = (stat.st_size, stat.st_mtime)
+            return out
         fs, path = storage.get_fs(url)
         try:
             found = storage.call(fs, url, "find", path, detail=True)
         except FileNotFoundError:
             return {}
         base = path.rstrip("/") + "/"
-        return {name[len(base):]: int(info.get("size") or 0) for name, info in found.items()
+        return {name[len(base):]: (float(info.get("size") or 0), _modified(info))
+                for name, info in found.items()
                 if name.startswith(base) and ".tmp-" not in name}  # fmt: skip
 
     def write_many(self, blobs: dict[str, bytes]) -> None:
@@ -126,21 +147,12 @@ class DataCache:
 
     def entries(self) -> dict[str, dict[str, float]]:
         """Entry -> ``{size, used}``: its size and when it was last written or used."""
-        out = {}
         used = self.last_used()
+        out = {}
         for kind in KINDS:
-            fs, path = storage.get_fs(self.url(kind))
-            try:
-                found = storage.call(fs, self.url(kind), "find", path, detail=True)
-            except FileNotFoundError:
-                continue
-            for name, info in found.items():
-                if ".tmp-" in name:
-                    continue
-                entry = f"{kind}/{name[len(path.rstrip('/')) + 1:]}"
-                written = _modified(info)
-                out[entry] = {"size": float(info.get("size") or 0),
-                              "used": max(written, used.get(entry, 0.0))}  # fmt: skip
+            for name, (size, written) in self.listing(kind).items():
+                entry = f"{kind}/{name}"
+                out[entry] = {"size": size, "used": max(written, used.get(entry, 0.0))}
         return out
 
     def info(self) -> dict[str, Any]:
@@ -168,7 +180,7 @@ class DataCache:
                 removed.append(name)
                 total -= entries[name]["size"]
         self._remove([self.url(name) for name in removed])
-        if len(usage) > 1:  # one record for what is left, then the old records go
+        if removed or len(usage) > COMPACT_AFTER:  # one record for what is left, old ones go
             kept = {n: e["used"] for n, e in entries.items() if n not in set(removed)}
             self.write_json(USAGE, f"compacted-{uuid.uuid4().hex[:12]}",
                             {"time": 0, "entries": [], "used": kept})  # fmt: skip
@@ -185,11 +197,17 @@ class DataCache:
         return len(names)
 
     def _remove(self, urls: list[str]) -> None:
+        """Remove these files; one that another job removed first is no error."""
         if not urls:
             return
         fs, _ = storage.get_fs(urls[0])
         paths = [storage.get_fs(url)[1] for url in urls]
-        storage.call(fs, urls[0], "rm", paths)
+        try:
+            storage.call(fs, urls[0], "rm", paths)
+        except FileNotFoundError:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    storage.call(fs, urls[0], "rm_file", path)
 
 
 def _modified(info: dict[str, Any]) -> float:
