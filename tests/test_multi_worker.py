@@ -111,6 +111,7 @@ def test_two_workers_make_one_job_with_the_single_worker_metrics(tmp_path: Path)
     assert "worker 1 of 2 processes" in logs[1] and "the chief writes the job" in logs[1]
     scratch = logs[1].split("scratch job root ", 1)[1].split(",", 1)[0]
     assert not Path(scratch).exists()
+    assert "the chief wrote the job" in logs[1] and "  bucket:" not in logs[1]
     with sqlite3.connect(tmp_path / "multi" / "mlflow.db") as db:
         runs = db.execute("SELECT run_uuid, status FROM runs").fetchall()
     assert runs == [(output["mlflow"]["run_id"], "FINISHED")], "one MLflow run, the chief's"
@@ -133,6 +134,19 @@ def test_tf_config_is_checked_before_any_job_starts(tmp_path: Path, monkeypatch)
         with pytest.raises(ConfigError, match="TF_CONFIG"):
             run_job(cfg)
     assert not (tmp_path / "bad").exists(), "no job bucket, no MLflow store"
+
+
+def test_only_the_chief_opens_a_sweeps_parent_run(tmp_path: Path, monkeypatch) -> None:
+    from brevpipe.integrations.sweep import tracks_sweep
+
+    cfg = compose_config(overrides(tmp_path, "sweep", "trainer.strategy=multi_worker"))
+    for index, opens in ((0, True), (1, False)):
+        tf_config = {"cluster": {"worker": ["a:1", "b:1"]},
+                     "task": {"type": "worker", "index": index}}  # fmt: skip
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+        assert tracks_sweep(cfg) is opens
+    single = compose_config(overrides(tmp_path, "sweep", "trainer.strategy=default"))
+    assert tracks_sweep(single), "a one-process job of a sweep always does"
 
 
 def test_the_chief_is_tensorflows() -> None:

@@ -42,6 +42,9 @@ def _run_job(cfg: DictConfig) -> float | None:
 def report(job: Any) -> None:
     """The job's id, bucket, MLflow run and top-level metrics, for the console."""
     print(f"job {job.id} {job.status}")
+    if worker := job.extra.get("worker"):  # a multi-worker job's process other than the chief
+        print(f"  worker:  {worker}; the chief wrote the job (its bucket, its MLflow run)")
+        return
     print(f"  bucket:  {job.bucket_url}")
     if run_id := job.mlflow.get("run_id"):
         mlflow = job.mlflow

@@ -216,6 +216,8 @@ def new_job(
     job.extra["pipeline_template"] = OmegaConf.to_container(cfg.pipeline, resolve=False)
     if rerun_of := (plain.get("rerun") or {}).get("of"):
         job.extra["rerun_of"] = {"url": rerun_of, "job_id": plain["rerun"].get("job_id")}
+    if role is not None and not role.is_chief:
+        job.extra["worker"] = str(role)  # its output.json stays in its scratch root
     return job
 
 

@@ -24,7 +24,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from brevpipe.engine import layout, storage
+from brevpipe.engine import cluster, layout, storage
+from brevpipe.errors import ConfigError
 
 log = logging.getLogger("brevpipe")
 
@@ -62,14 +63,22 @@ def _use_storage_options(config: DictConfig) -> None:
     storage.set_storage_options(settings.get("options"), settings.get("timeout_s"))
 
 
-def _tracking_on(config: DictConfig) -> bool:
-    return bool((config.get("tracking") or {}).get("enabled", False))
+def tracks_sweep(config: DictConfig) -> bool:
+    """Tracking is on, and this process may open the sweep's parent run: not a worker other
+    than the chief of a multi-worker job (each worker runs the same ``brevpipe run -m``)."""
+    if not (config.get("tracking") or {}).get("enabled", False):
+        return False
+    try:
+        role = cluster.role_of(config)
+    except ConfigError:  # no or a bad TF_CONFIG: every job of the sweep fails with its error
+        return True
+    return role is None or role.is_chief
 
 
 def parent_run(config: DictConfig, hydra_cfg: Any) -> dict[str, Any] | None:
     """What a job of a sweep needs to nest its MLflow run (``{tracking_uri, run_id, ...}``),
     read from the job root; None, with a warning, when the record cannot be read."""
-    if not _tracking_on(config):
+    if not tracks_sweep(config):
         return None
     url = record_url(config, hydra_cfg)
     try:
@@ -89,7 +98,7 @@ class MlflowSweepCallback(Callback):
     """Opens and summarises the MLflow parent run of a sweep (``tracking=none``: nothing)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _tracking_on(config):
+        if not tracks_sweep(config):
             return
         from mlflow import MlflowClient
 
@@ -133,7 +142,7 @@ class MlflowSweepCallback(Callback):
         log.info("sweep: MLflow parent run %s (%s), record %s", run.info.run_id, uri, url)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _tracking_on(config):
+        if not tracks_sweep(config):
             return
         url = record_url(config, config.hydra)
         try:
