@@ -276,3 +276,5 @@ def test_the_cache_command(tmp_path: Path) -> None:
     assert DataCache(str(tmp_path / "cache")).info()["bytes"] == 0
     bad = subprocess.run([*command, "wipe"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    off = subprocess.run([*command, "info", "--root", "none"], capture_output=True, text=True)
+    assert off.returncode == 2 and "names no cache" in off.stderr

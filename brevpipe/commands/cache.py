@@ -43,7 +43,10 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     cache = DataCache.from_settings(args.root or "auto", DEFAULT_MAX_GB)
-    assert cache is not None
+    if cache is None:
+        print(f"brevpipe cache: --root {args.root!r} names no cache; give a folder or fsspec "
+              "URL (runtime.cache_root=null turns the cache off for jobs)", file=sys.stderr)
+        return 2
     try:
         if args.action == "clear":
             if args.to_gb is not None:
@@ -71,8 +74,10 @@ def main(argv: list[str]) -> int:
 
 
 def _size(count: float) -> str:
+    """Bytes for people: ``512 B``, ``1.5 MB``, ``20.0 GB``."""
+    unit = "B"
     for unit in ("B", "KB", "MB", "GB"):
         if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+            break
         count /= 1000
-    return f"{count:.1f} GB"
+    return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
