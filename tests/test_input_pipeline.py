@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from brevpipe.data.augment import AlbumentationsAugmenter, TfAugmenter
 from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
 from brevpipe.data.loader import ImageLoader
-from brevpipe.data.pipeline import InputPipeline
+from brevpipe.data.pipeline import InputPipeline, batch_sizes
 from brevpipe.data.sampler import WEIGHTINGS, Sampler
 from brevpipe.data.samples import find_samples
 from brevpipe.data.shapes import ShapesDataset
@@ -142,6 +142,47 @@ def test_sampler_caps_epochs_reshuffles_and_counts_batches() -> None:
     assert list(twice[:100]) != list(twice[100:])
     with pytest.raises(ConfigError, match="weighting='square'"):
         Sampler(weighting="square")
+
+
+def test_batches_split_between_replicas_give_every_replica_a_sample() -> None:
+    """Multi-worker training splits each batch between the replicas; an empty share crashed
+    worker 1 on CPUs where TensorFlow runs oneDNN (its Conv2D gives an empty batch the input's
+    shape). Every batch has a sample per replica: the same samples, as many batches."""
+    for count in range(1, 60):
+        for size in range(1, 12):
+            single = batch_sizes(count, size)
+            assert sum(single) == count and set(single[:-1]) <= {size}
+            for replicas in (2, 3, 4):
+                try:
+                    shared = batch_sizes(count, size, replicas)
+                except DataError as exc:
+                    assert "workers cannot share" in str(exc)
+                    assert single[-1] < replicas and (count < replicas or size < 2 * replicas - 1)
+                    continue
+                assert sum(shared) == count and len(shared) == len(single)
+                assert min(shared) >= replicas and max(shared) <= size
+                assert shared[:-2] == single[:-2], "only the last two batches change"
+                if single[-1] >= replicas:
+                    assert shared == single
+    assert batch_sizes(9, 8, 2) == [5, 4]  # the devel split of the two-worker test
+    with pytest.raises(DataError, match="use trainer.batch_size>=3"):
+        batch_sizes(5, 2, 2)
+
+
+@pytest.mark.parametrize("name", [None, "albumentations_light"])  # per image, per batch
+def test_a_dataset_for_replicas_yields_the_same_rows_in_shared_batches(
+    samples: pd.DataFrame, name: str | None
+) -> None:
+    aug = augmenter(name) if name else None
+    nine = pipeline(samples.iloc[:9], aug, output_structure=("image", "index"))
+    shared = list(nine.get_dataset(epochs=2, replicas=2).as_numpy_iterator())
+    single = list(nine.get_dataset(epochs=2).as_numpy_iterator())
+    assert [len(rows) for _, rows in shared] == [5, 4, 5, 4]
+    assert [len(rows) for _, rows in single] == [8, 1, 8, 1]
+    assert np.concatenate([r for _, r in shared]).tolist() == \
+        np.concatenate([r for _, r in single]).tolist()  # fmt: skip
+    assert np.concatenate([i for i, _ in shared]).tobytes() == \
+        np.concatenate([i for i, _ in single]).tobytes()  # fmt: skip
 
 
 def test_output_structure_map_chaining_and_get_samples(samples: pd.DataFrame) -> None:

@@ -26,13 +26,36 @@ from brevpipe.data.sampler import Sampler
 from brevpipe.engine import cache as data_cache
 from brevpipe.engine import storage
 from brevpipe.engine.config import stable_hash
-from brevpipe.errors import ConfigError
+from brevpipe.errors import ConfigError, DataError
 
 Component = Callable[[dict[str, Any]], dict[str, Any]]
 # Elements in flight per map. tf.data's AUTOTUNE keeps it near the core count, which leaves
 # cores idle while elements wait on file reads: 4 per core reads and decodes ~1.3x faster on
 # 2 cores (bench/input_pipeline.py); results are the same, the maps being deterministic.
 MAP_PARALLELISM = 4 * (os.cpu_count() or 1)
+
+
+def batch_sizes(count: int, batch_size: int, replicas: int = 1) -> list[int]:
+    """The sizes of an epoch's batches: full ones, then the rest.
+
+    Split between ``replicas`` (multi-worker training), every batch needs a sample for each
+    replica: a replica with an empty share fails (TensorFlow's oneDNN convolution gives an
+    empty batch the input's shape, "input depth must be evenly divisible by filter depth").
+    So a last batch smaller than ``replicas`` is evened out with the one before it: the same
+    samples in the same order, and as many batches."""
+    full, rest = divmod(count, batch_size)
+    sizes = [batch_size] * full + ([rest] if rest else [])
+    if replicas <= 1 or sizes[-1] >= replicas:
+        return sizes
+    pair = batch_size + rest
+    if full == 0 or pair < 2 * replicas:
+        raise DataError(
+            f"an epoch of {count} samples in batches of {batch_size} ends with a batch of "
+            f"{sizes[-1]}, which {replicas} workers cannot share (each needs a sample): "
+            + ("add samples" if full == 0 else f"use trainer.batch_size>={2 * replicas - 1}")
+            + " or fewer workers."
+        )
+    return [*sizes[:-2], pair - pair // 2, pair // 2]
 
 
 class InputPipeline:
@@ -152,9 +175,16 @@ class InputPipeline:
         """The rows of ``epoch`` in the order the dataset yields them."""
         return self.samples.iloc[self.sampler.epoch_indices(self.samples, epoch)]
 
-    def get_dataset(self, epochs: int | None = 1, start_epoch: int = 0) -> Any:
-        """``epochs`` epochs of batches (``None``: endless, for ``fit(steps_per_epoch=...)``)."""
+    def get_dataset(
+        self, epochs: int | None = 1, start_epoch: int = 0, replicas: int = 1
+    ) -> Any:
+        """``epochs`` epochs of batches (``None``: endless, for ``fit(steps_per_epoch=...)``);
+        with ``replicas`` > 1, batches that many replicas can share (:func:`batch_sizes`)."""
         import tensorflow as tf
+
+        sizes = batch_sizes(self.sampler.epoch_size(self.samples), self.batch_size, replicas)
+        evened = len(sizes) > 1 and sizes[-2] != self.batch_size  # the last two batches
+        head_rows = (len(sizes) - 2) * self.batch_size
 
         paths = tf.constant(self.samples["path"].tolist())
         labels = None if self.labels is None else tf.constant(self.labels)
@@ -201,16 +231,24 @@ class InputPipeline:
                 features["label"] = labels[row]
             return features if batched else self._finish(features)
 
-        def one_epoch(epoch: Any) -> Any:
+        def batches(rows: Any, size: int) -> Any:
             parallel = {"num_parallel_calls": MAP_PARALLELISM, "deterministic": True}
-            ds = self._epoch_rows(epoch).map(element, **parallel).batch(self.batch_size)
+            ds = rows.map(element, **parallel).batch(size)
             if not batched:
                 return ds
             # augmenters with a Python body run once per batch, not once per image
             ds = ds.map(self._augment_batch, **parallel)
             if not self.components:  # rescaling is elementwise: the same on a batch
                 return ds.map(self._finish)
-            return ds.unbatch().map(self._finish, **parallel).batch(self.batch_size)
+            return ds.unbatch().map(self._finish, **parallel).batch(size)
+
+        def one_epoch(epoch: Any) -> Any:
+            rows = self._epoch_rows(epoch)
+            if not evened:
+                return batches(rows, self.batch_size)
+            return batches(rows.take(head_rows), self.batch_size).concatenate(
+                batches(rows.skip(head_rows), sizes[-2])
+            )
 
         if epochs is None:
             epoch_ids = tf.data.Dataset.counter(start_epoch, dtype=tf.int64)

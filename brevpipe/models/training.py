@@ -230,11 +230,14 @@ class Trainer:
     ) -> dict[str, Any]:
         """``model.fit``'s data arguments. Both datasets are endless and cut into epochs by the
         step counts: Keras 3 warns ("ran out of data") whenever a finite dataset ends. Epoch
-        e draws from (seed, e)."""
-        data = {"x": self._dataset(train.get_dataset(epochs=None, start_epoch=start)),
-                "steps_per_epoch": len(train)}  # fmt: skip
+        e draws from (seed, e). Across workers, every batch has a sample for each replica."""
+        replicas = cluster.multi_worker_strategy().num_replicas_in_sync \
+            if self._multi_worker() else 1  # fmt: skip
+        train_data = train.get_dataset(epochs=None, start_epoch=start, replicas=replicas)
+        data = {"x": self._dataset(train_data), "steps_per_epoch": len(train)}
         if validation is not None:
-            data["validation_data"] = self._dataset(validation.get_dataset(epochs=None))
+            devel_data = validation.get_dataset(epochs=None, replicas=replicas)
+            data["validation_data"] = self._dataset(devel_data)
             data["validation_steps"] = len(validation)
         return data
 
