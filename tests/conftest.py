@@ -130,29 +130,33 @@ def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
     return f"s3://{name}"
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mlflow server`` on a free 127.0.0.1 port (sqlite store, served artifacts)."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:``port`` with its sqlite store and artifacts in
+    ``folder``, once it answers (the same folder and port start it again after a stop)."""
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"),  # noqa: SIM115
+        stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "a"),  # noqa: SIM115
     )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
         try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-            break
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+            return server
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
                 pytest.fail("mlflow server did not start:\n"
                             + (folder / "server.log").read_text()[-3000:])  # fmt: skip
             time.sleep(0.5)
-    yield uri
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow server`` on a free 127.0.0.1 port (sqlite store, served artifacts)."""
+    port = free_port()
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), port)
+    yield f"http://127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import keras
@@ -25,3 +26,23 @@ class RaiseAtEpoch(keras.callbacks.Callback):
                 return
             self.switch.unlink()
         raise RuntimeError(f"simulated crash after epoch {epoch + 1}")
+
+
+class WaitAtEpoch(keras.callbacks.Callback):
+    """Holds training at the end of epoch ``epoch`` (1-based): creates the file ``reached``,
+    then waits until the file ``release`` exists (a test does something meanwhile)."""
+
+    def __init__(self, epoch: int, reached: str, release: str, timeout_s: float = 300) -> None:
+        super().__init__()
+        self.epoch, self.timeout_s = epoch, timeout_s
+        self.reached, self.release = Path(reached), Path(release)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch + 1 != self.epoch:
+            return
+        self.reached.touch()
+        deadline = time.monotonic() + self.timeout_s
+        while not self.release.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.release} did not appear in {self.timeout_s} s")
+            time.sleep(0.1)

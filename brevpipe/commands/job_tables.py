@@ -102,7 +102,8 @@ def print_list(records: list[JobRecord], root: str) -> None:
     for record in records:
         name, value = record.key_metric
         status = _styled((record.status, STATUS_STYLE.get(record.status, "")),
-                         "*" if record.archived else "")  # fmt: skip
+                         "*" if record.archived else "",
+                         "+" if record.mirror_pending else "")  # fmt: skip
         metric = "-" if not name or value is None else format_value(value)
         named = [metric] if shared else [name or "-", metric]
         table.add_row(short[record.id], record.pipeline or "-", status,
@@ -111,6 +112,9 @@ def print_list(records: list[JobRecord], root: str) -> None:
     console.print(table)
     if any(r.archived for r in records):
         console.print("* archived (listed with --all only)", style="dim")
+    if any(r.mirror_pending for r in records):
+        console.print(f"+ MLflow run incomplete: brevpipe jobs sync ID --root {root} (or --all)",
+                      style="dim")  # fmt: skip
     for record in records:
         if record.problem:
             console.print(f"note: {short[record.id]}: {record.problem}", style="dim")
@@ -211,6 +215,26 @@ def print_statistics(stats: dict[str, Any]) -> None:
         table.add_row(stage["name"], str(stage["status"]), format_value(stage["seconds"]),
                       metrics or "-")  # fmt: skip
     console.print(table)
+
+
+def print_sync(results: list[dict[str, Any]]) -> None:
+    """One line per job of ``brevpipe jobs sync``: what its MLflow run got."""
+    if not results:
+        print("no ended jobs to sync")
+    for result in results:
+        if "error" in result:
+            print(f"job {result['id']}: not synced: {result['error']}")
+            continue
+        added = [f"{result['params']} params" if result["params"] else "",
+                 f"{result['metric_points']} metric points" if result["metric_points"] else "",
+                 "artifacts" if result["artifacts"] else "", "model" if result["model"] else "",
+                 f"ended {result['status']}" if result["status"] else ""]  # fmt: skip
+        added = [a for a in added if a]
+        run = f"run {result['run_id']}{' (new)' if result['created'] else ''}"
+        what = ("added " + ", ".join(added)) if added else "already complete"
+        print(f"job {result['id']}: {run} at {result['tracking_uri']}: {what}")
+        for note in result.get("notes") or []:
+            print(f"  note: {note}")
 
 
 def print_json(data: Any) -> None:

@@ -10,14 +10,21 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from brevpipe.commands.job_tables import print_json, print_list, print_show, print_statistics
+from brevpipe.commands.job_tables import (
+    print_json,
+    print_list,
+    print_show,
+    print_statistics,
+    print_sync,
+)
 from brevpipe.engine import storage
-from brevpipe.engine.job import STATUSES
+from brevpipe.engine.job import LOST, STATUSES, JobStatus
 from brevpipe.engine.job_details import describe, statistics
 from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.records import DEFAULT_ROOT, get_job, list_jobs
 from brevpipe.errors import BrevpipeError
 from brevpipe.integrations.lifecycle import set_archived, stop_job
+from brevpipe.integrations.sync import sync_record
 
 EPILOG = """\
 examples:
@@ -27,6 +34,8 @@ examples:
   brevpipe jobs statistics <id> --format json
   brevpipe jobs stop <id>                     ends as 'stopped' at the next training batch
   brevpipe jobs archive <id>                  hidden from list (--all shows it); MLflow run deleted
+  brevpipe jobs sync <id> [<id>...]           mirror jobs into MLflow again (adds what is missing)
+  brevpipe jobs sync --all --tracking-uri http://mlflow:5000
 """
 
 
@@ -59,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = actions.add_parser(action, parents=[common], help=text)
         sub.add_argument("id", help="a job id or a unique prefix of one")
+    syncing = actions.add_parser(
+        "sync", parents=[common], help="mirror ended jobs into MLflow, adding what is missing")
+    syncing.add_argument("ids", nargs="*", metavar="id", help="job ids or unique prefixes")
+    syncing.add_argument("--all", action="store_true", help="every ended job of the root")
+    syncing.add_argument("--tracking-uri", help="the MLflow store (default: the job's own, "
+                         "when it is a sqlite file or the root's default)")  # fmt: skip
     return parser
 
 
@@ -128,6 +143,32 @@ def _stop(args: argparse.Namespace, root: str, as_json: bool) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace, root: str, as_json: bool) -> int:
+    if bool(args.ids) == bool(args.all):
+        print("error: name the jobs to sync, or --all", file=sys.stderr)
+        return 2
+    if args.all:
+        records = [r for r in list_jobs(root, include_archived=True)
+                   if r.status not in (JobStatus.RUNNING, LOST)]  # fmt: skip
+    else:
+        records = [get_job(root, job_id) for job_id in args.ids]
+    results, failed = [], 0
+    for record in records:
+        try:
+            results.append(sync_record(record, root, args.tracking_uri))
+        except Exception as exc:  # noqa: BLE001 - one job's failure does not stop the others
+            failed += 1
+            reason = (str(exc).splitlines() or [""])[0]
+            results.append({"id": record.id, "error": f"{type(exc).__name__}: {reason}"}
+                           if not isinstance(exc, BrevpipeError) else
+                           {"id": record.id, "error": str(exc)})  # fmt: skip
+    if as_json:
+        print_json(results)
+    else:
+        print_sync(results)
+    return 1 if failed else 0
+
+
 def _archive(args: argparse.Namespace, root: str, as_json: bool) -> int:
     result = set_archived(root, args.id, args.action == "archive")
     if result["warning"]:
@@ -141,5 +182,5 @@ def _archive(args: argparse.Namespace, root: str, as_json: bool) -> int:
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, str, bool], int]] = {
     "list": _list, "show": _show, "statistics": _statistics, "stop": _stop,
-    "archive": _archive, "unarchive": _archive,
+    "archive": _archive, "unarchive": _archive, "sync": _sync,
 }  # fmt: skip

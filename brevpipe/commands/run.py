@@ -46,8 +46,13 @@ def report(job: Any) -> None:
         print(f"  worker:  {worker}; the chief wrote the job (its bucket, its MLflow run)")
         return
     print(f"  bucket:  {job.bucket_url}")
-    if run_id := job.mlflow.get("run_id"):
-        mlflow = job.mlflow
+    mlflow = job.mlflow
+    if mlflow.get("pending"):
+        from brevpipe.integrations.tracking import sync_command
+
+        print(f"  mlflow:  NOT MIRRORED ({mlflow.get('error')}); once MLflow is reachable, "
+              f"run: {sync_command(job, mlflow['tracking_uri'])}")  # fmt: skip
+    elif run_id := mlflow.get("run_id"):
         print(f"  mlflow:  run {run_id} in '{mlflow['experiment']}' at {mlflow['tracking_uri']}")
     for name, value in sorted(job.metrics.items()):
         if "/" in name and name.count("/") == 1:

@@ -58,6 +58,12 @@ class JobRecord:
         return bool(self.registry.get("archived"))
 
     @property
+    def mirror_pending(self) -> list[str]:
+        """What the job's MLflow run lacks (``brevpipe jobs sync`` adds it); empty if nothing."""
+        pending = ((self.output or {}).get("mlflow") or {}).get("pending")
+        return [str(p) for p in pending] if isinstance(pending, list) else []
+
+    @property
     def pipeline(self) -> str:
         return self.job.get("pipeline") or ""
 
@@ -107,6 +113,7 @@ class JobRecord:
             "duration_s": self.duration_s,
             "key_metric": {"name": name, "value": value},
             "bucket": self.bucket,
+            **({"mlflow_pending": self.mirror_pending} if self.mirror_pending else {}),
             **({"problem": self.problem} if self.problem else {}),
         }
 

@@ -100,16 +100,15 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not tracks_sweep(config):
             return
-        from mlflow import MlflowClient
-
-        from brevpipe.integrations.tracking import ensure_experiment, tracking_uri_for
+        from brevpipe.integrations.mirror import ensure_experiment, open_client
+        from brevpipe.integrations.tracking import tracking_uri_for
 
         hydra_cfg = config.hydra
         url = record_url(config, hydra_cfg)
         root = job_root(str(config.job.root), str(hydra_cfg.runtime.cwd))
         uri = tracking_uri_for(config.tracking.get("uri"), root)
         try:
-            client = MlflowClient(tracking_uri=uri)
+            client = open_client(uri)
             experiment_id = ensure_experiment(client, config.tracking.get("experiment")
                                               or config.pipeline.name, uri)  # fmt: skip
             run = client.create_run(

@@ -1,32 +1,31 @@
-"""The MLflow mirror of a job: params, live metrics, tags and artifacts.
+"""The MLflow mirror of a job: params, live metrics, tags, artifacts and the model.
 
-MLflow is imported only when tracking is on. If MLflow fails, the job goes on: everything
-stays in the job bucket, one warning is printed and output.json's ``mlflow.error`` says why.
+MLflow is imported only when tracking is on, and never blocks the job: the run is opened and
+the epochs are logged by a background thread (a store being created, a busy sqlite file or a
+server that went away delay the mirror, not training). When the job ends, the run is made to
+match the job's output.json by :func:`brevpipe.integrations.mirror.sync_job`, which adds only
+what is missing, and ended with the job's status. If MLflow is still unreachable then, the
+job completes as always, output.json's ``mlflow.pending`` says what is not mirrored, and one
+line names ``brevpipe jobs sync``, which replays the bucket later.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from brevpipe import __version__
-from brevpipe.engine import layout, storage
-from brevpipe.engine.config import flatten
-from brevpipe.engine.job import Job, JobStatus, NullTracker, Tracker
+from brevpipe.engine import storage
+from brevpipe.engine.job import Job, NullTracker, Tracker, now
+from brevpipe.integrations import mirror
 
 log = logging.getLogger("brevpipe")
 
-MAX_PARAMS_PER_BATCH = 100
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAM_VALUE = 6000
-RUN_STATUS = {
-    JobStatus.COMPLETED: "FINISHED",
-    JobStatus.FAILED: "FAILED",
-    JobStatus.STOPPED: "KILLED",
-}
+FLUSH_S = 10.0  # at the job's end, how long the live mirror may take to send what it holds
+RETRY_MAX_S = 30.0  # the longest wait between two tries of a store that failed
 
 
 def default_tracking_uri(job_root: str) -> str:
@@ -40,35 +39,15 @@ def tracking_uri_for(uri: str | None, job_root: str) -> str:
     return uri or default_tracking_uri(job_root)
 
 
-def ensure_experiment(client: Any, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created (artifacts beside a sqlite store) if needed."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root_for(uri))
-
-
-def artifact_root_for(uri: str) -> str | None:
-    """Local artifact folder beside a sqlite store (else the server decides)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    return None
-
-
-def params_of(config: dict[str, Any]) -> dict[str, str]:
-    """Flattened config as MLflow params; over-long values are truncated with a warning."""
-    params = {}
-    for key, value in flatten(config):
-        text = "null" if value is None else str(value)
-        if len(text) > MAX_PARAM_VALUE:
-            log.warning("MLflow param %s truncated to %d characters", key, MAX_PARAM_VALUE)
-            text = text[: MAX_PARAM_VALUE - 3] + "..."
-        params[key] = text
-    return params
+def sync_command(job: Job, uri: str) -> str:
+    """The command that completes this job's mirror later (into store ``uri``)."""
+    command = f"brevpipe jobs sync {job.id} --root {job.root}"
+    return command if uri == default_tracking_uri(job.root) else f"{command} --tracking-uri {uri}"
 
 
 class MlflowTracker:
-    """Mirrors one job into one MLflow run through :class:`mlflow.MlflowClient`."""
+    """Mirrors one job into one MLflow run through :class:`mlflow.MlflowClient`, from a
+    background thread while the job runs and by a replay of its output.json at the end."""
 
     def __init__(
         self, job: Job, uri: str, experiment: str, parent: dict[str, Any] | None = None
@@ -79,142 +58,134 @@ class MlflowTracker:
         self.parent = parent or {}
         self.client: Any = None
         self.run_id: str | None = None
-        self.failed = False
-
-    def _warn(self, what: str, exc: BaseException) -> None:
-        if not self.failed:
-            log.warning(
-                "MLflow mirror at %s failed while %s: %s (the job goes on; everything stays "
-                "in its bucket)",
-                self.uri,
-                what,
-                exc,
-            )
-        self.failed = True
-        self.job.mlflow["error"] = f"{what}: {type(exc).__name__}: {exc}"
+        self.error: str | None = None
+        self._pending: list[Any] = []  # metric points not yet sent
+        self._known: set[tuple[str, int, str]] = set()  # points the run holds already
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.job.mlflow = {"tracking_uri": self.uri, "experiment": self.experiment}
-        try:
-            from mlflow import MlflowClient
-            from mlflow.entities import Param
-
-            self._reachable()
-            self.client = MlflowClient(tracking_uri=self.uri)
-            experiment_id = ensure_experiment(self.client, self.experiment, self.uri)
-            tags = {
-                "brevpipe.job_id": self.job.id,
-                "brevpipe.bucket": self.job.bucket_url,
-                "brevpipe.pipeline": self.job.pipeline,
-                "brevpipe.version": __version__,
-            }
-            if commit := self.job.to_output()["environment"].get("git_commit"):
-                tags["mlflow.source.git.commit"] = commit
-            if self.parent.get("run_id"):  # a job of a sweep: nest under the sweep's run
-                tags["mlflow.parentRunId"] = self.parent["run_id"]
-                tags["brevpipe.overrides"] = self.parent.get("overrides", "")
-            run = self.client.create_run(
-                experiment_id, run_name=f"{self.job.name}-{self.job.id[:8]}", tags=tags
-            )
-            self.run_id = run.info.run_id
-            params = [Param(k, v) for k, v in params_of(self.job.config).items()]
-            for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
-                self.client.log_batch(self.run_id, params=params[i : i + MAX_PARAMS_PER_BATCH])
-            self.job.mlflow.update({"experiment_id": experiment_id, "run_id": self.run_id})
-            self.job.listeners.append(self)
-            log.info("MLflow run %s (%s)", self.run_id, self.uri)
-        except Exception as exc:  # noqa: BLE001 - any MLflow failure must not stop the job
-            self._warn("starting the run", exc)
+        if self.parent.get("run_id"):
+            self.job.mlflow["parent_run_id"] = self.parent["run_id"]
+            self.job.mlflow["overrides"] = self.parent.get("overrides", "")
+        self.job.listeners.append(self)
+        self._thread = threading.Thread(target=self._work, name="mlflow-mirror", daemon=True)
+        self._thread.start()
 
     def on_metrics(self, metrics: dict[str, float], step: int | None) -> None:
-        if self.run_id is None or self.failed:
-            return
-        try:
-            from mlflow.entities import Metric
+        """Queue the points for the background thread: the caller (training) never waits."""
+        from mlflow.entities import Metric
 
-            stamp = int(time.time() * 1000)
-            batch = [Metric(k, v, stamp, step or 0) for k, v in metrics.items()]
-            for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
-                self.client.log_batch(self.run_id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
-        except Exception as exc:  # noqa: BLE001
-            self._warn("logging metrics", exc)
+        stamp = int(time.time() * 1000)
+        with self._lock:
+            self._pending += [Metric(k, v, stamp, step or 0) for k, v in metrics.items()]
+        self._wake.set()
 
-    def finish(self, job: Job) -> None:
-        if self.run_id is None or self.failed:
-            job.write_output()
-            return
-        for what, step in (("logging artifacts", self._log_artifacts),
-                           ("logging the model", self._log_model)):  # fmt: skip
+    # -- the background thread --------------------------------------------------------------
+    def _work(self) -> None:
+        delay = 1.0
+        while True:
             try:
-                step(job)
-            except Exception as exc:  # noqa: BLE001
-                self._warn(what, exc)
+                if self.run_id is None:
+                    self._open_run()
+                self._send_pending()
+                if self.error:
+                    log.info("MLflow mirror at %s answers again", self.uri)
+                    self.error = None
+                delay = 1.0
+            except Exception as exc:  # noqa: BLE001 - a store away: try again later
+                self._note_failure("starting the run" if self.run_id is None
+                                   else "logging metrics", exc)  # fmt: skip
+                if self._closing.wait(delay):
+                    return
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if self._closing.is_set():
+                return
+            self._wake.wait()
+            self._wake.clear()
+
+    def _open_run(self) -> None:
+        """Open the job's run (a resumed job's own, when the store has it) with its tags and
+        params; its metrics come from the queue."""
+        mirror.reachable(self.uri)
+        self.client = mirror.open_client(self.uri)
+        output = {**self._snapshot(), "history": [], "metrics": {}}
+        result = mirror.sync_job(self.client, self.uri, self.experiment, output,
+                                 self.job.bucket_url, final=False)  # fmt: skip
+        if not result.created:
+            self._known = mirror.logged_points(self.client, result.run_id)
+        self.run_id = result.run_id
+        self.job.mlflow.update({"experiment_id": result.experiment_id, "run_id": self.run_id})
+        log.info("MLflow run %s (%s)", self.run_id, self.uri)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The job's output.json as it is now (the job's thread may be adding to it)."""
+        for _ in range(10):
+            try:
+                return self.job.to_output()
+            except RuntimeError:  # a dict changed size while it was copied
+                time.sleep(0.01)
+        return self.job.to_output()
+
+    def _send_pending(self) -> None:
+        with self._lock:
+            batch = self._pending[: mirror.MAX_METRICS_PER_BATCH]
+        if not batch or self.run_id is None:
+            return
+        new = [m for m in batch if mirror.point_key(m.key, m.value, m.step) not in self._known]
+        if new:
+            mirror.reachable(self.uri)  # fail fast: MLflow's client retries for minutes
+            mirror.retrying(self.client.log_batch, self.run_id, metrics=new)
+        self._known.update(mirror.point_key(m.key, m.value, m.step) for m in new)
+        with self._lock:
+            del self._pending[: len(batch)]
+        if self._pending:
+            self._wake.set()
+
+    def _note_failure(self, what: str, exc: BaseException) -> None:
+        reason = f"{what}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        if self.error is None:
+            log.warning("MLflow mirror at %s failed while %s (the job goes on; everything "
+                        "stays in its bucket, and is mirrored when MLflow answers again)",
+                        self.uri, reason)  # fmt: skip
+        self.error = reason
+
+    # -- the end of the job -----------------------------------------------------------------
+    def finish(self, job: Job) -> None:
+        """Let the live mirror send what it holds (for at most FLUSH_S), then make the run
+        match the job's output.json and end it; record in output.json what is still missing."""
+        self._closing.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(FLUSH_S)
         try:
-            self.client.set_terminated(self.run_id, RUN_STATUS.get(job.status, "FAILED"))
-        except Exception as exc:  # noqa: BLE001
-            self._warn("finishing the run", exc)
+            if self._thread is not None and self._thread.is_alive():
+                # still inside a request: replaying beside it could log its points twice
+                raise TimeoutError(f"the live mirror did not finish within {FLUSH_S:g} s")
+            mirror.reachable(self.uri)
+            client = self.client or mirror.open_client(self.uri)
+            result = mirror.sync_job(client, self.uri, self.experiment, job.to_output(),
+                                     job.bucket_url)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - MLflow failure never fails the job
+            self._note_failure("mirroring the job's end", exc)
+            job.mlflow["pending"] = ["run" if self.run_id is None else "end"]
+            job.mlflow["error"] = self.error
+            log.warning("MLflow run of job %s is incomplete (%s); once MLflow is reachable, "
+                        "run: %s", job.id, self.error, sync_command(job, self.uri))  # fmt: skip
+        else:
+            job.mlflow.update({"experiment_id": result.experiment_id, "run_id": result.run_id,
+                               "synced": now()})  # fmt: skip
+            if result.model_uri:
+                job.mlflow["model_uri"] = result.model_uri
+            for note in result.notes:
+                log.warning("MLflow mirror: %s", note)
+            job.mlflow.pop("pending", None)
+            job.mlflow.pop("error", None)
         job.write_output()
-
-    def _log_artifacts(self, job: Job) -> None:
-        """The bucket's artifacts (stage caches excluded) under the run's artifacts."""
-        import tempfile
-
-        fs, root = storage.get_fs(job.artifact_path())
-        with tempfile.TemporaryDirectory(prefix="brevpipe-mlflow-") as tmp:
-            for path in fs.find(root):
-                relative = path[len(root.rstrip("/")) :].strip("/")
-                if relative.startswith(f"{layout.STAGES}/") or ".tmp-" in relative:
-                    continue
-                local = Path(tmp, relative)
-                local.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(path, str(local))
-            self.client.log_artifacts(self.run_id, tmp)
-
-    def _log_model(self, job: Job) -> None:
-        """The exported Keras model in MLflow's model format, under ``mlflow_model``:
-        ``mlflow.pyfunc.load_model(job.mlflow["model_uri"]).predict(images)`` gives scores
-        for a batch of images preprocessed as ``model.json``'s ``preprocessing`` says."""
-        keras_url = (job.model or {}).get("keras_url")
-        if not keras_url or job.status != JobStatus.COMPLETED:
-            return
-        import tempfile
-        from importlib.metadata import PackageNotFoundError, version
-
-        import keras
-        import mlflow.keras
-        import numpy as np
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
-
-        try:
-            tensorflow = f"tensorflow-cpu=={version('tensorflow-cpu')}"
-        except PackageNotFoundError:
-            tensorflow = f"tensorflow=={version('tensorflow')}"
-        with tempfile.TemporaryDirectory(prefix="brevpipe-mlflow-model-") as tmp:
-            local = Path(tmp, "model.keras")
-            storage.download(keras_url, local)
-            metadata = {k: job.model[k] for k in ("classes", "input_shape", "preprocessing")
-                        if k in job.model}  # fmt: skip
-            model = keras.models.load_model(local)
-            signature = ModelSignature(
-                inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]))]),
-                outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]))]),
-            )
-            mlflow.keras.save_model(
-                model, str(Path(tmp, "mlflow_model")), signature=signature, metadata=metadata,
-                pip_requirements=[tensorflow, f"keras=={keras.__version__}"],
-            )  # fmt: skip
-            self.client.log_artifacts(self.run_id, str(Path(tmp, "mlflow_model")), "mlflow_model")
-        job.mlflow["model_uri"] = f"runs:/{self.run_id}/mlflow_model"
-
-    def _reachable(self) -> None:
-        """Fail fast (one clear warning) when an HTTP tracking server does not answer."""
-        if not self.uri.startswith(("http://", "https://")):
-            return
-        import urllib.request
-
-        with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=5):
-            pass
 
 
 @dataclass

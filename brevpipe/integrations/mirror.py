@@ -1,0 +1,385 @@
+"""Replaying a job bucket into MLflow, idempotently: what makes the mirror converge.
+
+The job bucket is the truth; its MLflow run is a copy. :func:`sync_job` makes the run match
+the bucket's ``output.json`` (params, every epoch's metrics with their steps, the final
+metrics, tags, artifacts, the model, the end status) and adds only what is missing, so it can
+run any number of times: at the end of every job, and later through ``brevpipe jobs sync``
+when the job's own attempt failed (a server away, a store locked). :func:`open_client`
+serialises the creation of a new sqlite store between processes and :func:`retrying` waits
+out a busy one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from brevpipe import __version__
+from brevpipe.engine import layout, storage
+from brevpipe.engine.config import flatten
+from brevpipe.engine.job import JobStatus
+from brevpipe.engine.records import parse_time
+
+log = logging.getLogger("brevpipe")
+T = TypeVar("T")
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VALUE = 6000
+RUN_STATUS = {
+    JobStatus.COMPLETED: "FINISHED",
+    JobStatus.FAILED: "FAILED",
+    JobStatus.STOPPED: "KILLED",
+}
+# sqlite errors of a store that another process is writing or creating: worth waiting out
+BUSY = ("database is locked", "database table is locked", "duplicate column name",
+        "Online migration expected", "OperationalError) table", "alembic_version")
+SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+ARTIFACTS_TAG = "brevpipe.mirror.artifacts"  # fingerprint of the artifacts last uploaded
+MODEL_TAG = "brevpipe.mirror.model"  # set once the MLflow-format model is logged
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store is busy (locked, or being created by another process)."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    return any(marker in text for marker in BUSY)
+
+
+def retrying(call: Callable[..., T], *args: Any, deadline_s: float = 60.0, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, tried again with backoff while the store is busy, for up
+    to ``deadline_s``; other errors (and a store busy for longer) are raised."""
+    give_up = time.monotonic() + deadline_s
+    delay = 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if not is_busy(exc) or time.monotonic() + delay > give_up:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+def open_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri`` whose store exists. A sqlite store is created (or its
+    schema migrated) by one process at a time: a file lock beside it, since MLflow's own
+    migration races when several jobs start on a new store."""
+    from mlflow import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    from filelock import FileLock
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock", timeout=300):  # the client creates the store
+        client = MlflowClient(tracking_uri=uri)
+        retrying(client.search_experiments, max_results=1)
+    return client
+
+
+def reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when an HTTP tracking server does not answer (MLflow's client would retry
+    every request for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+        pass
+
+
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a sqlite store) if needed."""
+    experiment = retrying(client.get_experiment_by_name, name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return retrying(client.create_experiment, name, artifact_location=artifact_root_for(uri))
+    except Exception:  # another job created it first
+        experiment = retrying(client.get_experiment_by_name, name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Local artifact folder beside a sqlite store (else the server decides)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+def params_of(config: dict[str, Any]) -> dict[str, str]:
+    """Flattened config as MLflow params; over-long values are truncated with a warning."""
+    params = {}
+    for key, value in flatten(config):
+        text = "null" if value is None else str(value)
+        if len(text) > MAX_PARAM_VALUE:
+            log.warning("MLflow param %s truncated to %d characters", key, MAX_PARAM_VALUE)
+            text = text[: MAX_PARAM_VALUE - 3] + "..."
+        params[key] = text
+    return params
+
+
+def run_tags(output: dict[str, Any], bucket: str) -> dict[str, str]:
+    """The run's tags: the job, its bucket, pipeline and version (and git commit, sweep)."""
+    job = output.get("job") or {}
+    tags = {
+        "brevpipe.job_id": str(job.get("id")),
+        "brevpipe.bucket": bucket,
+        "brevpipe.pipeline": str(job.get("pipeline") or ""),
+        "brevpipe.version": str(job.get("brevpipe_version") or __version__),
+    }
+    if commit := (output.get("environment") or {}).get("git_commit"):
+        tags["mlflow.source.git.commit"] = str(commit)
+    mlflow = output.get("mlflow") or {}
+    if mlflow.get("parent_run_id"):  # a job of a sweep: nested under the sweep's run
+        tags["mlflow.parentRunId"] = str(mlflow["parent_run_id"])
+        tags["brevpipe.overrides"] = str(mlflow.get("overrides", ""))
+    return tags
+
+
+def metric_points(output: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """``(name, value, step)`` of every number the run should hold: each epoch's logs at the
+    epoch's step, the final metrics at step 0 (as the live mirror logs them)."""
+    points = []
+    for row in output.get("history") or []:
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            continue
+        points += [(k, float(v), row["epoch"]) for k, v in row.items()
+                   if k != "epoch" and _number(v)]  # fmt: skip
+    points += [(k, float(v), 0) for k, v in (output.get("metrics") or {}).items() if _number(v)]
+    return points
+
+
+def _millis(text: Any) -> int | None:
+    """An output.json time as MLflow's milliseconds (None when missing or unreadable)."""
+    when = parse_time(text) if isinstance(text, str) else None
+    return int(when.timestamp() * 1000) if when else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def point_key(name: str, value: float, step: int) -> tuple[str, int, str]:
+    """A metric point as a set member (NaN equal to NaN)."""
+    return name, int(step), "nan" if math.isnan(value) else repr(float(value))
+
+
+def logged_points(client: Any, run_id: str) -> set[tuple[str, int, str]]:
+    """Every metric point the run holds (:func:`point_key`)."""
+    run = retrying(client.get_run, run_id)
+    return {point_key(m.key, m.value, m.step) for name in run.data.metrics
+            for m in retrying(client.get_metric_history, run_id, name)}  # fmt: skip
+
+
+@dataclass
+class SyncResult:
+    """What one :func:`sync_job` added to the run (all zero: it was already complete)."""
+
+    run_id: str
+    experiment_id: str
+    created: bool = False
+    params: int = 0
+    metric_points: int = 0
+    artifacts: bool = False
+    model: bool = False
+    status: str | None = None
+    model_uri: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.params or self.metric_points or self.artifacts
+                    or self.model or self.status)  # fmt: skip
+
+
+def find_run(client: Any, experiment_id: str, output: dict[str, Any]) -> Any | None:
+    """The job's run: the one output.json records, else the newest run tagged with its id."""
+    from mlflow.entities import ViewType
+
+    job_id = str((output.get("job") or {}).get("id"))
+    recorded = (output.get("mlflow") or {}).get("run_id")
+    if isinstance(recorded, str) and SAFE_ID.fullmatch(recorded):
+        try:
+            run = retrying(client.get_run, recorded)
+            if run.data.tags.get("brevpipe.job_id") == job_id:
+                return run
+        except Exception as exc:  # noqa: BLE001 - not in this store: look it up by tag
+            if is_busy(exc):
+                raise
+    runs = retrying(client.search_runs, [experiment_id],
+                    filter_string=f"tags.`brevpipe.job_id` = '{job_id}'",
+                    run_view_type=ViewType.ALL, order_by=["attributes.start_time DESC"],
+                    max_results=1)  # fmt: skip
+    return runs[0] if runs else None
+
+
+def sync_job(
+    client: Any, uri: str, experiment: str, output: dict[str, Any], bucket: str,
+    *, final: bool = True,
+) -> SyncResult:  # fmt: skip
+    """Make the job's MLflow run hold everything ``output`` (the job's output.json, read from
+    ``bucket``) records, adding only what is missing. ``final``: also upload the artifacts
+    and the model and end the run as the job ended (when the job has ended)."""
+    job = output.get("job") or {}
+    job_id = str(job.get("id"))
+    if not SAFE_ID.fullmatch(job_id):
+        raise ValueError(f"job id {job_id!r} is not a job id")
+    experiment_id = ensure_experiment(client, experiment, uri)
+    run = find_run(client, experiment_id, output)
+    tags = run_tags(output, bucket)
+    result = SyncResult(run_id="", experiment_id=experiment_id)
+    if run is None:
+        start = _millis(job.get("start"))
+        run = retrying(client.create_run, experiment_id, start_time=start,
+                       run_name=f"{job.get('name') or 'job'}-{job_id[:8]}", tags=tags)  # fmt: skip
+        result.created = True
+    run_id = result.run_id = run.info.run_id
+    missing_tags = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
+    for key, value in missing_tags.items():
+        retrying(client.set_tag, run_id, key, value)
+    _sync_params(client, run, output, result)
+    _sync_metrics(client, run_id, output, result)
+    status = RUN_STATUS.get(job.get("status"))
+    if final and status:
+        _sync_artifacts(client, run, bucket, result)
+        _sync_model(client, run, output, bucket, result)
+        if run.info.status != status or not run.info.end_time:
+            end = _millis(job.get("end"))
+            retrying(client.set_terminated, run_id, status, end_time=end)
+            result.status = status
+    return result
+
+
+def _sync_params(client: Any, run: Any, output: dict[str, Any], result: SyncResult) -> None:
+    from mlflow.entities import Param
+
+    existing = run.data.params
+    params = [Param(k, v) for k, v in params_of(output.get("config") or {}).items()
+              if k not in existing]  # fmt: skip
+    for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+        retrying(client.log_batch, run.info.run_id, params=params[i : i + MAX_PARAMS_PER_BATCH])
+    result.params = len(params)
+
+
+def _sync_metrics(client: Any, run_id: str, output: dict[str, Any], result: SyncResult) -> None:
+    from mlflow.entities import Metric
+
+    wanted = metric_points(output)
+    stamp = int(time.time() * 1000)
+    logged: set[tuple[str, int, str]] = set()
+    read: set[str] = set()
+    missing = []
+    for name, value, step in wanted:
+        if name not in read:
+            history = retrying(client.get_metric_history, run_id, name)
+            logged |= {point_key(name, m.value, m.step) for m in history}
+            read.add(name)
+        if point_key(name, value, step) not in logged:
+            logged.add(point_key(name, value, step))
+            missing.append(Metric(name, value, stamp, step))
+    for i in range(0, len(missing), MAX_METRICS_PER_BATCH):
+        retrying(client.log_batch, run_id, metrics=missing[i : i + MAX_METRICS_PER_BATCH])
+    result.metric_points = len(missing)
+
+
+def _artifact_files(bucket: str) -> tuple[Any, str, dict[str, str]]:
+    """The bucket's artifacts to mirror (stage caches and temp files excluded):
+    ``(file system, artifacts folder, {relative path: fingerprint})``."""
+    fs, root = storage.get_fs(layout.JobBucket(bucket).artifact())
+    root = root.rstrip("/")
+    files = {}
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        relative = path[len(root) :].strip("/")
+        if relative.startswith(f"{layout.STAGES}/") or ".tmp-" in relative:
+            continue
+        files[relative] = f"{info.get('size')}:{info.get('ETag') or info.get('mtime') or ''}"
+    return fs, root, files
+
+
+def _sync_artifacts(client: Any, run: Any, bucket: str, result: SyncResult) -> None:
+    """Upload the bucket's artifacts unless the same files went up already (output.json,
+    which changes as the mirror records itself, is not part of that check)."""
+    import tempfile
+
+    fs, root, files = _artifact_files(bucket)
+    listing = "\n".join(f"{k}={v}" for k, v in files.items() if k != layout.OUTPUT)
+    fingerprint = hashlib.sha256(listing.encode()).hexdigest()[:16]
+    if run.data.tags.get(ARTIFACTS_TAG) == fingerprint:
+        return
+    with tempfile.TemporaryDirectory(prefix="brevpipe-mlflow-") as tmp:
+        for relative in files:
+            local = Path(tmp, relative)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{root}/{relative}", str(local))
+        client.log_artifacts(run.info.run_id, tmp)
+    retrying(client.set_tag, run.info.run_id, ARTIFACTS_TAG, fingerprint)
+    result.artifacts = True
+
+
+def _sync_model(
+    client: Any, run: Any, output: dict[str, Any], bucket: str, result: SyncResult
+) -> None:
+    """The exported Keras model in MLflow's model format, under ``mlflow_model``:
+    ``mlflow.pyfunc.load_model(model_uri).predict(images)`` gives scores for a batch of images
+    preprocessed as ``model.json``'s ``preprocessing`` says. Only a model inside the job's own
+    bucket is read (output.json comes from a bucket: it may point anywhere)."""
+    run_id = run.info.run_id
+    model = output.get("model") or {}
+    keras_url = model.get("keras_url")
+    status = (output.get("job") or {}).get("status")
+    if not isinstance(keras_url, str) or status != JobStatus.COMPLETED:
+        return
+    if run.data.tags.get(MODEL_TAG) == keras_url:
+        result.model_uri = f"runs:/{run_id}/mlflow_model"
+        return
+    artifacts = layout.JobBucket(bucket).artifact().rstrip("/") + "/"
+    if not storage.normalize(keras_url).startswith(artifacts) or ".." in keras_url:
+        result.notes.append(f"model {keras_url!r} is not in the job's bucket: not mirrored")
+        return
+    _log_model(client, run_id, storage.normalize(keras_url), model)
+    retrying(client.set_tag, run_id, MODEL_TAG, keras_url)
+    result.model = True
+    result.model_uri = f"runs:/{run_id}/mlflow_model"
+
+
+def _log_model(client: Any, run_id: str, keras_url: str, model_info: dict[str, Any]) -> None:
+    import tempfile
+    from importlib.metadata import PackageNotFoundError, version
+
+    import keras
+    import mlflow.keras
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    try:
+        tensorflow = f"tensorflow-cpu=={version('tensorflow-cpu')}"
+    except PackageNotFoundError:
+        tensorflow = f"tensorflow=={version('tensorflow')}"
+    with tempfile.TemporaryDirectory(prefix="brevpipe-mlflow-model-") as tmp:
+        local = Path(tmp, "model.keras")
+        storage.download(keras_url, local)
+        metadata = {k: model_info[k] for k in ("classes", "input_shape", "preprocessing")
+                    if k in model_info}  # fmt: skip
+        model = keras.models.load_model(local)  # safe_mode: no code from the file runs
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]))]),
+            outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]))]),
+        )
+        mlflow.keras.save_model(
+            model, str(Path(tmp, "mlflow_model")), signature=signature, metadata=metadata,
+            pip_requirements=[tensorflow, f"keras=={keras.__version__}"],
+        )  # fmt: skip
+        client.log_artifacts(run_id, str(Path(tmp, "mlflow_model")), "mlflow_model")
