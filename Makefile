@@ -49,7 +49,7 @@ browser:  ## headless Chromium for the report test (Debian package; the test ski
 	  { timeout 300 apt-get install -y -q chromium >/dev/null 2>&1 || \
 	    { timeout 300 apt-get update -q >/dev/null 2>&1 && \
 	      timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
-	  echo "chromium could not be installed (needs root and the Debian mirror): the report rendering test will skip"
+	  echo "chromium could not be installed (needs root and the Debian mirror): the report rendering test will fail; BREVPIPE_NO_BROWSER=1 skips it"
 
 test: install browser  ## run the test suite
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)

@@ -94,7 +94,7 @@ def start_node(folder: Path, name: str, *args: str) -> RayNode:
     while "Ray runtime started" not in started.log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
             stop_node(started)
-            pytest.skip(f"ray start ({name}) failed here:\n{started.log.read_text()[-2000:]}")
+            pytest.fail(f"ray start ({name}) failed:\n{started.log.read_text()[-2000:]}")
         time.sleep(0.5)
     return started
 
@@ -128,7 +128,7 @@ def stop_node(node: RayNode) -> None:
 def ray_cluster() -> Iterator[tuple[str, list[RayNode]]]:
     """A head and a worker node on 127.0.0.1; yields the head's address and the nodes."""
     if not (BIN / "ray").exists():
-        pytest.skip("no `ray` command beside this Python (pip install brevpipe[sweeps])")
+        pytest.fail("no `ray` command beside this Python: make install (brevpipe[sweeps])")
     # a short folder: Ray's socket paths (under the temp dir) must stay under 108 characters
     folder = Path(tempfile.mkdtemp(prefix="bpray-", dir="/tmp"))
     port = free_port()

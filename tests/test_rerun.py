@@ -200,9 +200,17 @@ def test_an_output_json_written_before_the_restructuring_still_reruns(
     """tests/fixtures/job-2026-11-26 holds a tiny job's output.json and split as brevpipe wrote
     them on 2026-11-26, before the engine/commands/stages layout (seed 5, shapes data generated
     under FIXTURE_ROOT, tracking none). Its rerun must find every target and give its results."""
+    from filelock import FileLock
+
     original = json.loads((FIXTURE_JOB / "artifacts" / "output.json").read_text())
     bucket = Path(original["job"]["bucket"])
     assert bucket.parent.parent == FIXTURE_ROOT
+    # the recorded paths are absolute: two suites on one host take turns with them
+    with FileLock(f"{FIXTURE_ROOT}.lock", timeout=600):
+        rerun_the_fixture(capsys, original, bucket)
+
+
+def rerun_the_fixture(capsys: pytest.CaptureFixture, original: dict, bucket: Path) -> None:
     shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
     shutil.copytree(FIXTURE_JOB, bucket)
     try:
