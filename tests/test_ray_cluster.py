@@ -52,7 +52,8 @@ def node_env(node: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("AWS_ENDPOINT_URL_S3", "RAY_ADDRESS")}  # fmt: skip
     return {**env, **S3_ENV, **RAY_TOKEN, "BREVPIPE_CACHE_ROOT": str(node / "cache"),
-            "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+            "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_DEDUP_LOGS": "0"}  # each job's line forwarded, not merged  # fmt: skip
 
 
 @dataclass
