@@ -12,6 +12,7 @@ from brevpipe.engine.control import read_stop, request_stop, session_of, who
 from brevpipe.engine.job import LOST, JobStatus, now
 from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.records import JobRecord, JobRegistryError, get_job
+from brevpipe.integrations.mlflow_store import reachable
 
 log = logging.getLogger("brevpipe")
 
@@ -116,8 +117,5 @@ def _check_tracking_store(uri: str) -> None:
         path = uri.removeprefix("sqlite:///")
         if not os.path.exists(path):
             raise FileNotFoundError(f"no MLflow store {path}")
-    elif uri.startswith(("http://", "https://")):
-        import urllib.request
-
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
-            pass
+    else:
+        reachable(uri)

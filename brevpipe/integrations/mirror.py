@@ -4,9 +4,8 @@ The job bucket is the truth; its MLflow run is a copy. :func:`sync_job` makes th
 the bucket's ``output.json`` (params, every epoch's metrics with their steps, the final
 metrics, tags, artifacts, the model, the end status) and adds only what is missing, so it can
 run any number of times: at the end of every job, and later through ``brevpipe jobs sync``
-when the job's own attempt failed (a server away, a store locked). :func:`open_client`
-serialises the creation of a new sqlite store between processes and :func:`retrying` waits
-out a busy one.
+when the job's own attempt failed (a server away, a store locked). Reaching the store
+(a client, retries while it is busy) is :mod:`brevpipe.integrations.mlflow_store`.
 """
 
 from __future__ import annotations
@@ -14,22 +13,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import random
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from brevpipe import __version__
 from brevpipe.engine import layout, storage
 from brevpipe.engine.config import flatten
 from brevpipe.engine.job import JobStatus
 from brevpipe.engine.records import parse_time
+from brevpipe.integrations.mlflow_store import ensure_experiment, is_busy, retrying
 
 log = logging.getLogger("brevpipe")
-T = TypeVar("T")
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -39,83 +36,9 @@ RUN_STATUS = {
     JobStatus.FAILED: "FAILED",
     JobStatus.STOPPED: "KILLED",
 }
-# sqlite errors of a store that another process is writing or creating: worth waiting out
-BUSY = ("database is locked", "database table is locked", "duplicate column name",
-        "Online migration expected", "OperationalError) table", "alembic_version")
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ARTIFACTS_TAG = "brevpipe.mirror.artifacts"  # fingerprint of the artifacts last uploaded
 MODEL_TAG = "brevpipe.mirror.model"  # set once the MLflow-format model is logged
-
-
-def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store is busy (locked, or being created by another process)."""
-    text = f"{exc} {exc.__cause__ or ''}"
-    return any(marker in text for marker in BUSY)
-
-
-def retrying(call: Callable[..., T], *args: Any, deadline_s: float = 60.0, **kwargs: Any) -> T:
-    """``call(*args, **kwargs)``, tried again with backoff while the store is busy, for up
-    to ``deadline_s``; other errors (and a store busy for longer) are raised."""
-    give_up = time.monotonic() + deadline_s
-    delay = 0.05
-    while True:
-        try:
-            return call(*args, **kwargs)
-        except Exception as exc:
-            if not is_busy(exc) or time.monotonic() + delay > give_up:
-                raise
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 2.0)
-
-
-def open_client(uri: str) -> Any:
-    """An ``MlflowClient`` for ``uri`` whose store exists. A sqlite store is created (or its
-    schema migrated) by one process at a time: a file lock beside it, since MLflow's own
-    migration races when several jobs start on a new store."""
-    from mlflow import MlflowClient
-
-    if not uri.startswith("sqlite:///"):
-        return MlflowClient(tracking_uri=uri)
-    from filelock import FileLock
-
-    path = Path(uri.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock", timeout=300):  # the client creates the store
-        client = MlflowClient(tracking_uri=uri)
-        retrying(client.search_experiments, max_results=1)
-    return client
-
-
-def reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast when an HTTP tracking server does not answer (MLflow's client would retry
-    every request for minutes)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.request
-
-    with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-        pass
-
-
-def ensure_experiment(client: Any, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created (artifacts beside a sqlite store) if needed."""
-    experiment = retrying(client.get_experiment_by_name, name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return retrying(client.create_experiment, name, artifact_location=artifact_root_for(uri))
-    except Exception:  # another job created it first
-        experiment = retrying(client.get_experiment_by_name, name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
-
-
-def artifact_root_for(uri: str) -> str | None:
-    """Local artifact folder beside a sqlite store (else the server decides)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    return None
 
 
 def params_of(config: dict[str, Any]) -> dict[str, str]:

@@ -100,7 +100,7 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not tracks_sweep(config):
             return
-        from brevpipe.integrations.mirror import ensure_experiment, open_client
+        from brevpipe.integrations.mlflow_store import ensure_experiment, open_client
         from brevpipe.integrations.tracking import tracking_uri_for
 
         hydra_cfg = config.hydra

@@ -17,7 +17,7 @@ from brevpipe.engine import storage
 from brevpipe.engine.job import JobStatus, now
 from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.records import JobRecord, JobRegistryError
-from brevpipe.integrations import mirror
+from brevpipe.integrations import mirror, mlflow_store
 from brevpipe.integrations.tracking import default_tracking_uri
 
 
@@ -61,8 +61,8 @@ def sync_record(record: JobRecord, root: str, tracking_uri: str | None = None) -
     experiment = (recorded.get("experiment") or
                   ((record.config.get("tracking") or {}).get("experiment")) or
                   record.pipeline or "Default")  # fmt: skip
-    mirror.reachable(uri)
-    client = mirror.open_client(uri)
+    mlflow_store.reachable(uri)
+    client = mlflow_store.open_client(uri)
     result = mirror.sync_job(client, uri, str(experiment), output, record.bucket)
     state = {k: v for k, v in recorded.items() if k not in ("pending", "error")}
     state.update({"tracking_uri": uri, "experiment": str(experiment), "synced": now(),

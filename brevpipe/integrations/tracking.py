@@ -20,7 +20,7 @@ from typing import Any
 
 from brevpipe.engine import storage
 from brevpipe.engine.job import Job, NullTracker, Tracker, now
-from brevpipe.integrations import mirror
+from brevpipe.integrations import mirror, mlflow_store
 
 log = logging.getLogger("brevpipe")
 
@@ -111,8 +111,8 @@ class MlflowTracker:
     def _open_run(self) -> None:
         """Open the job's run (a resumed job's own, when the store has it) with its tags and
         params; its metrics come from the queue."""
-        mirror.reachable(self.uri)
-        self.client = mirror.open_client(self.uri)
+        mlflow_store.reachable(self.uri)
+        self.client = mlflow_store.open_client(self.uri)
         output = {**self._snapshot(), "history": [], "metrics": {}}
         result = mirror.sync_job(self.client, self.uri, self.experiment, output,
                                  self.job.bucket_url, final=False)  # fmt: skip
@@ -138,8 +138,8 @@ class MlflowTracker:
             return
         new = [m for m in batch if mirror.point_key(m.key, m.value, m.step) not in self._known]
         if new:
-            mirror.reachable(self.uri)  # fail fast: MLflow's client retries for minutes
-            mirror.retrying(self.client.log_batch, self.run_id, metrics=new)
+            mlflow_store.reachable(self.uri)  # fail fast: MLflow's client retries for minutes
+            mlflow_store.retrying(self.client.log_batch, self.run_id, metrics=new)
         self._known.update(mirror.point_key(m.key, m.value, m.step) for m in new)
         with self._lock:
             del self._pending[: len(batch)]
@@ -166,8 +166,8 @@ class MlflowTracker:
             if self._thread is not None and self._thread.is_alive():
                 # still inside a request: replaying beside it could log its points twice
                 raise TimeoutError(f"the live mirror did not finish within {FLUSH_S:g} s")
-            mirror.reachable(self.uri)
-            client = self.client or mirror.open_client(self.uri)
+            mlflow_store.reachable(self.uri)
+            client = self.client or mlflow_store.open_client(self.uri)
             result = mirror.sync_job(client, self.uri, self.experiment, job.to_output(),
                                      job.bucket_url)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - MLflow failure never fails the job
