@@ -20,13 +20,16 @@ install: $(STAMP)  ## create .venv and install brevpipe with its dev extras (ide
 
 # uv installs from its cache in seconds; it is taken into .venv with pip when missing, and pip
 # does the install itself when uv cannot be had or fails (INSTALLER=pip forces pip). compat
-# mode puts the source tree on sys.path, so Hydra finds hydra_plugins/ too.
+# mode puts the source tree on sys.path, so Hydra finds hydra_plugins/ too. Bytecode is
+# compiled at install (pip does by default, uv when asked): where PYTHONDONTWRITEBYTECODE=1
+# (Docker images, CI), every process would otherwise compile TensorFlow's Python anew.
 INSTALLER ?= uv
 define install_editable
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	if [ "$(INSTALLER)" = uv ] && { test -x $(BIN)/uv || \
 	     $(BIN)/python -m pip install -q --disable-pip-version-check uv >/dev/null 2>&1; } && \
-	   $(BIN)/uv pip install -q --python $(BIN)/python -e '$(1)' -C editable_mode=compat; \
+	   $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '$(1)' \
+	     -C editable_mode=compat; \
 	then echo "installed $(1) with uv"; \
 	else $(BIN)/python -m pip install --disable-pip-version-check -q -e '$(1)' \
 	       --config-settings editable_mode=compat; fi

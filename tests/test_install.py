@@ -58,7 +58,8 @@ def test_wheel_user_project_run_rerun_and_refusal(tmp_path: Path) -> None:
     # uv (installed by `make install`) takes the dependencies from its cache in seconds;
     # pip installs the same wheel where uv is missing
     uv = Path(sys.executable).parent / "uv"
-    install = [uv, "pip", "install", "-q", "--python", python] if uv.exists() else \
+    install = [uv, "pip", "install", "-q", "--compile-bytecode", "--python", python] \
+        if uv.exists() else \
         [python, "-m", "pip", "install", "-q"]  # fmt: skip
     run([*install, wheel], tmp_path, env)  # dependencies from PyPI
 
