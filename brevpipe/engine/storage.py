@@ -116,10 +116,15 @@ def cat_many(urls: list[str]) -> dict[str, bytes | BaseException]:
     out: dict[str, bytes | BaseException] = {}
     for start in range(0, len(urls), CAT_BATCH):
         batch = urls[start : start + CAT_BATCH]
-        groups: dict[int, tuple[fsspec.AbstractFileSystem, dict[str, str]]] = {}
+        # one file system per protocol (its options are the protocol's): with
+        # skip_instance_cache every get_fs is a new instance, and one cat per URL was serial
+        groups: dict[str, tuple[fsspec.AbstractFileSystem, dict[str, str]]] = {}
         for url in batch:
-            fs, path = get_fs(url)
-            groups.setdefault(id(fs), (fs, {}))[1][path] = url
+            protocol = protocol_of(url)
+            if protocol not in groups:
+                groups[protocol] = (get_fs(url)[0], {})
+            fs, by_path = groups[protocol]
+            by_path[fs._strip_protocol(url)] = url
         for fs, by_path in groups.values():
             contents = call(fs, next(iter(by_path.values())), "cat", list(by_path),
                             on_error="return")  # fmt: skip
