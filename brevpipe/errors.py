@@ -15,3 +15,11 @@ class DataError(BrevpipeError):
 
 class StorageError(BrevpipeError):
     """A storage call failed or got no answer in time (the message names the URL)."""
+
+
+class DiskFullError(StorageError):
+    """A local write found its device full: ``free`` bytes left, ``needed`` to write."""
+
+    def __init__(self, message: str, url: str, free: int, needed: int) -> None:
+        super().__init__(message)
+        self.url, self.free, self.needed = url, free, needed

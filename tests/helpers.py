@@ -46,3 +46,25 @@ class WaitAtEpoch(keras.callbacks.Callback):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.release} did not appear in {self.timeout_s} s")
             time.sleep(0.1)
+
+
+class FillDiskAtEpoch(keras.callbacks.Callback):
+    """Fills the device of ``folder`` at the end of epoch ``epoch`` (1-based) with the file
+    ``folder/filler``, while the file ``switch`` exists (it is removed): a job root that runs
+    out of space during training, and a resume with the same config that does not."""
+
+    def __init__(self, folder: str, switch: str, epoch: int = 1) -> None:
+        super().__init__()
+        self.folder, self.switch, self.epoch = Path(folder), Path(switch), epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch + 1 != self.epoch or not self.switch.exists():
+            return
+        self.switch.unlink()
+        with (self.folder / "filler").open("wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            except OSError:  # full
+                pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import platform
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from brevpipe.engine import storage
 from brevpipe.engine.config import REPO_DIR, redact
 from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.liveness import temp_prefix
+from brevpipe.errors import DiskFullError
 
 SCHEMA_VERSION = 1
 ENVIRONMENT_PACKAGES = (
@@ -249,4 +251,12 @@ class Job:
         }
 
     def write_output(self) -> None:
-        storage.write_json(self.output_url, self.to_output())
+        """Write output.json. A job that has ended on a full device keeps the last complete
+        version (the write is atomic) and says so, rather than hiding why it ended."""
+        try:
+            storage.write_json(self.output_url, self.to_output())
+        except DiskFullError as exc:
+            if self.status not in (JobStatus.FAILED, JobStatus.STOPPED):
+                raise
+            logging.getLogger("brevpipe").warning(
+                "output.json of job %s keeps its last complete version: %s", self.id, exc)

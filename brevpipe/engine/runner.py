@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
@@ -21,7 +22,7 @@ from brevpipe.engine.context import StageContext
 from brevpipe.engine.dag import Pipeline, StageSpec
 from brevpipe.engine.job import Job, NullTracker
 from brevpipe.engine.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
-from brevpipe.errors import ConfigError
+from brevpipe.errors import ConfigError, DiskFullError
 
 log = logging.getLogger("brevpipe")
 
@@ -168,12 +169,32 @@ def run_job(
     except BaseException as exc:
         job.fail(exc)
         tracker.finish(job)
+        if full := disk_full(exc):
+            raise DiskFullError(
+                f"job root {job.root} is full: {full.free:,} bytes free, at least "
+                f"{full.needed:,} more needed (writing {full.url}); free space there, then "
+                f"resume the job: brevpipe run job.id={job.id} with the same overrides",
+                full.url, full.free, full.needed,
+            ) from exc
         raise
     finally:
         heartbeat.stop()
         if not _writes_job(role):
             shutil.rmtree(job.root, ignore_errors=True)  # the worker's stand-in job root
     return job
+
+
+def disk_full(exc: BaseException) -> DiskFullError | None:
+    """The full-device error behind ``exc``, if a write to a full local disk caused it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DiskFullError):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            url = str(seen.filename or "")
+            return storage.disk_full(url, 0) if url else None
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _writes_job(role: cluster.WorkerRole | None) -> bool:

@@ -8,8 +8,10 @@ connection, fails with a :class:`StorageError` naming the URL instead of hanging
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import fsspec.config
 from fsspec.core import url_to_fs
 from fsspec.exceptions import FSTimeoutError
 
-from brevpipe.errors import StorageError
+from brevpipe.errors import DiskFullError, StorageError
 
 # What fsspec's own configuration gave (its config files and FSSPEC_<PROTOCOL>_<KEY> variables):
 # ``storage.options`` go on top of it in ``fsspec.config.conf``, which every file system that
@@ -147,11 +149,28 @@ def write_bytes(url: str, data: bytes) -> None:
     if is_local(url):
         fs.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)  # nothing half-written stays behind
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_full(url, len(data)) from None
+            raise
     else:
         call(fs, url, "pipe_file", path, data)
+
+
+def disk_full(url: str, needed: int) -> DiskFullError:
+    """The error for a local write of ``needed`` bytes to ``url`` that found its device full."""
+    folder = Path(url).parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    return DiskFullError(
+        f"{url}: its device is full ({free:,} bytes free, {needed:,} to write)", url, free, needed
+    )
 
 
 def write_many(blobs: dict[str, bytes]) -> None:
