@@ -198,3 +198,16 @@ def test_allow_targets_takes_exact_dotted_names_only_and_is_recorded(tmp_path: P
     check_registered({"a": {"_target_": "os.system"}}, ["os.system"])
     assert not mark.exists()
     json.dumps(resolve_config(cfg))  # what output.json records
+
+
+def test_the_mobilenet_shapes_experiment_composes_and_its_model_builds() -> None:
+    """``brevpipe run +experiment=mobilenet_shapes`` (the README's recipe) as composed."""
+    from hydra.utils import instantiate
+
+    plain = resolve_config(compose_config(["+experiment=mobilenet_shapes"]))
+    assert plain["dataset"]["samples_per_class"] == 1000 and plain["trainer"]["epochs"] == 10
+    assert plain["augmenter"]["rotate"] == 180 and plain["augmenter"]["flip_vertical"] is True
+    assert plain["model"]["architecture"] == "mobilenet_v2" and plain["model"]["weights"] is None
+    side = plain["loader"]["target_size"]
+    net = instantiate(plain["model"])(input_shape=(*side, 3), num_classes=3)
+    assert net.output_shape == (None, 3)

@@ -278,3 +278,20 @@ def test_the_cache_command(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     off = subprocess.run([*command, "info", "--root", "none"], capture_output=True, text=True)
     assert off.returncode == 2 and "names no cache" in off.stderr
+
+
+def test_cache_clear_to_gb_keeps_the_most_recently_used_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from brevpipe.commands import cache as cache_command
+
+    root = str(tmp_path / "cache")
+    store = DataCache(root, max_bytes=10**9)
+    names = [f"images/lru/{i:02d}.u8" for i in range(6)]
+    for name in names:  # 6 entries of 10 kB, used one after another
+        store.write_many({name: bytes(10_000)})
+        store.record_use([name])
+    assert cache_command.main(["clear", "--root", root, "--to-gb", "0.00003"]) == 0  # 30 kB
+    assert "removed 3 files" in capsys.readouterr().out
+    left = sorted(p.relative_to(root).as_posix() for p in Path(root, "images").rglob("*.u8"))
+    assert left == ["images/" + n.removeprefix("images/") for n in names[3:]], left

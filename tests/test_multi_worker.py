@@ -176,3 +176,21 @@ def test_the_chief_is_tensorflows() -> None:
     )
     with pytest.raises(ConfigError, match="task.type"):
         role({**two, "ps": ["p:1"]}, "ps", 0)
+
+
+def test_resuming_a_multi_worker_job_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """job.id of a job with stage outputs: every worker refuses, naming the way out, before
+    TensorFlow connects the workers (so they all decide alike)."""
+    job_id = "0f5e1c2a-resumed"
+    stages = tmp_path / "resume" / "jobs" / job_id / "artifacts" / "stages"
+    stages.mkdir(parents=True)
+    (stages / "stage.json").write_text("{}")
+    tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                 "task": {"type": "worker", "index": 1}}  # fmt: skip
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    cfg = compose_config(overrides(tmp_path, "resume", "trainer.strategy=multi_worker",
+                                   f"job.id={job_id}"))  # fmt: skip
+    with pytest.raises(ConfigError, match="trainer.strategy=multi_worker cannot do"):
+        run_job(cfg)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import threading
@@ -302,6 +303,17 @@ def test_too_many_waiting_tasks_get_503(job) -> None:
         assert again.status_code == 202  # room again once the first one is done
 
 
+def png_bytes(side: int) -> bytes:
+    """A real side x side RGB PNG."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 # -- hostile bodies: every one gets a 4xx, never a 5xx ------------------------------------------
 def png_header(width: int, height: int) -> bytes:
     """A small PNG whose header announces ``width`` x ``height`` grey pixels (a decompression
@@ -390,9 +402,10 @@ def test_hostile_bodies_get_4xx_and_the_service_goes_on(url, headers, job, expec
     assert_matches(response.json()["predictions"], expected, [Path(p).name for p in job.images[:2]])
 
 
-@pytest.fixture
-def served(job: TinyJob, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """``brevpipe serve`` as users start it, in its own process: (URL, its log file)."""
+@contextlib.contextmanager
+def serving(job: TinyJob, tmp_path: Path, *args: str) -> Iterator[tuple[str, Path]]:
+    """``brevpipe serve ARCHIVE ARGS`` as users start it, in its own process, once it answers
+    on 127.0.0.1: (URL, its log file)."""
     import subprocess
     import sys
 
@@ -400,7 +413,7 @@ def served(job: TinyJob, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     with log.open("w") as out:
         server = subprocess.Popen(
             [str(Path(sys.executable).parent / "brevpipe"), "serve", job.archive,
-             "--port", str(port), "--max-batch", str(MAX_BATCH), "--max-bytes", str(MAX_BYTES)],
+             "--port", str(port), *args],
             env={**os.environ, DEFAULT_SECRET_ENV: SECRET}, stdout=out, stderr=out,
         )  # fmt: skip
     try:
@@ -417,6 +430,32 @@ def served(job: TinyJob, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def served(job: TinyJob, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``brevpipe serve`` with the tests' batch and body limits."""
+    with serving(job, tmp_path, "--max-batch", str(MAX_BATCH), "--max-bytes",
+                 str(MAX_BYTES)) as running:  # fmt: skip
+        yield running
+
+
+def test_serve_listens_on_this_machine_only_and_applies_max_pixels(
+    job: TinyJob, headers: dict[str, str], tmp_path: Path
+) -> None:
+    """The default --host is 127.0.0.1 (another loopback address gets no answer), and
+    --max-pixels set on the command line refuses a larger image before decoding it."""
+    with serving(job, tmp_path, "--max-pixels", "1000") as (url, log):
+        port = url.rsplit(":", 1)[1]
+        assert f"Uvicorn running on http://127.0.0.1:{port}" in log.read_text()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.2:{port}/health")
+        small = [("files", ("small.png", png_bytes(20), "image/png"))]
+        large = [("files", ("large.png", png_bytes(40), "image/png"))]
+        assert httpx.post(f"{url}/predict", headers=headers, files=small).status_code == 200
+        refused = httpx.post(f"{url}/predict", headers=headers, files=large)
+        assert refused.status_code == 422
+        assert "1600 pixels" in refused.json()["detail"] or "40x40" in refused.json()["detail"]
 
 
 @pytest.mark.slow

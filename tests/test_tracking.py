@@ -154,3 +154,25 @@ def test_ray_launcher_local_ray(tmp_path: Path) -> None:
     assert {o["job"]["status"] for o in outputs} == {"completed"}
     _, parent, children = parent_and_children(tmp_path)
     assert len(children) == 2
+
+
+@pytest.mark.parametrize(("direction", "best"), [("minimize", 0.2), ("maximize", 0.9)])
+def test_a_sweeps_summary_picks_its_best_trial_by_direction(
+    tmp_path: Path, direction: str, best: float
+) -> None:
+    """sweep.direction=minimize ranks a loss the other way round (a real sqlite store)."""
+    from brevpipe.integrations.sweep import summarize
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("sweep")
+    parent = client.create_run(experiment).info.run_id
+    for job, value in (("a", 0.5), ("b", 0.2), ("c", 0.9)):
+        child = client.create_run(experiment, tags={"mlflow.parentRunId": parent,
+                                                    "brevpipe.job_id": job}).info.run_id
+        client.log_metric(child, "devel/loss", value)
+        client.set_terminated(child, "FINISHED")
+    summary = summarize({"tracking_uri": uri, "run_id": parent, "experiment_id": experiment,
+                         "objective": "devel/loss", "direction": direction})  # fmt: skip
+    assert summary["best_value"] == best and summary["scored"] == 3
+    assert client.get_run(parent).data.metrics["best/devel/loss"] == best
