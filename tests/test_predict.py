@@ -337,3 +337,19 @@ def test_predict_says_where_it_wrote(job, tmp_path: Path, monkeypatch, capsys) -
     code, _, err = run_cli([job.archive, job.images[0], "--output", "../out/x.csv"], capsys)
     target = (tmp_path / ".." / "out" / "x.csv").resolve()
     assert code == 0 and f"wrote 1 results to {target}" in err and target.exists()
+
+
+def test_results_whose_output_cannot_be_written_are_kept_in_a_local_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--output under a path that is a file: the write fails, the scores are not lost."""
+    from brevpipe.serving.batch import write_output
+
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    data = b"path,score\na.png,0.9\n"
+    with pytest.raises(ConfigError, match=r"cannot write .*the 1 results are in ") as failure:
+        write_output(str(blocker / "out.csv"), data, "csv", 1)
+    kept = Path(str(failure.value).rsplit(" are in ", 1)[1].rstrip("."))
+    assert kept.parent == tmp_path and kept.read_bytes() == data
