@@ -59,7 +59,7 @@ class MlflowTracker:
         self.client: Any = None
         self.run_id: str | None = None
         self.error: str | None = None
-        self._pending: list[Any] = []  # metric points not yet sent
+        self._pending: list[tuple[str, float, int, int]] = []  # (name, value, ms, step) to send
         self._known: set[tuple[str, int, str]] = set()  # points the run holds already
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -76,12 +76,11 @@ class MlflowTracker:
         self._thread.start()
 
     def on_metrics(self, metrics: dict[str, float], step: int | None) -> None:
-        """Queue the points for the background thread: the caller (training) never waits."""
-        from mlflow.entities import Metric
-
+        """Queue the points for the background thread: the caller (training) never waits (nor
+        imports MLflow)."""
         stamp = int(time.time() * 1000)
         with self._lock:
-            self._pending += [Metric(k, v, stamp, step or 0) for k, v in metrics.items()]
+            self._pending += [(k, v, stamp, step or 0) for k, v in metrics.items()]
         self._wake.set()
 
     # -- the background thread --------------------------------------------------------------
@@ -136,7 +135,10 @@ class MlflowTracker:
             batch = self._pending[: mirror.MAX_METRICS_PER_BATCH]
         if not batch or self.run_id is None:
             return
-        new = [m for m in batch if mirror.point_key(m.key, m.value, m.step) not in self._known]
+        from mlflow.entities import Metric
+
+        new = [Metric(*point) for point in batch
+               if mirror.point_key(point[0], point[1], point[3]) not in self._known]  # fmt: skip
         if new:
             mlflow_store.reachable(self.uri)  # fail fast: MLflow's client retries for minutes
             mlflow_store.retrying(self.client.log_batch, self.run_id, metrics=new)
