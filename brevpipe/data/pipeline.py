@@ -231,16 +231,18 @@ class InputPipeline:
                 features["label"] = labels[row]
             return features if batched else self._finish(features)
 
+        plain = self._graph_function()
+
         def batches(rows: Any, size: int) -> Any:
             parallel = {"num_parallel_calls": MAP_PARALLELISM, "deterministic": True}
-            ds = rows.map(element, **parallel).batch(size)
+            ds = rows.map(plain(element), **parallel).batch(size)
             if not batched:
                 return ds
             # augmenters with a Python body run once per batch, not once per image
-            ds = ds.map(self._augment_batch, **parallel)
+            ds = ds.map(plain(self._augment_batch), **parallel)
             if not self.components:  # rescaling is elementwise: the same on a batch
-                return ds.map(self._finish)
-            return ds.unbatch().map(self._finish, **parallel).batch(size)
+                return ds.map(plain(self._finish))
+            return ds.unbatch().map(plain(self._finish), **parallel).batch(size)
 
         def one_epoch(epoch: Any) -> Any:
             rows = self._epoch_rows(epoch)
@@ -254,7 +256,21 @@ class InputPipeline:
             epoch_ids = tf.data.Dataset.counter(start_epoch, dtype=tf.int64)
         else:
             epoch_ids = tf.data.Dataset.range(start_epoch, start_epoch + epochs)
-        return epoch_ids.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+        return epoch_ids.flat_map(plain(one_epoch)).prefetch(tf.data.AUTOTUNE)
+
+    def _graph_function(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """How the maps' functions go to tf.data: as they are when all the code they run is
+        brevpipe's (written with ``tf.cond``, no Python control flow on tensors), which saves
+        AutoGraph's conversion (~2 s at a job's start); converted when a user's augmenter,
+        loader or ``.map`` component runs in them, which may rely on AutoGraph."""
+        import tensorflow as tf
+
+        parts = [self.loader, self.augmenter, self.mask_loader, *self.components]
+        own = all(
+            (getattr(p, "__module__", None) or type(p).__module__).startswith("brevpipe.")
+            for p in parts if p is not None
+        )  # fmt: skip
+        return tf.autograph.experimental.do_not_convert if own else (lambda function: function)
 
     def _local_reading(self, masks: bool) -> tuple[Any, Any, Callable[[Any], tuple[Any, Any]]]:
         """The local images and masks as tensors, and the decode for these images."""
