@@ -133,3 +133,25 @@ def test_job_report_in_the_bucket(tiny_config) -> None:
     assert drawn_charts(dom) == 4
     assert dom.count("data:image/png;base64,") >= 2
     assert console_errors(log) == []
+
+
+def test_the_vega_bundle_is_made_once_per_vl_convert_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vl-convert bundles Vega anew on every call (2 s per report): the bundle is kept in the
+    user cache folder, and a folder that cannot be written costs time, not the report."""
+    import vl_convert
+
+    from brevpipe.reports.report import javascript_bundle
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    bundle = javascript_bundle.__wrapped__()
+    kept = tmp_path / "cache" / "brevpipe" / "assets" / f"vega-bundle-{vl_convert.__version__}.js"
+    assert kept.read_text(encoding="utf-8") == bundle and "vegaEmbed" in bundle
+    assert not list(kept.parent.glob("*.tmp-*"))
+    kept.write_text(bundle + "// kept", encoding="utf-8")
+    assert javascript_bundle.__wrapped__().endswith("// kept")  # read, not bundled again
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    assert javascript_bundle.__wrapped__() == bundle

@@ -37,13 +37,16 @@ OFF = ("", "none", "null", "off", "false")
 COMPACT_AFTER = 16  # usage records before they are merged into one
 
 
+def user_cache_folder() -> Path:
+    """``brevpipe`` in the user cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "brevpipe"
+
+
 def default_root() -> str:
-    """``$BREVPIPE_CACHE_ROOT``, else ``brevpipe/data`` in the user cache folder
-    (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    """``$BREVPIPE_CACHE_ROOT``, else ``data`` in :func:`user_cache_folder`."""
     if configured := os.environ.get("BREVPIPE_CACHE_ROOT"):
         return configured
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return str(Path(base).expanduser() / "brevpipe" / "data")
+    return str(user_cache_folder() / "data")
 
 
 @dataclass(frozen=True)

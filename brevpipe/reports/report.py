@@ -10,6 +10,7 @@ import base64
 import functools
 import html
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,10 +35,27 @@ def pivot(samples: pd.DataFrame, rows: Sequence[str], cols: Sequence[str]) -> di
 
 @functools.cache
 def javascript_bundle() -> str:
-    """Vega-embed, Vega-Lite and Vega in one script (no network), from vl-convert-python."""
+    """Vega-embed, Vega-Lite and Vega in one script (no network), from vl-convert-python.
+    vl-convert bundles it anew on every call (2 s), so it is kept in the user cache folder,
+    one file per vl-convert version."""
     import vl_convert
 
-    return vl_convert.javascript_bundle()
+    from brevpipe.engine.cache import user_cache_folder
+
+    kept = user_cache_folder() / "assets" / f"vega-bundle-{vl_convert.__version__}.js"
+    try:
+        return kept.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        pass
+    bundle = vl_convert.javascript_bundle()
+    try:  # written whole or not at all; a cache folder that cannot be written costs 2 s
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        partial = kept.with_name(f"{kept.name}.tmp-{os.getpid()}")
+        partial.write_text(bundle, encoding="utf-8")
+        os.replace(partial, kept)
+    except OSError:
+        pass
+    return bundle
 
 
 def _table(pivot_data: dict[str, Any]) -> str:
