@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -112,3 +113,34 @@ def test_cfg_job_shows_the_composed_pipeline(tmp_path: Path) -> None:
     assert "seed: 7" in out.stdout
     assert "_target_: brevpipe.stages.classification.train" in out.stdout
     assert "dense: 32" in out.stdout
+
+
+QUIET_IMPORT = """
+import os, sys, threading, time
+from brevpipe.engine.tensorflow_import import import_tensorflow
+def planted():  # another thread that writes to stderr while TensorFlow loads
+    time.sleep(0.5)
+    os.write(2, b"planted line from another thread\\n")
+threading.Thread(target=planted).start()
+import_tensorflow(notices=sys.argv[1] == "notices")
+import tensorflow, keras
+print(tensorflow.constant(2).numpy() * 21)
+"""
+
+
+def test_tensorflow_loads_without_its_start_up_notices_and_other_stderr_stays() -> None:
+    """TensorFlow's absl notices (oneDNN, CPU instructions; twice per import) stay off the
+    console; what anything else writes to stderr meanwhile is kept, in order."""
+    from brevpipe.engine.tensorflow_import import NOTICES
+
+    def run(mode: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        done = subprocess.run([sys.executable, "-c", QUIET_IMPORT, mode], env=env,
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert done.returncode == 0 and done.stdout.strip() == "42", done.stderr[-2000:]
+        return done
+
+    quiet, verbose = run("quiet"), run("notices")
+    assert "planted line from another thread" in quiet.stderr
+    assert not [n for n in NOTICES if n in quiet.stderr], quiet.stderr
+    assert "planted line from another thread" in verbose.stderr

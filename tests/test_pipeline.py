@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from brevpipe.data.shapes import ShapesDataset
 from brevpipe.engine import storage
 from brevpipe.engine.runner import run_job
+from brevpipe.engine.tensorflow_import import NOTICES
 from brevpipe.errors import DataError
 from tests.conftest import tiny_overrides
 
@@ -168,6 +169,7 @@ def test_cli_run_prints_job_and_ctrl_c_marks_it_stopped(tmp_path: Path) -> None:
     done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "completed" in done.stdout and "bucket:" in done.stdout and "mlflow:" in done.stdout
+    assert not [n for n in NOTICES if n in done.stderr], "TensorFlow's start-up chatter"
 
     slow = [*args, "trainer.epochs=200", "tracking=none", f"job.root={tmp_path / 'stopped'}"]
     proc = subprocess.Popen(

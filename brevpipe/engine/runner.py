@@ -22,6 +22,7 @@ from brevpipe.engine.context import StageContext
 from brevpipe.engine.dag import Pipeline, StageSpec
 from brevpipe.engine.job import Job, NullTracker
 from brevpipe.engine.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
+from brevpipe.engine.tensorflow_import import import_tensorflow
 from brevpipe.errors import ConfigError, DiskFullError
 
 log = logging.getLogger("brevpipe")
@@ -40,9 +41,13 @@ def resolve_config(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"cannot resolve {exc.full_key}: {exc.msg}") from None
 
 
-def configure_tensorflow(seed: int, deterministic: bool, multi_worker: bool = False) -> None:
-    """Seed Python, NumPy and TensorFlow; turn on op determinism (same bytes on CPU). A
-    multi-worker job first connects to its other workers (before any TensorFlow op runs)."""
+def configure_tensorflow(
+    seed: int, deterministic: bool, multi_worker: bool = False, notices: bool = False
+) -> None:
+    """Import TensorFlow (its start-up notices only with ``notices``); seed Python, NumPy and
+    TensorFlow; turn on op determinism (same bytes on CPU). A multi-worker job first connects
+    to its other workers (before any TensorFlow op runs)."""
+    import_tensorflow(notices)
     import keras
     import tensorflow as tf
 
@@ -153,8 +158,10 @@ def run_job(
     try:
         heartbeat.start()
         tracker.start()
-        configure_tensorflow(job.seed, bool(runtime.get("deterministic", True)), role is not None)
-        run_stages(job, pipeline, runtime.get("verbose", "auto"))
+        verbose = runtime.get("verbose", "auto")
+        configure_tensorflow(job.seed, bool(runtime.get("deterministic", True)),
+                             role is not None, notices=verbose == "debug")  # fmt: skip
+        run_stages(job, pipeline, verbose)
         job.complete()
         tracker.finish(job)
     except KeyboardInterrupt as exc:

@@ -40,7 +40,8 @@ class StorageSettings:
 @dataclass
 class RuntimeSettings:
     """``deterministic``: TensorFlow op determinism (same bytes and metrics on CPU);
-    ``verbose``: auto (bars on a terminal, a line per epoch otherwise) or a Keras verbosity;
+    ``verbose``: auto (bars on a terminal, a line per epoch otherwise), a Keras verbosity
+    (0, 1, 2) or debug (a line per epoch, and TensorFlow's start-up notices, hidden otherwise);
     ``cache``: decoded training images for later epochs, null, memory or a local folder;
     ``cache_root``: the data cache that jobs share, any fsspec URL (auto: the user cache
     folder, $BREVPIPE_CACHE_ROOT or ~/.cache/brevpipe/data; null: none): dataset listings and

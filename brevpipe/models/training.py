@@ -33,7 +33,10 @@ def job_callback(on_epoch: Callable[[int, dict[str, float]], None]) -> Any:
 
 
 def resolve_verbose(verbose: str | int) -> int:
-    """Keras verbosity: a live progress bar on a terminal, one line per epoch otherwise."""
+    """Keras verbosity: a live progress bar on a terminal, one line per epoch otherwise
+    (``debug``: a line per epoch, and TensorFlow's start-up notices shown)."""
+    if verbose == "debug":
+        return 2
     if verbose == "auto":
         return 1 if sys.stdout.isatty() else 2
     return int(verbose)
