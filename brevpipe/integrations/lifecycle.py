@@ -52,15 +52,37 @@ def settle_lost(record: JobRecord) -> str:
     # if it was only slow (a beat held up), the stop request ends it for real
     request_stop(record.bucket, session_of(output))
     mlflow = output.get("mlflow") or {}
-    if mlflow.get("tracking_uri") and mlflow.get("run_id"):
+    if mlflow.get("tracking_uri"):
+        _mirror_settled(record, mlflow)
+    return reason
+
+
+def _mirror_settled(record: JobRecord, mlflow: dict[str, Any]) -> None:
+    """The settled job's MLflow run, KILLED: the whole run replayed from the bucket into a
+    store ``brevpipe jobs sync`` trusts (the job root's own, or a sqlite file that exists),
+    which creates it if the job died before it opened it; elsewhere (a server named by
+    output.json, which comes from a bucket), only the recorded run is marked KILLED."""
+    from brevpipe.integrations.sync import store_for, sync_record
+
+    root = record.bucket.rstrip("/").rsplit("/", 1)[0]
+    try:
         try:
+            uri = store_for(record, root, None)
+        except JobRegistryError:
+            if not mlflow.get("run_id"):
+                raise
             _check_tracking_store(mlflow["tracking_uri"])
             from mlflow import MlflowClient
 
             MlflowClient(mlflow["tracking_uri"]).set_terminated(mlflow["run_id"], "KILLED")
-        except Exception as exc:  # noqa: BLE001 - the bucket's copy is what counts
-            log.warning("could not mark MLflow run %s KILLED: %s", mlflow["run_id"], exc)
-    return reason
+            return
+        result = sync_record(record, root, uri)
+        record.output = {**(record.output or {}), "mlflow": {
+            **mlflow, "tracking_uri": uri, "run_id": result["run_id"]}}  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the bucket's copy is what counts
+        log.warning("could not mirror the settled job %s into MLflow at %s (%s); once it is "
+                    "reachable, run: brevpipe jobs sync %s --root %s", record.id,
+                    mlflow["tracking_uri"], exc, record.id, root)  # fmt: skip
 
 
 def set_archived(root: str, job_id: str, archived: bool) -> dict[str, Any]:

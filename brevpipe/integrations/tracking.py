@@ -12,6 +12,7 @@ line names ``brevpipe jobs sync``, which replays the bucket later.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,15 @@ from brevpipe.integrations import mirror, mlflow_store
 log = logging.getLogger("brevpipe")
 
 FLUSH_S = 10.0  # at the job's end, how long the live mirror may take to send what it holds
+# MLflow's import and store (2-3 s of Python) would compete with TensorFlow's import and the
+# model's tracing for the interpreter: the live mirror opens the run once the first epoch's
+# metrics arrive (training runs in TensorFlow's native code then), or this long after the job
+# opened, or when it ends, whichever comes first.
+OPEN_AFTER_S = 30.0
+# MLflow's HTTP client retries a server that went away for minutes inside one request; the
+# mirror retries on its own (RETRY_MAX_S) and must be able to end within FLUSH_S, so its
+# requests give up sooner unless the user set MLflow's variable.
+HTTP_RETRIES = "2"
 RETRY_MAX_S = 30.0  # the longest wait between two tries of a store that failed
 
 
@@ -63,6 +73,7 @@ class MlflowTracker:
         self._known: set[tuple[str, int, str]] = set()  # points the run holds already
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._go = threading.Event()  # the run may open now (OPEN_AFTER_S)
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -72,6 +83,7 @@ class MlflowTracker:
             self.job.mlflow["parent_run_id"] = self.parent["run_id"]
             self.job.mlflow["overrides"] = self.parent.get("overrides", "")
         self.job.listeners.append(self)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
         self._thread = threading.Thread(target=self._work, name="mlflow-mirror", daemon=True)
         self._thread.start()
 
@@ -81,10 +93,12 @@ class MlflowTracker:
         stamp = int(time.time() * 1000)
         with self._lock:
             self._pending += [(k, v, stamp, step or 0) for k, v in metrics.items()]
+        self._go.set()
         self._wake.set()
 
     # -- the background thread --------------------------------------------------------------
     def _work(self) -> None:
+        self._go.wait(OPEN_AFTER_S)
         delay = 1.0
         while True:
             try:
@@ -161,6 +175,7 @@ class MlflowTracker:
         """Let the live mirror send what it holds (for at most FLUSH_S), then make the run
         match the job's output.json and end it; record in output.json what is still missing."""
         self._closing.set()
+        self._go.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(FLUSH_S)
