@@ -63,11 +63,12 @@ test-fast: install  ## the tests that train no model
 lint: install  ## ruff
 	$(BIN)/ruff check brevpipe tests bench hydra_plugins
 
-bench: install  ## benchmarks: ratios against a hand-written tf.data baseline, saved in bench/results/
+bench: install  ## benchmarks: ratios against what users would write instead (tf.data, Keras scripts), saved in bench/results/
 	$(BIN)/python bench/input_pipeline.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/data_cache.py
+	$(BIN)/python bench/job_overhead.py --sweep
 
 clean:  ## remove generated state (jobs, MLflow store, multirun folders), keep .venv
 	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache \
