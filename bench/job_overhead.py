@@ -39,7 +39,8 @@ def timed(command: list[str], work: Path, clock: bool = False) -> tuple[float, f
     """Wall seconds of ``command``, and seconds from its start to its first training step."""
     stamp = work / "first-step"
     stamp.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(BENCH), "FIRST_STEP_FILE": str(stamp)}
+    path = os.pathsep.join(p for p in (str(BENCH), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "FIRST_STEP_FILE": str(stamp)}
     started = time.time()
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
     wall = time.time() - started
