@@ -33,6 +33,7 @@ define install_editable
 	then echo "installed $(1) with uv"; \
 	else $(BIN)/python -m pip install --disable-pip-version-check -q -e '$(1)' \
 	       --config-settings editable_mode=compat; fi
+	$(BIN)/python -m compileall -q brevpipe hydra_plugins  # the editable source tree too
 endef
 
 $(STAMP): pyproject.toml
