@@ -64,21 +64,23 @@ def _mirror_settled(record: JobRecord, mlflow: dict[str, Any]) -> None:
     output.json, which comes from a bucket), only the recorded run is marked KILLED."""
     from brevpipe.integrations.sync import store_for, sync_record
 
-    root = record.bucket.rstrip("/").rsplit("/", 1)[0]
+    root = JobBucket(record.bucket).root
     try:
         try:
             uri = store_for(record, root, None)
         except JobRegistryError:
             if not mlflow.get("run_id"):
                 raise
+            uri = None
+        if uri is None:
             _check_tracking_store(mlflow["tracking_uri"])
             from mlflow import MlflowClient
 
             MlflowClient(mlflow["tracking_uri"]).set_terminated(mlflow["run_id"], "KILLED")
-            return
-        result = sync_record(record, root, uri)
-        record.output = {**(record.output or {}), "mlflow": {
-            **mlflow, "tracking_uri": uri, "run_id": result["run_id"]}}  # fmt: skip
+        else:
+            result = sync_record(record, root, uri)
+            record.output = {**(record.output or {}), "mlflow": {
+                **mlflow, "tracking_uri": uri, "run_id": result["run_id"]}}  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the bucket's copy is what counts
         log.warning("could not mirror the settled job %s into MLflow at %s (%s); once it is "
                     "reachable, run: brevpipe jobs sync %s --root %s", record.id,
