@@ -63,10 +63,12 @@ def test_augmenter_contract(name: str, samples: pd.DataFrame) -> None:
 
 @pytest.mark.parametrize("name", ["tf_strong", "albumentations_strong"])
 def test_parallel_map_equals_serial_and_epochs_differ(name: str, samples: pd.DataFrame) -> None:
-    """AUTOTUNE parallelism gives the bytes of a one-by-one run; epochs are reshuffled."""
+    """Parallel maps give the bytes of a one-by-one run; epochs are reshuffled. No autotuning
+    model runs beside the pipeline (deleting an iterator waited for its thread, seconds)."""
     import tensorflow as tf
 
     pipe = pipeline(samples, augmenter(name), output_structure="image")
+    assert pipe.get_dataset(epochs=None).options().autotune.enabled is False
     parallel = [b.tobytes() for b in pipe.get_dataset(epochs=2).as_numpy_iterator()]
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1

@@ -167,3 +167,43 @@ def test_segmentation_builder_trains_a_step_on_masks() -> None:
     assert np.isfinite(model.train_on_batch(images, masks))
     with pytest.raises(ConfigError, match="must divide by 4"):
         builder("segmentation")(input_shape=(30, 32, 3), num_classes=2)
+
+
+def test_validation_reads_each_devel_image_once_per_epoch_from_memory(pipelines) -> None:
+    """Every epoch validates on all devel images, once, with no "ran out of data" warning;
+    after the first epoch they come from memory (a file removed then is not missed), and the
+    metrics are those of evaluating the model on the devel pipeline itself."""
+    import warnings
+
+    import keras
+
+    from brevpipe.data.pipeline import InputPipeline
+
+    everything, devel = pipelines  # devel: every other image; train on the others
+    train = InputPipeline(everything.samples.iloc[1::2], everything.loader,
+                          encoder=everything.encoder, batch_size=8)  # fmt: skip
+    files = list(devel.samples["path"])
+    Path(files[0]).rename(files[0] + ".moved")  # would fail a read: the cache must be filled
+    with pytest.raises(Exception, match="moved|No such file|NotFound"):
+        next(devel.numpy_iterator())
+    Path(files[0] + ".moved").rename(files[0])
+
+    class RemoveDevelFiles(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                for file in files:
+                    Path(file).rename(file + ".moved")
+
+    fit = Trainer(epochs=3, callbacks=[RemoveDevelFiles()])
+    keras.utils.set_random_seed(0)
+    model = builder("small_cnn", filters=[4], dense=8)(input_shape=(32, 32, 3), num_classes=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = fit.fit(model, train, devel, verbose=0)
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    for file in files:
+        Path(file + ".moved").rename(file)
+    scores = model.evaluate(devel.get_dataset(epochs=None), steps=len(devel), verbose=0,
+                            return_dict=True)  # fmt: skip
+    assert history.history["val_loss"][-1] == pytest.approx(scores["loss"], rel=1e-5)
+    assert history.history["val_accuracy"][-1] == pytest.approx(scores["accuracy"])

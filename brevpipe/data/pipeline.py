@@ -256,7 +256,13 @@ class InputPipeline:
             epoch_ids = tf.data.Dataset.counter(start_epoch, dtype=tf.int64)
         else:
             epoch_ids = tf.data.Dataset.range(start_epoch, start_epoch + epochs)
-        return epoch_ids.flat_map(plain(one_epoch)).prefetch(tf.data.AUTOTUNE)
+        # Without tf.data's autotuning model: the maps' parallelism is fixed, and prefetch's
+        # buffer still grows as needed. With it, deleting an iterator that lived a few epochs
+        # waits for the model's thread, asleep for up to its optimisation period: Keras deletes
+        # the training iterator at the end of fit, and jobs stalled there 0-9 s.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return epoch_ids.flat_map(plain(one_epoch)).prefetch(tf.data.AUTOTUNE).with_options(options)
 
     def _graph_function(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """How the maps' functions go to tf.data: as they are when all the code they run is
