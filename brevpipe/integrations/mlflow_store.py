@@ -1,15 +1,21 @@
 """Reaching an MLflow tracking store: a client whose store exists, created by one process at
-a time; calls retried while a sqlite store is busy; a fast check that a server answers."""
+a time (a new sqlite store copied from an empty one); calls retried while a sqlite store is
+busy; a fast check that a server answers."""
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("brevpipe")
 
 # sqlite errors of a store that another process is writing or creating: worth waiting out
 BUSY = ("database is locked", "database table is locked", "duplicate column name",
@@ -50,9 +56,53 @@ def open_client(uri: str) -> Any:
     path = Path(uri.removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock", timeout=300):  # the client creates the store
+        if not path.exists():
+            copy_empty_store(path)
         client = MlflowClient(tracking_uri=uri)
         retrying(client.search_experiments, max_results=1)
     return client
+
+
+def copy_empty_store(path: Path) -> None:
+    """A new sqlite store at ``path``, copied from an empty one that is made once per MLflow
+    version in the user cache folder: MLflow creates a store by running every migration of
+    its schema (2-3 s, paid by a user's first job and by every new store); a copy takes
+    milliseconds. The Default experiment keeps its artifacts beside the store, as brevpipe's
+    own experiments do. Anything amiss leaves ``path`` absent: MLflow then creates it."""
+    import mlflow
+
+    from brevpipe.engine.cache import user_cache_folder
+
+    empty = user_cache_folder() / "mlflow" / f"empty-store-{mlflow.__version__}.db"
+    partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        if not empty.exists():
+            _make_empty_store(empty)
+        shutil.copyfile(empty, partial)
+        default = f"{artifact_root_for(f'sqlite:///{path}')}/0"
+        with sqlite3.connect(partial) as db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                       (default,))  # fmt: skip
+        db.close()
+        os.replace(partial, path)
+    except (OSError, sqlite3.Error) as exc:
+        log.debug("MLflow creates the store %s (no copy of an empty one: %s)", path, exc)
+        partial.unlink(missing_ok=True)
+
+
+def _make_empty_store(empty: Path) -> None:
+    """MLflow's empty store at ``empty``, made by one process at a time, written whole."""
+    from filelock import FileLock
+    from mlflow import MlflowClient
+
+    empty.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{empty}.lock", timeout=300):
+        if empty.exists():
+            return
+        partial = empty.with_name(f"{empty.name}.tmp-{os.getpid()}")
+        partial.unlink(missing_ok=True)
+        MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
+        os.replace(partial, empty)
 
 
 def reachable(uri: str, timeout_s: float = 5.0) -> None:
