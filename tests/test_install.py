@@ -49,18 +49,21 @@ def test_wheel_user_project_run_rerun_and_refusal(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["BREVPIPE_CACHE_DIR"] = str(tmp_path / "datasets")
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", REPO],
-        tmp_path, env)  # fmt: skip
-    wheel = next((tmp_path / "dist").glob("brevpipe-*.whl"))
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", venv], tmp_path, env)
+    venv, dist = tmp_path / "venv", tmp_path / "dist"
     python, brevpipe = venv / "bin" / "python", venv / "bin" / "brevpipe"
-    # uv (installed by `make install`) takes the dependencies from its cache in seconds;
-    # pip installs the same wheel where uv is missing
+    # uv (installed by `make install`) builds, makes the venv and takes the dependencies from
+    # its cache in seconds; pip does the same where uv is missing
     uv = Path(sys.executable).parent / "uv"
-    install = [uv, "pip", "install", "-q", "--compile-bytecode", "--python", python] \
-        if uv.exists() else \
-        [python, "-m", "pip", "install", "-q"]  # fmt: skip
+    if uv.exists():
+        run([uv, "build", "-q", "--wheel", "--out-dir", dist, REPO], tmp_path, env)
+        run([uv, "venv", "-q", "--python", sys.executable, venv], tmp_path, env)
+        install = [uv, "pip", "install", "-q", "--compile-bytecode", "--python", python]
+    else:
+        run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", dist, REPO],
+            tmp_path, env)  # fmt: skip
+        run([sys.executable, "-m", "venv", venv], tmp_path, env)
+        install = [python, "-m", "pip", "install", "-q"]
+    wheel = next(dist.glob("brevpipe-*.whl"))
     run([*install, wheel], tmp_path, env)  # dependencies from PyPI
 
     run([brevpipe, "init", tmp_path / "acme"], tmp_path, env)
