@@ -48,11 +48,6 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     ]
 
 
-def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """One image of ``kind`` with random colours, size, position, rotation and noise."""
-    return draw_shapes([kind], size, rng)[0]
-
-
 def draw_shapes(
     kinds: Sequence[str], size: int, rng: np.random.Generator, labels: Sequence[int] = ()
 ) -> tuple[Image.Image, Image.Image]:

@@ -48,11 +48,6 @@ class JobBucket:
     def of(cls, root: str, job_id: str) -> JobBucket:
         return cls(storage.join(root, job_id))
 
-    @classmethod
-    def of_output(cls, output_url: str) -> JobBucket:
-        """The bucket whose ``artifacts/output.json`` is at ``output_url``."""
-        return cls(output_url.rstrip("/").rsplit("/", 2)[0])
-
     @property
     def root(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[0]

@@ -190,10 +190,6 @@ def _json_type(annotation: Any) -> dict[str, Any]:
     return {}
 
 
-def _interpolation(value: Any) -> bool:
-    return isinstance(value, str) and "${" in value
-
-
 def component_schema(component: Component) -> dict[str, Any]:
     """The JSON Schema of one component's settings (``_target_`` included)."""
     doc = (inspect.getdoc(component.load()) or "").split("\n\n")[0]
