@@ -57,13 +57,13 @@ def open_client(uri: str) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock", timeout=300):  # the client creates the store
         if not path.exists():
-            copy_empty_store(path)
+            _copy_empty_store(path)
         client = MlflowClient(tracking_uri=uri)
         retrying(client.search_experiments, max_results=1)
     return client
 
 
-def copy_empty_store(path: Path) -> None:
+def _copy_empty_store(path: Path) -> None:
     """A new sqlite store at ``path``, copied from an empty one that is made once per MLflow
     version in the user cache folder: MLflow creates a store by running every migration of
     its schema (2-3 s, paid by a user's first job and by every new store); a copy takes

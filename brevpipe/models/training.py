@@ -297,8 +297,10 @@ def validation_dataset(validation: InputPipeline) -> Any:
     dataset = validation.get_dataset(epochs=1).apply(
         tf.data.experimental.assert_cardinality(len(validation))
     )
-    image_bytes = 4 * int(np.prod(validation.loader.output_shape))
-    if validation.sampler.epoch_size(validation.samples) * image_bytes <= VALIDATION_CACHE_BYTES:
+    height, width, channels = validation.loader.output_shape
+    masks = validation.mask_loader is not None
+    element_bytes = 4 * height * width * (channels + masks)  # float32 image, int32 mask
+    if validation.sampler.epoch_size(validation.samples) * element_bytes <= VALIDATION_CACHE_BYTES:
         dataset = dataset.cache()
     return dataset
 
