@@ -52,6 +52,18 @@ def test_help_lists_subcommands() -> None:
     assert "brevpipe run -m" in out.stdout
 
 
+def test_run_help_lists_the_groups_a_user_picks_and_the_flags(tmp_path: Path) -> None:
+    out = brevpipe("run", "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("brevpipe run: ")
+    assert "model: efficientnet_b0, mobilenet_v2, resnet50, segmentation, small_cnn" in lines
+    assert "tracking: mlflow, none" in lines
+    assert not [line for line in lines if line.startswith("schema/")], "typed settings' groups"
+    assert any(line.startswith("--cfg,-c") for line in lines), "Hydra's flags"
+    assert "brevpipe schema [GROUP[=OPTION]]" in out.stdout
+
+
 def test_console_script_matches_python_m() -> None:
     script = Path(sys.executable).with_name("brevpipe")
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
@@ -69,6 +81,7 @@ def test_unknown_command_is_a_clear_error() -> None:
     ("args", "expect_rc"),
     [
         (["--help"], 0),
+        (["run", "--help"], 0),
         (["run", "--cfg", "job"], 0),
         (["run", "--info"], 0),
         (["run", "nonexistent_key=1"], 1),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
 from typing import Any
@@ -63,8 +65,23 @@ def run_command(args: list[str]) -> int:
     """Run Hydra's command line (``brevpipe run ...``) with brevpipe's config."""
     main: Any = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     sys.argv = ["brevpipe run", *args]
-    main(_run_job)()
+    if "--help" not in args and "-h" not in args:
+        main(_run_job)()
+        return 0
+    text = io.StringIO()  # the help template's text (Hydra exits once it printed it)
+    try:
+        with contextlib.redirect_stdout(text):
+            main(_run_job)()
+    finally:
+        print(user_groups_only(text.getvalue()), end="")
     return 0
+
+
+def user_groups_only(help_text: str) -> str:
+    """Hydra's help without the ``schema/*`` groups (the typed settings that presets extend,
+    not options a user picks: Hydra's help template lists every group)."""
+    return "".join(line for line in help_text.splitlines(keepends=True)
+                   if not line.startswith("schema/"))  # fmt: skip
 
 
 RERUN_USAGE = """\
