@@ -57,5 +57,7 @@ def preview_png(images: np.ndarray, captions: Sequence[str] | None = None, scale
             draw.text((x, r * (cell_h + line) + cell_h - 1), caption[:14], fill="black")
         picture = canvas
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    # zlib's fastest level: 4x faster than PIL's default (6) for a page of thumbnails, ~13%
+    # larger; these previews are written by every job and read by people
+    picture.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
