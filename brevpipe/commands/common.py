@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from brevpipe.engine.settings import DEFAULT_JOB_ROOT
 from brevpipe.errors import BrevpipeError
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ def add_model_argument(parser: argparse.ArgumentParser, detail: str,
 
 def add_model_options(parser: argparse.ArgumentParser, tracking_help: str) -> None:
     """``--job-root`` and ``--tracking-uri``: where MODEL is looked up (see :func:`load_model`)."""
-    parser.add_argument("--job-root", default="./jobs", metavar="URL",
-                        help="where job ids are looked up (default ./jobs)")
+    parser.add_argument("--job-root", default=DEFAULT_JOB_ROOT, metavar="URL",
+                        help=f"where job ids are looked up (default {DEFAULT_JOB_ROOT})")
     parser.add_argument("--tracking-uri", metavar="URI", help=tracking_help)
 
 

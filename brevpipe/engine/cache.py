@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from brevpipe.engine import storage
+from brevpipe.engine.settings import RuntimeSettings
 
 log = logging.getLogger("brevpipe")
 LISTINGS, IMAGES, USAGE = "listings", "images", "usage"
 KINDS = (LISTINGS, IMAGES)
-DEFAULT_MAX_GB = 20.0
+DEFAULT_MAX_GB = RuntimeSettings.cache_max_gb
 OFF = ("", "none", "null", "off", "false")
 COMPACT_AFTER = 16  # usage records before they are merged into one
 

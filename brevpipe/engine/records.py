@@ -20,9 +20,10 @@ from brevpipe.engine.job import LOST, UNKNOWN, JobStatus
 from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.liveness import is_stale
 from brevpipe.engine.output_json import parse_json, shape_problem
+from brevpipe.engine.settings import DEFAULT_JOB_ROOT
 from brevpipe.errors import BrevpipeError
 
-DEFAULT_ROOT = "./jobs"
+DEFAULT_ROOT = DEFAULT_JOB_ROOT
 SHORT_ID = 8
 
 

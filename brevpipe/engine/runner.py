@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from hydra.utils import get_method
@@ -22,6 +23,7 @@ from brevpipe.engine.context import StageContext
 from brevpipe.engine.dag import Pipeline, StageSpec
 from brevpipe.engine.job import Job, NullTracker
 from brevpipe.engine.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
+from brevpipe.engine.settings import RuntimeSettings
 from brevpipe.engine.tensorflow_import import import_tensorflow
 from brevpipe.errors import ConfigError, DiskFullError
 
@@ -149,17 +151,17 @@ def run_job(
     # in a multi-worker job, the chief's only
     tracking = (plain.get("tracking") or {}) if _writes_job(role) else {}
     tracker = instantiate(tracking).tracker(job, parent) if tracking else NullTracker()
-    runtime = plain.get("runtime", {})
+    runtime = {**asdict(RuntimeSettings()), **runtime_cfg}  # a record may lack newer keys
     clean_stale_temp()
     job.open()
     log_opened(job, role)
-    heartbeat = Heartbeat(job.bucket_url, float(runtime.get("heartbeat_s", 10.0)),
+    heartbeat = Heartbeat(job.bucket_url, float(runtime["heartbeat_s"]),
                           control.session_of(job.to_output()))  # fmt: skip
     try:
         heartbeat.start()
         tracker.start()
-        verbose = runtime.get("verbose", "auto")
-        configure_tensorflow(job.seed, bool(runtime.get("deterministic", True)),
+        verbose = runtime["verbose"]
+        configure_tensorflow(job.seed, bool(runtime["deterministic"]),
                              role is not None, notices=verbose == "debug")  # fmt: skip
         run_stages(job, pipeline, verbose)
         job.complete()

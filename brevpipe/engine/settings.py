@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+DEFAULT_JOB_ROOT = "./jobs"  # also where `brevpipe jobs`, predict and serve look up job ids
+
 # Optional[...] rather than X | None below: OmegaConf reads these annotations at run time.
 # ruff: noqa: UP045
 
@@ -23,7 +25,7 @@ class JobSettings:
 
     id: Optional[str] = None
     name: Optional[str] = "${pipeline.name}"
-    root: str = "./jobs"
+    root: str = DEFAULT_JOB_ROOT
 
 
 @dataclass

@@ -21,13 +21,14 @@ import fsspec.config
 from fsspec.core import url_to_fs
 from fsspec.exceptions import FSTimeoutError
 
+from brevpipe.engine.settings import StorageSettings
 from brevpipe.errors import DiskFullError, StorageError
 
 # What fsspec's own configuration gave (its config files and FSSPEC_<PROTOCOL>_<KEY> variables):
 # ``storage.options`` go on top of it in ``fsspec.config.conf``, which every file system that
 # fsspec makes applies, ours and those pandas or MLflow open.
 _FSSPEC_CONF = copy.deepcopy(fsspec.config.conf)
-DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_TIMEOUT_S = StorageSettings.timeout_s
 _TIMEOUT_S = [DEFAULT_TIMEOUT_S]
 # Concurrent reads per request batch of :func:`cat_many` (s3fs pools 10 connections per client).
 CAT_BATCH = 64

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from brevpipe.engine import storage
 from brevpipe.engine.layout import MODEL_ARCHIVE, JobBucket
 from brevpipe.engine.liveness import temp_prefix
+from brevpipe.engine.settings import DEFAULT_JOB_ROOT
 from brevpipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ MODEL_HELP = (
 
 
 def resolve_model(
-    model: str, job_root: str = "./jobs", tracking_uri: str | None = None
+    model: str, job_root: str = DEFAULT_JOB_ROOT, tracking_uri: str | None = None
 ) -> Predictor:
     """The :class:`Predictor` for MODEL (archive URL, job bucket, job id or MLflow URI)."""
     from brevpipe.serving.predictor import load_predictor
@@ -41,7 +42,9 @@ def resolve_model(
     return load_predictor(model_archive_url(model, job_root, tracking_uri))
 
 
-def model_archive_url(model: str, job_root: str = "./jobs", tracking_uri: str | None = None) -> str:
+def model_archive_url(
+    model: str, job_root: str = DEFAULT_JOB_ROOT, tracking_uri: str | None = None
+) -> str:
     """The URL (or local path) of the ``saved_model.tar.gz`` that MODEL names.
 
     An MLflow URI leads to its run; the run's ``brevpipe.bucket`` tag to the job bucket and its
