@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -62,6 +63,81 @@ def test_run_help_lists_the_groups_a_user_picks_and_the_flags(tmp_path: Path) ->
     assert not [line for line in lines if line.startswith("schema/")], "typed settings' groups"
     assert any(line.startswith("--cfg,-c") for line in lines), "Hydra's flags"
     assert "brevpipe schema [GROUP[=OPTION]]" in out.stdout
+
+
+def test_every_command_of_the_table_is_a_module_with_main_and_help_names_it() -> None:
+    from brevpipe.commands import cli
+
+    text = cli.usage()
+    for command in cli.COMMANDS:
+        module = importlib.import_module(command.module)
+        assert callable(module.main), command.name
+        assert f"  {command.name} {command.arguments}" in text
+    files = {p.stem for p in Path(cli.__file__).parent.glob("*.py")}
+    helpers = {"__init__", "cli", "common", "job_tables"}
+    assert files - helpers == {c.name for c in cli.COMMANDS}, "one module per command"
+
+
+def complete(line: str, tmp_path: Path) -> list[str]:
+    """What bash offers for ``line`` (the cursor at its end): the script of ``brevpipe
+    completion bash`` loaded into a bash, its function called as the shell calls it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    launcher = bin_dir / "brevpipe"  # the console script as the shell finds it on PATH
+    launcher.write_text(f'#!/bin/sh\nexec {sys.executable} -m brevpipe "$@"\n')
+    launcher.chmod(0o755)
+    script = brevpipe("completion", "bash").stdout
+    driver = textwrap.dedent(
+        """
+        COMP_WORDS=($COMP_LINE)
+        [[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=("")
+        COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+        COMP_POINT=${#COMP_LINE}
+        _brevpipe_complete
+        printf '%s\\n' "${COMPREPLY[@]}"
+        """
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "COMP_LINE": line}
+    out = subprocess.run(["bash", "-c", script + driver], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "_brevpipe_complete" in script
+    return [w for w in out.stdout.splitlines() if w]
+
+
+def test_bash_completes_commands_flags_groups_options_and_keys(tmp_path: Path) -> None:
+    from brevpipe.commands import cli
+
+    assert complete("brevpipe re", tmp_path) == ["rerun"]
+    assert set(complete("brevpipe ", tmp_path)) == set(cli.BY_NAME)
+    assert complete("brevpipe --", tmp_path) == ["--help", "--version"]
+    assert complete("brevpipe jobs li", tmp_path) == ["list"]
+    assert "--status" in complete("brevpipe jobs list --", tmp_path)
+    assert complete("brevpipe jobs list --status fa", tmp_path) == ["failed"]
+    assert complete("brevpipe cache ", tmp_path) == ["clear", "info"]
+    # after run: Hydra's completion from the composed config, the schema/* groups left out
+    assert complete("brevpipe run mod", tmp_path) == ["model.", "model="]  # its keys, options
+    assert "model=small_cnn" in complete("brevpipe run model=", tmp_path)
+    assert "trainer.epochs=" in complete("brevpipe run trainer.ep", tmp_path)
+    assert not [w for w in complete("brevpipe run ", tmp_path) if w.startswith("schema/")]
+    assert "--multirun" in complete("brevpipe run --mu", tmp_path)
+    assert complete("brevpipe rerun out.json --allow", tmp_path) == ["--allow-data-change"]
+    assert "seed=" in complete("brevpipe rerun out.json se", tmp_path)
+
+
+def test_completion_scripts_and_the_routes_hydra_gives(tmp_path: Path) -> None:
+    for shell in ("bash", "zsh", "fish"):
+        out = brevpipe("completion", shell)
+        assert out.returncode == 0 and "brevpipe __complete" in out.stdout, shell
+    # `brevpipe run --shell-completion install=bash` (Hydra's flag) gives brevpipe's script
+    assert brevpipe("run", "-sc", "install=bash").stdout == brevpipe("completion", "bash").stdout
+    # a script from Hydra's own install asks `brevpipe -sc query=bash` with COMP_LINE set
+    env = {**os.environ, "COMP_LINE": "brevpipe run tracking="}
+    out = subprocess.run([sys.executable, "-m", "brevpipe", "-sc", "query=bash"],
+                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert out.stdout.split() == ["tracking=mlflow", "tracking=none"]
+    bad = brevpipe("completion", "tcsh")
+    assert bad.returncode == 2 and "bash|zsh|fish" in bad.stderr
 
 
 def test_console_script_matches_python_m() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from brevpipe.commands import run as app
+from brevpipe.commands import rerun as rerun_command
 from brevpipe.engine import storage
 from brevpipe.engine.components import REGISTRY, Registry, check_registered, expand, instantiate
 from brevpipe.engine.rerun import rebuild_config
@@ -142,7 +142,7 @@ def test_planted_targets_are_refused_before_any_job(
             rebuild_config(output, "u", [])
         url = storage.join(root, name.replace(" ", "_"), "artifacts", "output.json")
         storage.write_json(url, output)
-        assert app.rerun_command([url]) == 1, name
+        assert rerun_command.main([url]) == 1, name
         error = capsys.readouterr().err
         assert "refusing" in error and "Traceback" not in error, (name, error)
         assert (victim / "keep.txt").read_text() == "precious" and not mark.exists(), name
@@ -173,7 +173,7 @@ def test_values_that_would_resolve_or_chain_urls_are_refused(tmp_path: Path) -> 
                                   '"seed": 1, "pipeline_template": {"a": 1}}'])
 def test_malformed_output_json_is_one_line(tmp_path: Path, body: str, capsys) -> None:
     (tmp_path / "output.json").write_text(body)
-    assert app.rerun_command([str(tmp_path / "output.json")]) == 1
+    assert rerun_command.main([str(tmp_path / "output.json")]) == 1
     err = capsys.readouterr().err
     assert "is not a brevpipe output.json" in err and "Traceback" not in err
     bad_seed = planted(tmp_path, "seed", "abc")

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from brevpipe.commands import run as app
+from brevpipe.commands import rerun as rerun_command
 from brevpipe.data.shapes import ShapesDataset
 from brevpipe.engine import storage
 from brevpipe.engine.components import modernize
@@ -105,7 +105,7 @@ def test_fingerprint_check() -> None:
 
 def rerun(capsys: pytest.CaptureFixture, *args: str) -> dict:
     """``brevpipe rerun ARGS`` in this process; the new job's output.json."""
-    assert app.rerun_command(list(args)) == 0
+    assert rerun_command.main(list(args)) == 0
     printed = capsys.readouterr().out
     bucket = re.search(r"bucket:\s+(\S+)", printed).group(1)
     return storage.read_json(storage.join(bucket, "artifacts", "output.json"))
@@ -164,7 +164,7 @@ def test_rerun_from_s3_and_data_change_detection(
     local = tmp_path / "extra.png"
     shutil.copy(next((folder.generate() / "circle").glob("*.png")), local)
     storage.upload(local, f"{s3_bucket}/data/circle/extra.png")
-    assert app.rerun_command([job.output_url]) == 1
+    assert rerun_command.main([job.output_url]) == 1
     assert "the data changed since job" in capsys.readouterr().err
     changed = rerun(capsys, job.output_url, "--allow-data-change")
     assert changed["samples"]["count"] == original["samples"]["count"] + 1

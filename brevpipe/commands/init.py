@@ -6,6 +6,7 @@ for it in ``conf/model/``, and a README with the commands that install and run i
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -147,20 +148,27 @@ def write_project(folder: Path, package: str | None = None) -> list[Path]:
     return written
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brevpipe init", usage=USAGE, add_help=False)
+    parser.add_argument("folder", metavar="DIR", nargs="?")
+    parser.add_argument("--package", metavar="NAME")
+    parser.add_argument("-h", "--help", action="store_true")
+    return parser
+
+
 def main(args: list[str]) -> int:
-    if not args or args[0] in ("-h", "--help"):
+    try:
+        options = build_parser().parse_args(args)
+    except SystemExit as exc:  # argparse said what is wrong, and how it is used
+        return exc.code if isinstance(exc.code, int) else 2
+    if options.help or options.folder is None:
         print(USAGE, end="")
-        return 0 if args else 2
-    package = None
-    if "--package" in args:
-        at = args.index("--package")
-        package = args[at + 1] if at + 1 < len(args) else None
-        args = args[:at] + args[at + 2 :]
-    if len(args) != 1 or package == "":
+        return 0 if options.help else 2
+    if options.package == "":
         print(USAGE, end="", file=sys.stderr)
         return 2
     try:
-        written = write_project(Path(args[0]), package)
+        written = write_project(Path(options.folder), options.package)
     except (FileExistsError, ValueError) as exc:
         print(f"brevpipe init: {exc}", file=sys.stderr)
         return 1

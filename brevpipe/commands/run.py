@@ -61,9 +61,13 @@ def report(job: Any) -> None:
             print(f"  {name:<24} {value:.4f}")
 
 
-def run_command(args: list[str]) -> int:
+def main(args: list[str]) -> int:
     """Run Hydra's command line (``brevpipe run ...``) with brevpipe's config."""
     main: Any = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    if shell := completion_install(args):
+        from brevpipe.commands import completion
+
+        return completion.main([shell])
     sys.argv = ["brevpipe run", *args]
     if "--help" not in args and "-h" not in args:
         main(_run_job)()
@@ -77,55 +81,17 @@ def run_command(args: list[str]) -> int:
     return 0
 
 
+def completion_install(args: list[str]) -> str | None:
+    """The shell of ``--shell-completion install=SHELL``: brevpipe's script for it (Hydra's
+    would complete ``brevpipe run`` as if it were one program, and no other command)."""
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag in ("-sc", "--shell-completion") and value.startswith("install="):
+            return value.partition("=")[2]
+    return None
+
+
 def user_groups_only(help_text: str) -> str:
     """Hydra's help without the ``schema/*`` groups (the typed settings that presets extend,
     not options a user picks: Hydra's help template lists every group)."""
     return "".join(line for line in help_text.splitlines(keepends=True)
                    if not line.startswith("schema/"))  # fmt: skip
-
-
-RERUN_USAGE = """\
-usage: brevpipe rerun URL [--allow-data-change] [overrides...]
-
-Run a job again from its artifacts/output.json (local path or any fsspec URL, e.g.
-s3://bucket/jobs/ID/artifacts/output.json): the same config, seed and split, as a new job in
-the same job root. Value overrides apply on top (trainer.epochs=10 job.root=./other).
-
-options:
-  --allow-data-change   go on when the data no longer matches the original sample table
-  rerun.allow_targets=[pkg.module.Name]
-                        also build these unregistered _target_s, by exact dotted name
-                        (output.json is untrusted input: only registered components are
-                        built otherwise; brevpipe schema --components lists them)
-"""
-
-
-def rerun_command(args: list[str]) -> int:
-    """``brevpipe rerun URL [--allow-data-change] [overrides...]``."""
-    import logging.config
-
-    from omegaconf import OmegaConf
-
-    if not args or args[0] in ("-h", "--help"):
-        print(RERUN_USAGE, end="")
-        return 0 if args else 2
-    allow = "--allow-data-change" in args
-    url, *overrides = [a for a in args if a != "--allow-data-change"]
-    if not logging.getLogger().handlers:  # as `brevpipe run` logs (Hydra's job_logging)
-        logging_config = OmegaConf.load(CONF_DIR / "hydra" / "job_logging" / "brevpipe.yaml")
-        logging.config.dictConfig(OmegaConf.to_container(logging_config))
-    try:
-        from brevpipe.engine.output_json import read_output
-        from brevpipe.engine.rerun import rebuild_config
-
-        output = read_output(url)
-        cfg = rebuild_config(output, url, overrides, allow_data_change=allow)
-        log.info("rerun of job %s (%s)", output["job"]["id"], url)
-        from brevpipe.engine.runner import run_job
-
-        job = run_job(cfg, choices=output.get("choices"))
-    except BrevpipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    report(job)
-    return 0

@@ -109,13 +109,17 @@ def schema_of(selector: str | None, config_dir: str | None = None) -> dict[str, 
     return {"$schema": SCHEMA_URI, **schema, "x-brevpipe-option": option or choices.get(group)}
 
 
-def main(args: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brevpipe schema", usage=USAGE, add_help=False)
     parser.add_argument("selector", nargs="?")
     parser.add_argument("--config-dir")
     parser.add_argument("--components", action="store_true")
     parser.add_argument("-h", "--help", action="store_true")
-    options = parser.parse_args(args)
+    return parser
+
+
+def main(args: list[str]) -> int:
+    options = build_parser().parse_args(args)
     if options.help:
         print(USAGE, end="")
         return 0
