@@ -11,17 +11,12 @@ import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from brevpipe import moved
-
 PACKAGE = Path(__file__).resolve().parent.parent / "brevpipe"
 
 # Each room of brevpipe/ and its layer: a module imports its own room and lower layers only.
 LAYERS = {
-    "moved": 0,  # old import paths (a finder that imports nothing of brevpipe by name)
     "errors": 0,
-    "brevpipe": 1,  # __init__: the version, and installs the finder
+    "brevpipe": 1,  # __init__: the version
     "engine": 2,  # job, job bucket layout, DAG, runner, stage contract, storage, registry
     "data": 3,  # components
     "models": 4,
@@ -31,6 +26,7 @@ LAYERS = {
     "serving": 5,
     "commands": 6,  # argument parsing and printing
     "__main__": 7,
+    "api": 7,  # the public surface: names from every room
 }
 
 
@@ -110,15 +106,10 @@ def test_the_checks_see_what_they_check() -> None:
     assert len(MODULES) > 40
 
 
-def test_old_import_paths_lead_to_the_new_modules() -> None:
-    for old, new in moved.MOVED.items():
-        assert old not in MODULES, f"{old} exists again: drop it from brevpipe.moved.MOVED"
-        assert new in MODULES, f"{new} (for {old}) is not a module"
-    for old in moved.SPLIT:
-        assert old not in MODULES
-    with pytest.warns(DeprecationWarning, match="brevpipe.engine.components"):
-        old = importlib.import_module("brevpipe.components")
-    assert old is importlib.import_module("brevpipe.engine.components")
-    assert old.Registry.__module__ == "brevpipe.engine.components"
-    with pytest.raises(ModuleNotFoundError, match="list_jobs, get_job: brevpipe.engine.records"):
-        importlib.import_module("brevpipe.registry")
+def test_the_public_api_names_resolve_and_user_projects_use_it() -> None:
+    api = importlib.import_module("brevpipe.api")
+    assert sorted(api.__all__) == sorted(set(api.__all__))
+    for name in api.__all__:
+        assert getattr(api, name) is not None, name
+    init = MODULES["brevpipe.commands.init"].read_text()
+    assert "from brevpipe.api import" in init and "from brevpipe.engine" not in init

@@ -200,7 +200,7 @@ def test_cfg_job_shows_the_composed_pipeline(tmp_path: Path) -> None:
     out = brevpipe("run", "--cfg", "job", "seed=7", "model.dense=32", cwd=tmp_path)
     assert out.returncode == 0
     assert "seed: 7" in out.stdout
-    assert "_target_: brevpipe.stages.classification.train" in out.stdout
+    assert "_target_: stage:classification.train" in out.stdout  # public names, not paths
     assert "dense: 32" in out.stdout
 
 

@@ -40,7 +40,7 @@ def write_images(folder: Path, count: int = 12, side: int = 40) -> Path:
 
 
 def pipeline(samples: pd.DataFrame, size: int | list[int] = 24, **kwargs) -> InputPipeline:
-    from hydra.utils import instantiate
+    from brevpipe.api import instantiate
 
     return InputPipeline(
         samples, ImageLoader(target_size=size if isinstance(size, list) else [size, size]),

@@ -84,7 +84,7 @@ def test_wheel_user_project_run_rerun_and_refusal(tmp_path: Path) -> None:
     run([brevpipe, "run", "--config-dir", "conf", "model=my_net", *tiny], project, env)
     [first] = outputs(jobs)
     assert first["job"]["status"] == "completed"
-    assert first["config"]["model"]["_target_"] == "acme.models.build"
+    assert first["config"]["model"]["_target_"] == "model:my_net"  # its public name
     assert first["config"]["model"]["width"] == 8
     url = jobs / first["job"]["id"] / "artifacts" / "output.json"
     run([brevpipe, "rerun", url], tmp_path, env)
@@ -96,6 +96,6 @@ def test_wheel_user_project_run_rerun_and_refusal(tmp_path: Path) -> None:
     run([*uninstall, "acme"], tmp_path, env)
     refused = run([brevpipe, "rerun", url], tmp_path, env, check=False)
     assert refused.returncode == 1, refused.stderr
-    assert "refusing model._target_: 'acme.models.build' is not a registered component" in (
-        refused.stderr)
+    assert "refusing model._target_: 'model:my_net' is not a registered component" in (
+        refused.stderr) and "Install the package that registers model:my_net" in refused.stderr
     assert "Traceback" not in refused.stderr and len(outputs(jobs)) == 2

@@ -58,7 +58,7 @@ def test_the_default_job_learns_and_shuffled_labels_do_not(tmp_path: Path) -> No
 def test_every_label_and_path_in_a_batch_is_its_images_own(
     tmp_path: Path, augmenter: str
 ) -> None:
-    from hydra.utils import instantiate
+    from brevpipe.api import instantiate
 
     folder = ShapesDataset(samples_per_class=7, image_size=32, cache_dir=str(tmp_path)).generate()
     samples = find_samples(str(folder))

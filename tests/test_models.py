@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 
+from brevpipe.api import instantiate
 from brevpipe.errors import ConfigError
 from brevpipe.models.training import Trainer
 from tests.conftest import preset

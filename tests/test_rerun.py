@@ -189,30 +189,35 @@ def test_rerun_of_a_job_from_before_reduced_jpeg_decode_decodes_as_it_did(tmp_pa
     assert cfg["pipeline"]["stages"]["train"]["loader"]["reduced_jpeg_decode"] is False
 
 
-FIXTURE_JOB = Path(__file__).parent / "fixtures" / "job-2026-11-26"
-FIXTURE_ROOT = Path("/tmp/brevpipe-fixture-2026-11-26")  # where it ran: its sample paths say so
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.mark.slow
-def test_an_output_json_written_before_the_restructuring_still_reruns(
-    capsys: pytest.CaptureFixture,
+@pytest.mark.parametrize("written", ["2026-11-26", "2026-12-06"])
+def test_an_output_json_of_an_earlier_release_still_reruns(
+    capsys: pytest.CaptureFixture, written: str
 ) -> None:
-    """tests/fixtures/job-2026-11-26 holds a tiny job's output.json and split as brevpipe wrote
-    them on 2026-11-26, before the engine/commands/stages layout (seed 5, shapes data generated
-    under FIXTURE_ROOT, tracking none). Its rerun must find every target and give its results."""
+    """tests/fixtures/job-<date> hold a tiny job's output.json and split as brevpipe wrote them
+    on that date (seed 5, shapes data generated under /tmp/brevpipe-fixture-<date>, tracking
+    none): 2026-11-26 before the engine/commands/stages layout, 2026-12-06 before components
+    were recorded by their public names. Each rerun must find every target and give its
+    results."""
     from filelock import FileLock
 
-    original = json.loads((FIXTURE_JOB / "artifacts" / "output.json").read_text())
+    original = json.loads((FIXTURES / f"job-{written}" / "artifacts" / "output.json").read_text())
     bucket = Path(original["job"]["bucket"])
-    assert bucket.parent.parent == FIXTURE_ROOT
+    root = Path(f"/tmp/brevpipe-fixture-{written}")  # where it ran: its sample paths say so
+    assert bucket.parent.parent == root
     # the recorded paths are absolute: two suites on one host take turns with them
-    with FileLock(f"{FIXTURE_ROOT}.lock", timeout=600):
-        rerun_the_fixture(capsys, original, bucket)
+    with FileLock(f"{root}.lock", timeout=600):
+        rerun_the_fixture(capsys, original, bucket, FIXTURES / f"job-{written}", root)
 
 
-def rerun_the_fixture(capsys: pytest.CaptureFixture, original: dict, bucket: Path) -> None:
-    shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
-    shutil.copytree(FIXTURE_JOB, bucket)
+def rerun_the_fixture(
+    capsys: pytest.CaptureFixture, original: dict, bucket: Path, fixture: Path, root: Path
+) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(fixture, bucket)
     try:
         again = rerun(capsys, str(bucket / "artifacts" / "output.json"))
         assert again["job"]["status"] == "completed"
@@ -220,12 +225,14 @@ def rerun_the_fixture(capsys: pytest.CaptureFixture, original: dict, bucket: Pat
         assert again["metrics"].keys() == original["metrics"].keys()
         for name, value in original["metrics"].items():
             assert again["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
-        # the same settings; targets whose module moved are recorded by today's paths
-        assert again["config"]["trainer"]["_target_"] == "brevpipe.models.training.Trainer"
+        # the same settings, every component recorded by its public name
+        assert again["config"]["trainer"]["_target_"] == "trainer:trainer"
+        assert again["config"]["trainer"]["optimizer"]["_target_"] == "optimizer:adam"
+        assert again["pipeline_template"]["stages"]["split"]["_target_"] == "stage:split_samples"
         today = modernize(original["config"])
         for key in ("dataset", "loader", "model", "trainer", "sampler", "tracking"):
             assert again["config"][key] == today[key], key
         split = again["config"]["split"]
         assert split["reuse_url"] == str(bucket / "artifacts" / "sample_identification.csv")
     finally:
-        shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)

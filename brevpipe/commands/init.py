@@ -83,11 +83,11 @@ def build(
 COMPONENTS = '''\
 """What {package} adds to brevpipe: called once through the brevpipe.components entry point."""
 
-from brevpipe.engine.components import MODEL_RUNTIME, Registry
+from brevpipe.api import MODEL_RUNTIME, Registry
 
 
 def register(registry: Registry) -> None:
-    # usable in configs as _target_: my_net (or model:my_net, or the dotted path)
+    # its public name in configs and records: _target_: model:my_net (or my_net, or the path)
     registry.add("model", "my_net", "{package}.models.build", runtime=MODEL_RUNTIME)
 '''
 
@@ -116,8 +116,9 @@ brevpipe rerun jobs/<id>/artifacts/output.json        # the same job again, exac
 ```
 
 Add presets beside `conf/model/my_net.yaml` (any group: `conf/trainer/long.yaml`, ...) and new
-components in `{package}/components.py`. A config may name a component by its dotted path, its
-short name (`my_net`) or `kind:name`; `brevpipe rerun` builds registered components only.
+components in `{package}/components.py`. A config names a component by its public name
+`kind:name` (`model:my_net`), its short name (`my_net`) or its dotted path; `brevpipe rerun`
+builds registered components only.
 """
 
 

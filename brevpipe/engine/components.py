@@ -1,8 +1,9 @@
 """The component registry: every object a config may build, by kind and short name.
 
-A config names a component with Hydra's ``_target_``: the dotted path
-(``brevpipe.models.training.Trainer``) or the registered short name (``trainer``, or
-``kind:name`` where a name is used by two kinds).
+A component's public name is ``kind:name`` (``trainer:trainer``, ``model:small_cnn``): the
+presets, the pipelines and every output.json name components so, and a module can move without
+breaking a record. A config may also write the short ``name`` (where one kind uses it) or any
+dotted path Hydra can import; :data:`ALIASES` keeps names that records used before.
 brevpipe's own components are registered below; another package registers its own through the
 ``brevpipe.components`` entry-point group, whose value is a function taking this module's
 :class:`Registry`::
@@ -53,6 +54,11 @@ class Component:
     target: str
     runtime: tuple[str, ...] = ()
     package: str = "brevpipe"
+
+    @property
+    def public_name(self) -> str:
+        """``kind:name``: how configs and records name this component."""
+        return f"{self.kind}:{self.name}"
 
     def load(self) -> Any:
         """The class or function itself (imports its module)."""
@@ -115,6 +121,7 @@ class Registry:
         """The component named by a ``_target_`` value: a dotted path, ``name`` or
         ``kind:name``; None when nothing is registered under it."""
         self._load_entry_points()
+        reference = ALIASES.get(reference, reference)
         if ":" in reference:
             kind, _, name = reference.partition(":")
             return self._by_name.get((kind, name))
@@ -165,12 +172,13 @@ def _builtins(registry: Registry) -> None:
     add("trainer", "trainer", "brevpipe.models.training.Trainer")
     add("tracking", "mlflow", "brevpipe.integrations.tracking.TrackingSettings")
     for module, names in {
-        "classification": ("find_samples", "split_samples", "train", "evaluate", "preview",
-                           "export", "report"),
+        "generic": ("split_samples", "export"),
+        "classification": ("find_samples", "train", "evaluate", "preview", "report"),
         "segmentation": ("find_samples", "train", "evaluate", "report"),
     }.items():  # fmt: skip
         for name in names:
-            add("stage", f"{module}.{name}", f"brevpipe.stages.{module}.{name}")
+            public = name if module == "generic" else f"{module}.{name}"
+            add("stage", public, f"brevpipe.stages.{module}.{name}")
     for name in ("Adam", "AdamW", "SGD", "RMSprop", "Nadam", "Adagrad"):
         add("optimizer", name.lower(), f"keras.optimizers.{name}", runtime=("learning_rate",))
     # no CSVLogger, ModelCheckpoint, BackupAndRestore: a file name from an untrusted output.json
@@ -179,6 +187,16 @@ def _builtins(registry: Registry) -> None:
         add("callback", name.lower(), f"keras.callbacks.{name}")
 
 
+# Names that records and configs used before a component moved (or a stage was shared): the one
+# table that keeps every earlier output.json rerunnable.
+ALIASES = {
+    "brevpipe.train.Trainer": "trainer:trainer",
+    "brevpipe.tracking.TrackingSettings": "tracking:mlflow",
+    "brevpipe.stages.classification.split_samples": "stage:split_samples",
+    "brevpipe.stages.classification.export": "stage:export",
+    "stage:classification.split_samples": "stage:split_samples",
+    "stage:classification.export": "stage:export",
+}
 REGISTRY = Registry()
 _builtins(REGISTRY)
 
@@ -207,6 +225,9 @@ def check_registered(tree: Any, allow: Sequence[str] = (), path: str = "") -> No
             found = REGISTRY.find(target)
         except ConfigError as exc:
             raise ConfigError(f"refusing {where}: {exc}") from None
+        if found is None and ":" in target:  # a public name: its package is not installed
+            raise ConfigError(f"refusing {where}: {REGISTRY.unknown(target)} Install the "
+                              f"package that registers {target} and run again.")  # fmt: skip
         if found is None:
             raise ConfigError(
                 f"refusing {where}: {REGISTRY.unknown(target)} If you trust this output.json "
@@ -232,21 +253,15 @@ def check_names(tree: Any, path: str = "") -> None:
                               "and that its package is installed.") from None
 
 
-# Components whose module moved (2026-11-26, the engine/commands/stages layout): an output.json
-# written before names them by their old paths, which :func:`modernize` rewrites.
-MOVED_TARGETS = {
-    "brevpipe.train.Trainer": "brevpipe.models.training.Trainer",
-    "brevpipe.tracking.TrackingSettings": "brevpipe.integrations.tracking.TrackingSettings",
-}
-
-
 def modernize(tree: Any) -> Any:
-    """A copy of a plain config tree whose moved ``_target_`` paths are today's."""
+    """A copy of a plain config tree (an output.json's) whose registered components are named
+    by their public ``kind:name``, whatever name the record used."""
     if isinstance(tree, dict):
         out = {k: modernize(v) for k, v in tree.items()}
         target = out.get("_target_")
-        if isinstance(target, str) and target in MOVED_TARGETS:
-            out["_target_"] = MOVED_TARGETS[target]
+        component = REGISTRY.find(target) if isinstance(target, str) else None
+        if component is not None:
+            out["_target_"] = component.public_name
         return out
     if isinstance(tree, list | tuple):
         return [modernize(v) for v in tree]
@@ -254,11 +269,12 @@ def modernize(tree: Any) -> Any:
 
 
 def expand(tree: Any) -> Any:
-    """A copy of a plain config tree whose short ``_target_`` names are dotted paths."""
+    """A copy of a plain config tree whose public, short and earlier names are dotted paths
+    (what Hydra's ``instantiate`` imports)."""
     if isinstance(tree, dict):
         out = {k: expand(v) for k, v in tree.items()}
         target = out.get("_target_")
-        if isinstance(target, str) and ("." not in target or ":" in target):
+        if isinstance(target, str) and (target in ALIASES or "." not in target or ":" in target):
             out["_target_"] = REGISTRY.get(target).target
         return out
     if isinstance(tree, list | tuple):

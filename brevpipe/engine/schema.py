@@ -122,7 +122,7 @@ def _plain(value: Any) -> Any:
 def config_class(component: Component) -> type:
     """A dataclass for Hydra's ConfigStore: ``_target_`` plus the component's parameters."""
     fields: list[tuple[str, Any, Any]] = [
-        ("_target_", str, dataclasses.field(default=component.target))
+        ("_target_", str, dataclasses.field(default=component.public_name))
     ]
     if component.kind == "model":  # builders get the input shape and class count at fit time
         fields.append(("_partial_", bool, dataclasses.field(default=True)))
@@ -193,8 +193,8 @@ def _json_type(annotation: Any) -> dict[str, Any]:
 def component_schema(component: Component) -> dict[str, Any]:
     """The JSON Schema of one component's settings (``_target_`` included)."""
     doc = (inspect.getdoc(component.load()) or "").split("\n\n")[0]
-    names = [component.target, component.name, f"{component.kind}:{component.name}"]
-    properties: dict[str, Any] = {"_target_": {"enum": names, "default": component.target}}
+    names = [component.public_name, component.name, component.target]
+    properties: dict[str, Any] = {"_target_": {"enum": names, "default": component.public_name}}
     if component.kind == "model":
         properties["_partial_"] = {"const": True, "default": True}
     required = ["_target_"]

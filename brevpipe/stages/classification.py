@@ -25,10 +25,7 @@ from brevpipe.engine.context import StageContext
 from brevpipe.errors import ConfigError, DataError
 from brevpipe.reports.metrics import classification_metrics, multilabel_metrics
 from brevpipe.stages import common
-from brevpipe.stages.generic import export, split_samples
 
-# The stage functions: pipelines and output.json files name them brevpipe.stages.classification.*
-__all__ = ["find_samples", "split_samples", "train", "evaluate", "preview", "export", "report"]
 log = logging.getLogger("brevpipe")
 
 
