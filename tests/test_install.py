@@ -1,4 +1,4 @@
-"""brevpipe as an installed framework: the wheel (conf/ and pipelines/ inside) in a fresh venv
+"""brevpipe as an installed framework: the wheel (conf/ inside) in a fresh venv
 outside the repository, a user project made by ``brevpipe init`` with its own component
 registered by entry point, an exact rerun, and the refusal once the component is gone."""
 

@@ -42,10 +42,11 @@ def test_every_stage_function_is_registered(module) -> None:
 def test_pipelines_name_their_stages_by_public_name() -> None:
     from omegaconf import OmegaConf
 
-    from brevpipe.engine.config import PIPELINES_DIR
+    from brevpipe.engine.config import CONF_DIR
 
-    for path in sorted(PIPELINES_DIR.glob("*.yaml")):
-        stages = OmegaConf.to_container(OmegaConf.load(path))["stages"]
+    for path in sorted((CONF_DIR / "pipeline").glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        stages = (node.get("pipeline") or node)["stages"]  # segmentation.yaml is global
         for name, stage in stages.items():
             component = REGISTRY.get(stage["_target_"])
             assert stage["_target_"] == component.public_name, (path.name, name)

@@ -37,7 +37,8 @@ def group_options(config_dirs: list[Path]) -> dict[str, list[str]]:
 
 
 def preset_component(folders: list[Path], group: str, option: str) -> str | None:
-    """The component a preset starts from (its ``/schema/<kind>/<name>`` default)."""
+    """The public name of the component a preset starts from (its ``/schema/<kind>/<name>``
+    default)."""
     from omegaconf import OmegaConf
 
     from brevpipe.engine.components import REGISTRY
@@ -49,9 +50,9 @@ def preset_component(folders: list[Path], group: str, option: str) -> str | None
             for entry in preset.get("defaults") or []:
                 if isinstance(entry, str) and entry.startswith("/schema/"):
                     kind, name = entry.split("@")[0].split("/")[2:4]
-                    return REGISTRY.get(f"{kind}:{name}").target
+                    return REGISTRY.get(f"{kind}:{name}").public_name
             target = preset.get("_target_")
-            return REGISTRY.get(target).target if target else None
+            return REGISTRY.get(target).public_name if target else None
     return None
 
 
@@ -81,9 +82,9 @@ def compose_plain(overrides: list[str], config_dir: str | None = None) -> tuple[
 
 def schema_of(selector: str | None, config_dir: str | None = None) -> dict[str, Any]:
     """The JSON Schema printed by ``brevpipe schema [selector]``."""
-    from brevpipe.engine.components import REGISTRY
+    from brevpipe.engine.components import GROUP_KINDS, REGISTRY
     from brevpipe.engine.config import CONF_DIR
-    from brevpipe.engine.schema import GROUP_KINDS, SCHEMA_URI, component_schema, config_schema
+    from brevpipe.engine.schema import SCHEMA_URI, component_schema, config_schema
 
     folders = [CONF_DIR, *([Path(config_dir)] if config_dir else [])]
     options = group_options(folders)

@@ -35,10 +35,12 @@ log = logging.getLogger("brevpipe")
 ENTRY_POINT_GROUP = "brevpipe.components"
 # Parameters a model builder gets from the job at build time, not from its config.
 MODEL_RUNTIME = ("input_shape", "num_classes", "multi_label")
-KINDS = (
-    "dataset", "split", "sampler", "loader", "augmenter", "encoder", "model", "trainer",
-    "tracking", "stage", "optimizer", "callback",
-)  # fmt: skip
+# The kinds of component, one table. The config groups come first, in the config's order: each
+# is a folder of presets (conf/<kind>/), a node of the composed config (a field of
+# engine.settings.Settings) and a group of brevpipe schema. The others are built inside them.
+GROUP_KINDS = ("dataset", "split", "sampler", "loader", "augmenter", "encoder", "model",
+               "trainer", "tracking")  # fmt: skip
+KINDS = (*GROUP_KINDS, "stage", "optimizer", "callback")
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,9 @@ from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # brevpipe/
 REPO_DIR = PACKAGE_DIR.parent
-# A wheel carries conf/ and pipelines/ inside the package (pyproject's package-dir); a source
-# checkout or an editable install reads them at the top level of the repository.
+# A wheel carries conf/ inside the package (pyproject's package-dir); a source checkout or an
+# editable install reads it at the top level of the repository. Pipelines are conf/pipeline/.
 CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else REPO_DIR / "conf"
-PIPELINES_DIR = (
-    PACKAGE_DIR / "pipelines" if (PACKAGE_DIR / "pipelines").is_dir() else REPO_DIR / "pipelines"
-)
 
 REDACTED = "***"
 SECRET_KEY_PATTERNS = ("*secret*", "*key*", "*token*", "*password*", "*credential*")

@@ -22,12 +22,10 @@ from typing import Any, Optional, Union
 
 from omegaconf import MISSING, OmegaConf
 
-from brevpipe.engine.components import REGISTRY, Component
+from brevpipe.engine.components import GROUP_KINDS, REGISTRY, Component
 
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 # config groups whose options are components of the kind of the same name
-GROUP_KINDS = ("dataset", "split", "sampler", "loader", "augmenter", "encoder", "model",
-               "trainer", "tracking")  # fmt: skip
 _PRIMITIVES = (int, float, bool, str)
 
 
@@ -269,7 +267,7 @@ def config_schema(
         elif f.name == "pipeline":
             pipelines = {"enum": list(options.get(f.name, [])), "default": choices.get(f.name)}
             properties[f.name] = {"type": "object", "x-brevpipe-options": pipelines,
-                                  "description": "the stages (pipelines/*.yaml)"}  # fmt: skip
+                                  "description": "the stages (conf/pipeline/*.yaml)"}  # fmt: skip
         elif f.name == "seed":
             properties[f.name] = {"type": "integer", "default": f.default,
                                   "description": "the root seed: every stage and component "

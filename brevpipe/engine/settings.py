@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
 from omegaconf import MISSING
+
+from brevpipe.engine.components import GROUP_KINDS
 
 DEFAULT_JOB_ROOT = "./jobs"  # also where `brevpipe jobs`, predict and serve look up job ids
 
@@ -81,8 +83,8 @@ class RerunSettings:
 
 
 @dataclass
-class Settings:
-    """The whole config: brevpipe's settings plus one node per config group."""
+class BrevpipeSettings:
+    """brevpipe's own settings: the root seed, the job, storage, runtime, sweep and rerun."""
 
     seed: int = 42  # the root seed: every stage and component derives its own from it
     job: JobSettings = field(default_factory=JobSettings)
@@ -90,18 +92,17 @@ class Settings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     sweep: SweepSettings = field(default_factory=SweepSettings)
     rerun: RerunSettings = field(default_factory=RerunSettings)
-    # the config groups' nodes, typed by their own components' settings
-    dataset: Any = MISSING
-    split: Any = MISSING
-    sampler: Any = MISSING
-    loader: Any = MISSING
-    augmenter: Any = MISSING
-    encoder: Any = MISSING
-    model: Any = MISSING
-    trainer: Any = MISSING
-    tracking: Any = MISSING
-    pipeline: Any = MISSING
-    masks: Any = None  # segmentation: mask classes and colours (pipeline=segmentation)
+
+
+# The whole config: brevpipe's settings, one node per config group (the kinds table's groups,
+# each typed by its own component's settings), the pipeline, and the segmentation masks'
+# classes and colours (pipeline=segmentation).
+Settings = make_dataclass(
+    "Settings",
+    [*((kind, Any, field(default=MISSING)) for kind in GROUP_KINDS),
+     ("pipeline", Any, field(default=MISSING)), ("masks", Any, field(default=None))],
+    bases=(BrevpipeSettings,),
+)  # fmt: skip
 
 
 def store_settings() -> None:

@@ -1,4 +1,4 @@
-"""Stages of the image classification pipeline (declared in pipelines/classification.yaml).
+"""Stages of the image classification pipeline (declared in conf/pipeline/classification.yaml).
 
 Each stage is a function ``(ctx, **inputs, **params) -> {output_name: value}``; component
 configs arrive as plain ``_target_`` mappings and are built with Hydra's ``instantiate``.

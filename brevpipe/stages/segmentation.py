@@ -1,4 +1,4 @@
-"""Stages of the semantic segmentation pipeline (declared in pipelines/segmentation.yaml).
+"""Stages of the semantic segmentation pipeline (declared in conf/pipeline/segmentation.yaml).
 
 The sample table carries a ``mask_path`` per image (``dataset.masks=true``); masks are class
 indices per pixel (``masks.classes`` by pixel value, or colours via ``masks.colors``), loaded,
@@ -25,7 +25,7 @@ from brevpipe.errors import ConfigError
 from brevpipe.reports.metrics import segmentation_metrics
 from brevpipe.stages import common
 
-# The stage functions: pipelines and output.json files name them brevpipe.stages.segmentation.*
+# The stage functions, registered as stage:segmentation.<name> (engine/components.py)
 __all__ = ["find_samples", "train", "evaluate", "report"]
 log = logging.getLogger("brevpipe")
 FEATURES = ("image", "mask")
