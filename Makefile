@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # two Ray instances never run at once
 TEST_WORKERS ?= 2
 
-.PHONY: help install browser run test test-fast lint bench clean
+.PHONY: help install browser run test test-fast lint bench docs docs-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ browser:  ## headless Chromium for the report test (Debian package; the test ski
 	      timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "chromium could not be installed (needs root and the Debian mirror): the report rendering test will fail; BREVPIPE_NO_BROWSER=1 skips it"
 
+docs: install  ## build the documentation site into site/ (mkdocs build --strict)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
+docs-serve: install  ## serve the documentation with live reload on http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve
+
 test: install browser  ## run the test suite
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
@@ -73,4 +79,4 @@ bench: install  ## benchmarks: ratios against what users would write instead (tf
 
 clean:  ## remove generated state (jobs, MLflow store, multirun folders), keep .venv
 	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache \
-		build brevpipe.egg-info
+		build brevpipe.egg-info site

@@ -201,7 +201,7 @@ def test_allow_targets_takes_exact_dotted_names_only_and_is_recorded(tmp_path: P
 
 
 def test_the_mobilenet_shapes_experiment_composes_and_its_model_builds() -> None:
-    """``brevpipe run +experiment=mobilenet_shapes`` (the README's recipe) as composed."""
+    """``brevpipe run +experiment=mobilenet_shapes`` (the recipe in docs/models.md) as composed."""
     # brevpipe's instantiate builds a composed config (Hydra's alone does not know kind:name)
     plain = resolve_config(compose_config(["+experiment=mobilenet_shapes"]))
     assert plain["dataset"]["samples_per_class"] == 1000 and plain["trainer"]["epochs"] == 10

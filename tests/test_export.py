@@ -40,7 +40,7 @@ def test_archive_from_s3_predicts_the_trained_models_scores(tiny_config, s3_buck
 
 @pytest.mark.slow
 def test_readme_tensorflow_only_script_reproduces_predictions(tmp_path: Path) -> None:
-    """The README's plain-TensorFlow script, run on a trained job's archive with only
+    """The docs' plain-TensorFlow script, run on a trained job's archive with only
     model.json's numbers, gives the scores of the job's own predictions.csv."""
     import re
     import subprocess
@@ -49,7 +49,7 @@ def test_readme_tensorflow_only_script_reproduces_predictions(tmp_path: Path) ->
     from brevpipe.engine.config import REPO_DIR
     from tests.conftest import compose_config, tiny_overrides
 
-    readme = (REPO_DIR / "README.md").read_text()
+    readme = (REPO_DIR / "docs" / "serving.md").read_text()
     (script,) = re.findall(r"```python\n(# score_with_tensorflow\.py.*?)```", readme, re.S)
     assert "brevpipe" not in script.replace("score_with_tensorflow.py", "")
     (tmp_path / "score.py").write_text(script)

@@ -126,7 +126,7 @@ class ImageLoader:
 
     def recipe(self) -> dict[str, Any]:
         """The preprocessing as numbers and TensorFlow calls, for model.json: enough to score
-        the exported model with TensorFlow alone (see the README's plain-TensorFlow script)."""
+        the exported model with TensorFlow alone (see docs/serving.md's plain-TensorFlow script)."""
         scale, offset = self.rescale_numbers()
         jpeg = {
             "op": "tf.io.decode_jpeg",
