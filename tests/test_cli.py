@@ -186,6 +186,9 @@ def test_unknown_group_option_lists_the_options(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "Could not find 'model/resnet9000'" in out.stderr
     assert "small_cnn" in out.stderr
+    helped = brevpipe("run", "--help", "model=resnet9000", cwd=tmp_path)  # the same, no traceback
+    assert helped.returncode == 1 and "Traceback" not in helped.stderr
+    assert "Could not find 'model/resnet9000'" in helped.stderr and "small_cnn" in helped.stderr
 
 
 def test_missing_dataset_url_is_one_clear_line(tmp_path: Path) -> None:

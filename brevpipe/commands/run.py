@@ -10,6 +10,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -76,6 +77,10 @@ def main(args: list[str]) -> int:
     try:
         with contextlib.redirect_stdout(text):
             main(_run_job)()
+    except HydraException as exc:  # Hydra reports a bad override for a run, not for --help
+        print(f"brevpipe run --help: {str(exc).split('Config search path:')[0].rstrip()}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     finally:
         print(user_groups_only(text.getvalue()), end="")
     return 0
