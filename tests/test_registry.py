@@ -507,7 +507,7 @@ def test_a_stop_request_ends_a_training_job_as_stopped_and_it_resumes(tmp_path: 
     callbacks = (
         f"trainer.callbacks=[{{_target_: tests.test_registry.request_stop_after_epoch, "
         f"root: '{root}', job_id: '{job_id}', report: '{report}'}}]"
-    )  # the trainer's own stop check (stop_url) looks at every batch end here
+    )  # the stage's stop callback (trainer.stop_check_s) looks at every batch end here
     settings = root_overrides(root, tmp_path, f"job.id={job_id}", "trainer.epochs=3", callbacks,
                               "trainer.stop_check_s=0")  # fmt: skip
     with pytest.raises(StopRequested, match="stop requested"):

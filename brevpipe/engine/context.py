@@ -50,11 +50,12 @@ class StageContext:
         """A local scratch path of the job (not persisted); its parent folder exists."""
         return self.job.temp_path(*parts)
 
-    def stop_callback(self) -> Any:
-        """A Keras callback that ends ``fit`` when ``brevpipe jobs stop`` asks this job to."""
+    def stop_callback(self, check_every_s: float = 2.0) -> Any:
+        """A Keras callback that ends ``fit`` when ``brevpipe jobs stop`` asks this job to
+        (looking at most every ``check_every_s`` seconds)."""
         from brevpipe.engine.control import stop_callback
 
-        return stop_callback(self.job.bucket_url)
+        return stop_callback(self.job.bucket_url, check_every_s)
 
     def add_metric(self, name: str, value: float) -> None:
         self.job.add_metric(name, value)

@@ -182,22 +182,20 @@ class Trainer:
         verbose: str | int = "auto",
         checkpoint: Checkpoint | None = None,
         task: str = "single_label",
-        stop_url: str | None = None,
+        stop: Any | None = None,
     ) -> Any:
         """Compile (unless compiled) and fit; every epoch draws its own sample order and
         augmentation. With a ``checkpoint``, continue after its last saved epoch and save
-        after every epoch. With ``stop_url`` (a job bucket), end at the next batch once
-        ``brevpipe jobs stop`` asked for it."""
+        after every epoch. ``stop``: a Keras callback that ends training early (a stage's
+        ``ctx.stop_callback(trainer.stop_check_s)``: ``brevpipe jobs stop``)."""
         import keras
-
-        from brevpipe.engine.control import stop_callback
 
         steps = len(train)
         if not model.compiled:
             with self.scope():
                 self.compile(model, steps, task)
         start = checkpoint.restore(model) if checkpoint is not None else 0
-        callbacks = [stop_callback(stop_url, self.stop_check_s)] if stop_url else []
+        callbacks = [stop] if stop is not None else []
         if on_epoch is not None:
             for row in checkpoint.history if start else []:
                 on_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})

@@ -132,7 +132,8 @@ def fit_checkpointed(
     ctx.cleanups.append(checkpoint.remove)
     try:
         fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose,
-                checkpoint=checkpoint, task=task, stop_url=ctx.job.bucket_url)  # fmt: skip
+                checkpoint=checkpoint, task=task,
+                stop=ctx.stop_callback(fit.stop_check_s))  # fmt: skip
         if checkpoint.restored_epoch:
             ctx.notes["resumed_after_epoch"] = checkpoint.restored_epoch
     except tf.errors.InvalidArgumentError as exc:
@@ -196,6 +197,6 @@ def publish_report(
                  **(summary or {})},  # fmt: skip
         metrics=job.metrics, charts=specs, pivot_data=pivot_data, images=images,
     )  # fmt: skip
-    url = job.artifact_path("report.html")
+    url = ctx.artifact("report.html")
     storage.write_bytes(url, page.encode())
     return {"report": {"url": url, "charts": sorted(specs), "atlases": sorted(images)}}
