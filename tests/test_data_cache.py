@@ -149,6 +149,36 @@ def test_concurrent_jobs_filling_the_same_keys_leave_whole_entries(tmp_path: Pat
     assert epoch_bytes(warm) == epoch_bytes(pipeline(samples))
 
 
+def test_jobs_in_two_threads_of_one_process_each_fill_their_own_cache(tmp_path: Path) -> None:
+    """The active data cache belongs to the thread that configured it (a notebook, a launcher
+    or the dashboard may run two jobs side by side): neither sees the other's."""
+    import threading
+
+    data = write_images(tmp_path / "data", count=6)
+    samples = find_samples(str(data))
+    pipelines = {"one": pipeline(samples), "two": pipeline(samples)}  # composed here: Hydra
+    seen: dict[str, object] = {}
+    ready = threading.Barrier(2)
+
+    def job(name: str) -> None:
+        try:
+            configured = cache.configure(str(tmp_path / name))
+            ready.wait(timeout=60)  # both caches are set before either pipeline reads its own
+            decoded = pipelines[name].cached_images().decoded
+            seen[name] = (cache.active() is configured, decoded)
+        except Exception as exc:  # noqa: BLE001 - shown by the assertion below
+            seen[name] = exc
+
+    threads = [threading.Thread(target=job, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert seen == {"one": (True, 6), "two": (True, 6)}  # each decoded into its own root
+    assert len(entries(tmp_path / "one")) == len(entries(tmp_path / "two")) == 6
+    assert cache.active() is None, "this thread configured none"
+
+
 def _churn(root: str, worker: int) -> None:
     """Write entries, record their use and evict, over and over, as many jobs at once do."""
     store = DataCache(root, max_bytes=40 * 1000)

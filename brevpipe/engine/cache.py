@@ -19,6 +19,7 @@ computes is the same with it, without it, and with a cold or warm one.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -220,15 +221,21 @@ def _modified(info: dict[str, Any]) -> float:
     return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
-_ACTIVE: list[DataCache | None] = [None]
+# The data cache of the job running in this thread: a context variable, not a process global,
+# so that jobs run side by side in one process (a notebook, a launcher, the dashboard) each see
+# their own. A new thread starts without one.
+_ACTIVE: contextvars.ContextVar[DataCache | None] = contextvars.ContextVar(
+    "brevpipe_data_cache", default=None
+)
 
 
 def configure(root: str | None, max_gb: float | None = None) -> DataCache | None:
-    """Set the data cache of this process's jobs (the runner does, from ``runtime``)."""
-    _ACTIVE[0] = DataCache.from_settings(root, max_gb)
-    return _ACTIVE[0]
+    """Set the data cache of the jobs this thread runs (the runner does, from ``runtime``)."""
+    cache = DataCache.from_settings(root, max_gb)
+    _ACTIVE.set(cache)
+    return cache
 
 
 def active() -> DataCache | None:
-    """The data cache set by :func:`configure`, if any."""
-    return _ACTIVE[0]
+    """The data cache :func:`configure` set in this thread, if any."""
+    return _ACTIVE.get()
