@@ -229,6 +229,8 @@ def rerun_the_fixture(
         assert again["config"]["trainer"]["_target_"] == "trainer:trainer"
         assert again["config"]["trainer"]["optimizer"]["_target_"] == "optimizer:adam"
         assert again["pipeline_template"]["stages"]["split"]["_target_"] == "stage:split_samples"
+        # the report reads only what it declares: evaluate's predictions, passed on
+        assert "predictions" in again["pipeline_template"]["stages"]["report"]["inputs"]
         today = modernize(original["config"])
         for key in ("dataset", "loader", "model", "trainer", "sampler", "tracking"):
             assert again["config"][key] == today[key], key

@@ -60,6 +60,21 @@ def _escape(tree: Any, escape: bool = True) -> Any:
     return tree
 
 
+def upgrade_template(template: dict[str, Any]) -> dict[str, Any]:
+    """An earlier pipeline declaration (public names already) with what today's stages take:
+    the classification report reads the evaluate stage's per-sample ``predictions``, which
+    pipelines declared before 2026-11-26 did not pass on."""
+    stages = template.get("stages") if isinstance(template, dict) else None
+    for stage in (stages or {}).values():
+        if not isinstance(stage, dict):
+            continue
+        wants = {"stage:classification.evaluate": "outputs",
+                 "stage:classification.report": "inputs"}.get(stage.get("_target_"))  # fmt: skip
+        if wants and "predictions" not in (stage.get(wants) or []):
+            stage[wants] = [*(stage.get(wants) or []), "predictions"]
+    return template
+
+
 def _config_groups() -> set[str]:
     return {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"}
 
@@ -121,7 +136,10 @@ def _rebuild(
 ) -> DictConfig:
     from brevpipe.engine.settings import RerunSettings, Settings
 
-    template, config = modernize(output["pipeline_template"]), modernize(output["config"])
+    template = upgrade_template(modernize(output["pipeline_template"]))
+    config = modernize(output["config"])
+    if isinstance(config.get("pipeline"), dict):
+        config["pipeline"] = upgrade_template(config["pipeline"])  # as resolved: the same
     _check_links(template)
     saved = {k: v for k, v in config.items() if k != "pipeline"}
     cfg = OmegaConf.create(_escape(saved))

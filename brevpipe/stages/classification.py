@@ -19,7 +19,7 @@ from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.visual import preview_png
-from brevpipe.engine import layout, storage
+from brevpipe.engine import storage
 from brevpipe.engine.components import instantiate
 from brevpipe.engine.context import StageContext
 from brevpipe.errors import ConfigError, DataError
@@ -150,7 +150,7 @@ def _predict(model: Any, samples: pd.DataFrame, loader: ImageLoader, batch_size:
 
 def report(
     ctx: StageContext, split_samples: pd.DataFrame, evaluation: dict[str, Any],
-    preview: dict[str, Any], predictions: pd.DataFrame | None = None, *,
+    preview: dict[str, Any], predictions: pd.DataFrame, *,
     loader: dict[str, Any], pivot: dict[str, list[str]], atlas_size: int = 64,
 ) -> dict[str, Any]:  # fmt: skip
     """Charts (``artifacts/charts/*.vl.json``), the pivot summary, thumbnail atlases of
@@ -169,23 +169,17 @@ def report(
                 evaluation[purpose]["threshold_curves"], purpose
             )
     image_loader = ImageLoader(**{**instantiate(loader).metadata(), "rescale": "none"})
-    images = _atlases(ctx, split_samples, _read_back(ctx, predictions), classes, image_loader,
+    images = _atlases(ctx, split_samples, _read_back(predictions), classes, image_loader,
                       atlas_size)  # fmt: skip
     if storage.exists(preview["url"]):
         images["First augmented training batch"] = storage.read_bytes(preview["url"])
     return common.publish_report(ctx, split_samples, specs, images, pivot)
 
 
-def _read_back(ctx: StageContext, predictions: pd.DataFrame | None) -> pd.DataFrame:
+def _read_back(predictions: pd.DataFrame) -> pd.DataFrame:
     """The per-sample predictions typed as pandas reads their CSV (scores as numbers, no label
     as NaN), the same whether the table comes in memory or from the stage cache (as text)."""
-    if predictions is None:
-        # Only for pipelines declared before 2026-11-26 (an output.json's pipeline_template),
-        # whose report takes no predictions input: read the evaluate stage's artifact.
-        data = storage.read_bytes(ctx.artifact(layout.PREDICTIONS))
-    else:
-        data = predictions.to_csv(index=False).encode()
-    return pd.read_csv(io.BytesIO(data))
+    return pd.read_csv(io.BytesIO(predictions.to_csv(index=False).encode()))
 
 
 def _atlases(

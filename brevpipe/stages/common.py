@@ -151,16 +151,12 @@ def evaluation_outputs(
     ctx: StageContext, evaluation: dict[str, Any], rows: list[dict[str, Any]], columns: list[str]
 ) -> dict[str, Any]:
     """Write the per-sample ``rows`` to ``artifacts/predictions.csv``; the evaluate stage's
-    outputs: ``evaluation``, and the table as ``predictions`` where the pipeline declares it
-    (pipelines declared before 2026-11-26 do not)."""
+    outputs: ``evaluation``, and the table as ``predictions``."""
     predictions = pd.DataFrame(rows, columns=columns)  # columns: a header even with no rows
     storage.write_bytes(
         ctx.artifact(layout.PREDICTIONS), predictions.to_csv(index=False).encode()
     )
-    outputs: dict[str, Any] = {"evaluation": evaluation}
-    if "predictions" in ctx.outputs:
-        outputs["predictions"] = predictions
-    return outputs
+    return {"evaluation": evaluation, "predictions": predictions}
 
 
 # -- report ----------------------------------------------------------------------------------
