@@ -230,7 +230,11 @@ def rerun_the_fixture(
         assert again["config"]["trainer"]["optimizer"]["_target_"] == "optimizer:adam"
         assert again["pipeline_template"]["stages"]["split"]["_target_"] == "stage:split_samples"
         # the report reads only what it declares: evaluate's predictions, passed on
-        assert "predictions" in again["pipeline_template"]["stages"]["report"]["inputs"]
+        assert {"predictions", "history"} <= set(again["pipeline_template"]["stages"]["report"]
+                                                 ["inputs"])  # fmt: skip
+        assert len(again["history"]) == len(original["history"]) == 2
+        charts = Path(again["job"]["bucket"], "artifacts", "charts")
+        assert (charts / "training_curves.vl.json").exists(), "the report got the history"
         today = modernize(original["config"])
         for key in ("dataset", "loader", "model", "trainer", "sampler", "tracking"):
             assert again["config"][key] == today[key], key

@@ -65,6 +65,12 @@ class StageContext:
         for name, value in metrics.items():
             self.add_metric(name, value)
 
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The epochs this stage recorded (:meth:`add_epoch`), a resumed job's earlier ones too:
+        what a training stage hands on as its ``history`` output."""
+        return [dict(row) for row in self.recorded.get("history", [])]
+
     def add_epoch(self, epoch: int, logs: dict[str, float]) -> None:
         self.job.add_epoch(epoch, logs)
         self.recorded.setdefault("history", []).append({"epoch": epoch, **logs})

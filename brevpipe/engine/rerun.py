@@ -60,18 +60,30 @@ def _escape(tree: Any, escape: bool = True) -> Any:
     return tree
 
 
+# What today's stages pass on that earlier pipeline declarations did not: the classification
+# report reads evaluate's per-sample predictions (declared since 2026-11-26), and reports read
+# the training stage's history (2026-12-06), by (stage, inputs or outputs): names to add.
+UPGRADES = {
+    ("stage:classification.evaluate", "outputs"): ("predictions",),
+    ("stage:classification.report", "inputs"): ("predictions", "history"),
+    ("stage:classification.train", "outputs"): ("history",),
+    ("stage:segmentation.train", "outputs"): ("history",),
+    ("stage:segmentation.report", "inputs"): ("history",),
+}
+
+
 def upgrade_template(template: dict[str, Any]) -> dict[str, Any]:
-    """An earlier pipeline declaration (public names already) with what today's stages take:
-    the classification report reads the evaluate stage's per-sample ``predictions``, which
-    pipelines declared before 2026-11-26 did not pass on."""
+    """An earlier pipeline declaration (public names already) with what today's stages take
+    and give (:data:`UPGRADES`)."""
     stages = template.get("stages") if isinstance(template, dict) else None
     for stage in (stages or {}).values():
         if not isinstance(stage, dict):
             continue
-        wants = {"stage:classification.evaluate": "outputs",
-                 "stage:classification.report": "inputs"}.get(stage.get("_target_"))  # fmt: skip
-        if wants and "predictions" not in (stage.get(wants) or []):
-            stage[wants] = [*(stage.get(wants) or []), "predictions"]
+        for side in ("inputs", "outputs"):
+            names = list(stage.get(side) or [])
+            missing = [n for n in UPGRADES.get((stage.get("_target_"), side), ()) if n not in names]
+            if missing:
+                stage[side] = [*names, *missing]
     return template
 
 

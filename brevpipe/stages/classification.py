@@ -78,7 +78,7 @@ def train(
     )
     common.fit_checkpointed(ctx, fit, net, train_data, devel_data, task, split_samples,
                             image_loader)  # fmt: skip
-    return {"model": net, "classes": list(label_encoder.classes)}
+    return {"model": net, "classes": list(label_encoder.classes), "history": ctx.history}
 
 
 def preview(
@@ -150,7 +150,7 @@ def _predict(model: Any, samples: pd.DataFrame, loader: ImageLoader, batch_size:
 
 def report(
     ctx: StageContext, split_samples: pd.DataFrame, evaluation: dict[str, Any],
-    preview: dict[str, Any], predictions: pd.DataFrame, *,
+    preview: dict[str, Any], predictions: pd.DataFrame, history: list[dict[str, Any]], *,
     loader: dict[str, Any], pivot: dict[str, list[str]], atlas_size: int = 64,
 ) -> dict[str, Any]:  # fmt: skip
     """Charts (``artifacts/charts/*.vl.json``), the pivot summary, thumbnail atlases of
@@ -158,7 +158,7 @@ def report(
     from brevpipe.reports import charts
 
     classes = evaluation["classes"]
-    specs = common.report_charts(ctx, split_samples)
+    specs = common.report_charts(split_samples, history)
     for purpose in common.REPORTED_PURPOSES:
         if purpose in evaluation:
             if "confusion_matrix" in evaluation[purpose]:  # single-label only

@@ -160,14 +160,15 @@ def evaluation_outputs(
 
 
 # -- report ----------------------------------------------------------------------------------
-def report_charts(ctx: StageContext, split_samples: pd.DataFrame) -> dict[str, Any]:
-    """The charts every report opens with: the dataset summary and the training curves."""
+def report_charts(split_samples: pd.DataFrame, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The charts every report opens with: the dataset summary and the training curves (of
+    the training stage's ``history`` output)."""
     from brevpipe.reports import charts
 
     by_purpose = summarize(split_samples)["by_purpose_category"]
     specs = {"dataset_summary": charts.dataset_summary(by_purpose)}
-    if ctx.job.history:
-        specs["training_curves"] = charts.training_curves(ctx.job.history)
+    if history:
+        specs["training_curves"] = charts.training_curves(history)
     return specs
 
 

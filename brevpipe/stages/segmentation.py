@@ -83,7 +83,7 @@ def train(
     )
     common.fit_checkpointed(ctx, fit, net, train_data, devel_data, "segmentation",
                             split_samples, image_loader)  # fmt: skip
-    return {"model": net, "classes": mask_classes}
+    return {"model": net, "classes": mask_classes, "history": ctx.history}
 
 
 def evaluate(
@@ -156,14 +156,14 @@ def _display(images: np.ndarray) -> np.ndarray:
 
 
 def report(
-    ctx: StageContext, split_samples: pd.DataFrame, evaluation: dict[str, Any], *,
-    pivot: dict[str, list[str]],
+    ctx: StageContext, split_samples: pd.DataFrame, evaluation: dict[str, Any],
+    history: list[dict[str, Any]], *, pivot: dict[str, list[str]],
 ) -> dict[str, Any]:  # fmt: skip
     """Charts (dataset, training curves, IoU and Dice per class), the pivot summary, the
     overlays and the self-contained ``artifacts/report.html``."""
     from brevpipe.reports import charts
 
-    specs = common.report_charts(ctx, split_samples)
+    specs = common.report_charts(split_samples, history)
     for purpose in common.REPORTED_PURPOSES:
         if purpose in evaluation:
             specs[f"iou_dice_{purpose}"] = charts.per_class_scores(
