@@ -94,6 +94,24 @@ def test_a_stage_that_cannot_be_imported_stops_before_any_job(tiny_config, tmp_p
     assert not (tmp_path / "jobs").exists()
 
 
+def test_a_stage_is_handed_only_what_it_declares_or_stops_with_its_name(tiny_config,
+                                                                          tmp_path) -> None:
+    """A stage function that takes an input its declaration does not pass (here the split,
+    declared without its samples) stops before it runs, naming the stage and what is missing;
+    nothing is read behind the declaration's back."""
+    from brevpipe.errors import ConfigError
+
+    cfg = tiny_config("tracking=none", "pipeline.stages.split.inputs=[]")
+    with pytest.raises(ConfigError, match=r"stage 'split' \(stage:split_samples\) cannot take "
+                                          r"what the pipeline declares for it: .*'samples'"):
+        run_job(cfg)
+    (bucket,) = (tmp_path / "jobs").iterdir()
+    output = json.loads((bucket / "artifacts" / "output.json").read_text())
+    assert output["job"]["status"] == "failed"
+    assert output["stages"]["samples"]["status"] == "completed"
+    assert not (bucket / "artifacts" / "sample_identification.csv").exists(), "split never ran"
+
+
 def explode(ctx, **params):
     """A stage that fails while it runs."""
     raise RuntimeError("the split broke")

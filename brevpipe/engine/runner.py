@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 import shutil
 import time
@@ -95,6 +96,11 @@ def run_stage(
     started = time.perf_counter()
     function = stage_function(stage)
     inputs = {name: values[name] for name in stage.inputs}
+    try:  # a stage reads only what its declaration hands it
+        inspect.signature(function).bind(ctx, **inputs, **stage.params)
+    except TypeError as exc:
+        raise ConfigError(f"stage '{stage.name}' ({stage.target}) cannot take what the pipeline "
+                          f"declares for it: {exc}; fix its 'inputs' or parameters.") from None
     outputs = function(ctx, **inputs, **stage.params) or {}
     if set(outputs) != set(stage.outputs):
         raise ConfigError(
