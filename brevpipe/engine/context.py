@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from brevpipe.engine.job import Job
+from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.seeding import component_seed
 
 
@@ -41,6 +42,15 @@ class StageContext:
     def seed_for(self, component: str) -> int:
         """The seed of a component: one rule for every stage (:func:`component_seed`)."""
         return component_seed(self.job.seed, component)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def bucket(self) -> JobBucket:
+        """Every path of the job's bucket (:class:`brevpipe.engine.layout.JobBucket`)."""
+        return self.job.bucket
 
     def artifact(self, *parts: str) -> str:
         """A path under the job's ``artifacts/`` (what users open: report.html, model/...)."""

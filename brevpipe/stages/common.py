@@ -128,7 +128,7 @@ def fit_checkpointed(
     failure names the unreadable files."""
     import tensorflow as tf
 
-    checkpoint = Checkpoint(ctx.job.bucket.stage(ctx.name, "checkpoint"), ctx.key)
+    checkpoint = Checkpoint(ctx.bucket.stage(ctx.name, "checkpoint"), ctx.key)
     ctx.cleanups.append(checkpoint.remove)
     try:
         fit.fit(net, train_data, devel_data, on_epoch=ctx.add_epoch, verbose=ctx.verbose,

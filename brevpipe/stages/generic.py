@@ -30,7 +30,7 @@ def split_samples(
 ) -> dict[str, Any]:
     """Assign purposes; keep assignments from an earlier split of this job or ``reuse_url``."""
     splitter: SampleSplit = instantiate({"_target_": "split:default", **split}, seed=ctx.seed)
-    identification_url = ctx.job.bucket.split
+    identification_url = ctx.bucket.split
     previous_url = splitter.reuse_url or (
         identification_url if storage.exists(identification_url) else None
     )
@@ -52,7 +52,7 @@ def export(
     image_loader: ImageLoader = instantiate(loader)
     label_encoder = instantiate(encoder) if encoder else OneHotEncoder()
     task = task or ("multi_label" if label_encoder.multi_label else "single_label")
-    local = Path(ctx.job.temp_path("export", "model.keras")).parent
+    local = Path(ctx.temp_path("export", "model.keras")).parent
     model.save(local / "model.keras")
     model.export(str(local / "saved_model"), verbose=False)
     metadata = {
@@ -64,14 +64,14 @@ def export(
         "preprocessing": image_loader.metadata(),
         "recipe": image_loader.recipe(),  # the same as numbers: TensorFlow alone can score
         "brevpipe_version": __version__,
-        "job_id": ctx.job.id,
+        "job_id": ctx.job_id,
     }
     (local / "model.json").write_text(json.dumps(metadata, indent=2))
     archive = local / "saved_model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:  # all a predictor needs: load_predictor(url)
         tar.add(local / "saved_model", arcname="saved_model")
         tar.add(local / "model.json", arcname="model.json")
-    model_url, archive_url = ctx.job.bucket.model, ctx.job.bucket.model_archive
+    model_url, archive_url = ctx.bucket.model, ctx.bucket.model_archive
     storage.upload(local / "model.keras", storage.join(model_url, "model.keras"))
     storage.upload(archive, archive_url)
     info = {
