@@ -51,6 +51,8 @@ SCRIPTS = {"bash": BASH, "zsh": ZSH, "fish": FISH}
 class Command(Protocol):  # a row of brevpipe.commands.cli.COMMANDS
     name: str
     module: str
+
+
 # Hydra's flags of ``brevpipe run`` (what ``brevpipe run --help`` lists)
 RUN_FLAGS = ("--help", "--hydra-help", "--version", "--cfg", "--resolve", "--package",
              "--info", "--multirun", "--config-dir", "--config-name", "--config-path",
@@ -59,10 +61,10 @@ RERUN_FLAGS = ("--allow-data-change", "--help")
 
 
 def main(args: list[str]) -> int:
+    asked = bool(args) and args[0] in ("-h", "--help")
     if len(args) != 1 or args[0] not in SCRIPTS:
-        print(USAGE, end="", file=sys.stdout if args and args[0] in ("-h", "--help") else
-              sys.stderr)  # fmt: skip
-        return 0 if args and args[0] in ("-h", "--help") else 2
+        print(USAGE, end="", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     print(SCRIPTS[args[0]], end="")
     return 0
 

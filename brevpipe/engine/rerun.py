@@ -80,7 +80,9 @@ def upgrade_template(template: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(stage, dict):
             continue
         for side in ("inputs", "outputs"):
-            names = list(stage.get(side) or [])
+            names = stage.get(side) or []
+            if not isinstance(names, list):  # malformed: the pipeline's checks will say so
+                continue
             missing = [n for n in UPGRADES.get((stage.get("_target_"), side), ()) if n not in names]
             if missing:
                 stage[side] = [*names, *missing]

@@ -96,11 +96,7 @@ def run_stage(
     started = time.perf_counter()
     function = stage_function(stage)
     inputs = {name: values[name] for name in stage.inputs}
-    try:  # a stage reads only what its declaration hands it
-        inspect.signature(function).bind(ctx, **inputs, **stage.params)
-    except TypeError as exc:
-        raise ConfigError(f"stage '{stage.name}' ({stage.target}) cannot take what the pipeline "
-                          f"declares for it: {exc}; fix its 'inputs' or parameters.") from None
+    check_declaration(stage, function, ctx, inputs)
     outputs = function(ctx, **inputs, **stage.params) or {}
     if set(outputs) != set(stage.outputs):
         raise ConfigError(
@@ -128,6 +124,22 @@ def run_stage(
     for cleanup in ctx.cleanups:
         cleanup()
     return outputs
+
+
+def check_declaration(
+    stage: StageSpec, function: Callable[..., Any], ctx: StageContext, inputs: dict[str, Any]
+) -> None:
+    """A stage reads only what its declaration hands it: a function that takes more (or
+    other) inputs and parameters is a ConfigError naming the stage, before it runs."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # nothing to read (a builtin): the call itself will say
+        return
+    try:
+        signature.bind(ctx, **inputs, **stage.params)
+    except TypeError as exc:
+        raise ConfigError(f"stage '{stage.name}' ({stage.target}) cannot take what the pipeline "
+                          f"declares for it: {exc}; fix its 'inputs' or parameters.") from None
 
 
 def _stop_requested(job: Job, session: str | None) -> bool:
