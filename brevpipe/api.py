@@ -16,10 +16,6 @@ exported model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from omegaconf import DictConfig
-
 from brevpipe.data.augment import AlbumentationsAugmenter, NoAugmenter, TfAugmenter
 from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
 from brevpipe.data.loader import ImageLoader
@@ -30,6 +26,7 @@ from brevpipe.data.shapes import ShapesDataset
 from brevpipe.data.split import SampleSplit
 from brevpipe.engine import storage
 from brevpipe.engine.components import MODEL_RUNTIME, REGISTRY, Component, Registry, instantiate
+from brevpipe.engine.config import compose
 from brevpipe.engine.context import StageContext
 from brevpipe.engine.job import Job, JobStatus
 from brevpipe.engine.job_details import statistics
@@ -55,16 +52,3 @@ __all__ = [
     # errors
     "BrevpipeError", "ConfigError",
 ]  # fmt: skip
-
-
-def compose(overrides: Sequence[str] = (), config_dir: str | None = None) -> DictConfig:
-    """The config ``brevpipe run OVERRIDES`` would run (``config_dir``: a user's config folder,
-    as ``--config-dir``); hand it to :func:`run_job`."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from brevpipe.engine.config import CONF_DIR
-
-    search = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=[*overrides, *search])

@@ -71,9 +71,7 @@ def main(args: list[str]) -> int:
 
 def complete_from_environment(commands: Sequence[Command]) -> int:
     """``brevpipe __complete``: one candidate a line for ``$COMP_LINE`` up to ``$COMP_POINT``."""
-    line = os.environ.get("COMP_LINE", "")
-    point = int(os.environ.get("COMP_POINT") or len(line))
-    for candidate in candidates(line[:point], commands):
+    for candidate in candidates(typed_line(), commands):
         print(candidate)
     return 0
 
@@ -87,9 +85,16 @@ def hydra_query(args: list[str], commands: Sequence[Command]) -> int:
     if what != "query":
         print(USAGE, end="", file=sys.stderr)
         return 2
-    line = os.environ.get("COMP_LINE", "")
-    print(" ".join(candidates(line[: int(os.environ.get("COMP_POINT") or len(line))], commands)))
+    print(" ".join(candidates(typed_line(), commands)))
     return 0
+
+
+def typed_line() -> str:
+    """``$COMP_LINE`` up to the cursor (``$COMP_POINT``; the whole line when that is unset or
+    not a number)."""
+    line = os.environ.get("COMP_LINE", "")
+    point = os.environ.get("COMP_POINT", "")
+    return line[: int(point)] if point.isdigit() else line
 
 
 def candidates(line: str, commands: Sequence[Command]) -> list[str]:

@@ -58,17 +58,14 @@ def preset_component(folders: list[Path], group: str, option: str) -> str | None
 
 def compose_plain(overrides: list[str], config_dir: str | None = None) -> tuple[dict, dict]:
     """The composed config (resolved where it can be) and the group choices."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from brevpipe.engine.config import CONF_DIR
+    from brevpipe.engine.config import compose
 
-    overrides = [*overrides, *([f"hydra.searchpath=[file://{config_dir}]"] if config_dir else [])]
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        cfg = compose(overrides, config_dir, with_hydra=True)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
     choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items() if "hydra" not in k}

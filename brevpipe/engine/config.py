@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +64,18 @@ def code_version() -> str:
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
         digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def compose(
+    overrides: Sequence[str] = (), config_dir: str | None = None, with_hydra: bool = False
+) -> Any:
+    """The config ``brevpipe run OVERRIDES`` would run, as a DictConfig (``config_dir``: a
+    user's config folder, as ``--config-dir``; ``with_hydra``: keep Hydra's node, whose
+    ``runtime.choices`` name the group options)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    search = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=[*overrides, *search],
+                             return_hydra_config=with_hydra)  # fmt: skip
