@@ -91,7 +91,7 @@ def tiny_config(tmp_path: Path):
 @pytest.fixture(autouse=True)
 def _reset_storage_options() -> Iterator[None]:
     yield
-    storage.set_storage_options({})
+    storage.configure({})
 
 
 @pytest.fixture(autouse=True)

@@ -61,7 +61,7 @@ def stuck_s3(endpoint: str, monkeypatch: pytest.MonkeyPatch, timeout_s: float) -
                                         "max_pool_connections": 1,
                                         "retries": {"max_attempts": 1}},
                       "skip_instance_cache": True}}  # fmt: skip
-    storage.set_storage_options(options, timeout_s=timeout_s)
+    storage.configure(options, timeout_s=timeout_s)
 
 
 @pytest.mark.timeout(60)
@@ -93,7 +93,7 @@ def test_a_call_waiting_for_a_pooled_connection_fails_instead_of_hanging(
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    holder = threading.Thread(target=hold)
+    holder = threading.Thread(target=storage.carried(hold))  # with this test's timeout
     holder.start()
     time.sleep(0.5)  # the holder's request owns the connection now
     started = time.perf_counter()

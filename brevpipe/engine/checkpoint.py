@@ -91,7 +91,7 @@ class Checkpoint:
         values = [np.array(v.numpy()) for v in _variables(model)]
         marker = {"key": self.key, "epoch": epoch, "history": list(self.history)}
         self.wait()  # one write at a time, in order
-        self._pending = self._writer.submit(self._write, values, marker)
+        self._pending = self._writer.submit(storage.carried(self._write), values, marker)
 
     def _write(self, values: list[np.ndarray], marker: dict[str, Any]) -> None:
         buffer = io.BytesIO()

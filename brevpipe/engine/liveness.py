@@ -109,7 +109,8 @@ class Heartbeat:
         self.beat()  # also replaces a killed run's beat (period 0: never stale)
         if self.period_s <= 0:
             return self
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread = threading.Thread(target=storage.carried(self._run), name="heartbeat",
+                                        daemon=True)
         self._thread.start()
         return self
 

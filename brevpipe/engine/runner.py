@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import inspect
 import logging
@@ -45,18 +46,17 @@ def resolve_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def configure_tensorflow(
-    seed: int, deterministic: bool, multi_worker: bool = False, notices: bool = False
+    deterministic: bool, multi_worker: bool = False, notices: bool = False
 ) -> None:
-    """Import TensorFlow (its start-up notices only with ``notices``); seed Python, NumPy and
-    TensorFlow; turn on op determinism (same bytes on CPU). A multi-worker job first connects
-    to its other workers (before any TensorFlow op runs)."""
+    """Import TensorFlow (its start-up notices only with ``notices``); turn on op determinism
+    (same bytes on CPU). A multi-worker job first connects to its other workers (before any
+    TensorFlow op runs). Nothing here seeds: stages seed what they draw from their own seeds
+    (``ctx.seed``, ``ctx.seed_for``), Keras's random state under :func:`keras_seeded`."""
     import_tensorflow(notices)
-    import keras
     import tensorflow as tf
 
     if multi_worker:
         cluster.multi_worker_strategy()
-    keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
 
@@ -155,12 +155,18 @@ def run_job(
     cfg: DictConfig, choices: dict[str, str] | None = None, parent: dict[str, Any] | None = None
 ) -> Job:
     """Compose-and-run entry point used by the CLI and the tests; ``parent`` is the MLflow
-    run of the sweep this job belongs to."""
+    run of the sweep this job belongs to. The job's storage settings and data cache hold in a
+    context of its own: jobs run side by side in one process (threads, a notebook, the
+    dashboard) do not see each other's, and the caller's are as they were."""
+    return contextvars.copy_context().run(_run_job, cfg, choices, parent)
+
+
+def _run_job(cfg: DictConfig, choices: dict[str, str] | None, parent: dict[str, Any] | None) -> Job:
     plain = resolve_config(cfg)
     check_names(plain)  # before any job bucket or MLflow run exists
     role = cluster.role_of(plain)  # a multi-worker job's process (TF_CONFIG checked); or None
     storage_cfg = plain.get("storage") or {}
-    storage.set_storage_options(storage_cfg.get("options"), storage_cfg.get("timeout_s"))
+    storage.configure(storage_cfg.get("options"), storage_cfg.get("timeout_s"))
     runtime_cfg = plain.get("runtime") or {}
     data_cache.configure(runtime_cfg.get("cache_root"), runtime_cfg.get("cache_max_gb"))
     pipeline = Pipeline.from_config(plain["pipeline"])
@@ -179,7 +185,7 @@ def run_job(
         heartbeat.start()
         tracker.start()
         verbose = runtime["verbose"]
-        configure_tensorflow(job.seed, bool(runtime["deterministic"]),
+        configure_tensorflow(bool(runtime["deterministic"]),
                              role is not None, notices=verbose == "debug")  # fmt: skip
         run_stages(job, pipeline, verbose)
         job.complete()

@@ -7,6 +7,9 @@ Two rules use it: a stage's seed (:func:`stage_seed`) and a component's (:func:`
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def derive_seed(root_seed: int, *names: object) -> int:
@@ -36,3 +39,19 @@ def component_seed(root_seed: int, component: str) -> int:
     """A component's seed (``sampler``, ``augmenter``, ``dataset``...): the root seed and the
     component's name, the same in every stage."""
     return derive_seed(root_seed, COMPONENT_NAMESPACE, component)
+
+
+# Keras draws a new layer's initial weights and its dropout seeds from one random state per
+# process; jobs side by side in one process seed and build under this lock, so each gets its own.
+_KERAS_RANDOM_STATE = threading.Lock()
+
+
+@contextmanager
+def keras_seeded(seed: int) -> Iterator[None]:
+    """Seed Keras's random state (and Python's, NumPy's and TensorFlow's) with ``seed`` and keep
+    it for the block: build a model in it and its weights are a function of ``seed``."""
+    import keras
+
+    with _KERAS_RANDOM_STATE:
+        keras.utils.set_random_seed(seed)
+        yield

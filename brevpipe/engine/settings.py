@@ -33,8 +33,8 @@ class JobSettings:
 @dataclass
 class StorageSettings:
     """``options``: fsspec keyword arguments per protocol, such as
-    ``options.s3.client_kwargs.endpoint_url``, set in fsspec's configuration over its own
-    config files and variables (the AWS environment variables work without them);
+    ``options.s3.client_kwargs.endpoint_url``, given to every file system the job opens, over
+    fsspec's own config files and variables (the AWS environment variables work without them);
     ``timeout_s``: one remote call (a read, a batch of reads, a write) fails after it."""
 
     options: dict[str, Any] = field(default_factory=dict)

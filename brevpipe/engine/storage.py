@@ -7,45 +7,71 @@ connection, fails with a :class:`StorageError` naming the URL instead of hanging
 
 from __future__ import annotations
 
-import copy
+import contextvars
 import errno
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
-import fsspec.config
 from fsspec.core import url_to_fs
 from fsspec.exceptions import FSTimeoutError
 
 from brevpipe.engine.settings import StorageSettings
 from brevpipe.errors import DiskFullError, StorageError
 
-# What fsspec's own configuration gave (its config files and FSSPEC_<PROTOCOL>_<KEY> variables):
-# ``storage.options`` go on top of it in ``fsspec.config.conf``, which every file system that
-# fsspec makes applies, ours and those pandas or MLflow open.
-_FSSPEC_CONF = copy.deepcopy(fsspec.config.conf)
 DEFAULT_TIMEOUT_S = StorageSettings.timeout_s
-_TIMEOUT_S = [DEFAULT_TIMEOUT_S]
 # Concurrent reads per request batch of :func:`cat_many` (s3fs pools 10 connections per client).
 CAT_BATCH = 64
+T = TypeVar("T")
 
 
-def set_storage_options(
+@dataclass(frozen=True)
+class StorageOptions:
+    """A job's ``storage`` settings: fsspec keyword arguments per protocol (``{"s3":
+    {"client_kwargs": ...}}``, over what fsspec's config files and variables give) and the time
+    limit of one remote call."""
+
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+# The storage settings of the job running in this context: a context variable, not a process
+# global, so that jobs side by side in one process (a notebook, a launcher, the dashboard) each
+# use their own. A new thread starts with the defaults; :func:`carried` hands them on.
+_CURRENT: contextvars.ContextVar[StorageOptions | None] = contextvars.ContextVar(
+    "brevpipe_storage", default=None
+)
+
+
+def configure(
     options: dict[str, dict[str, Any]] | None, timeout_s: float | None = None
-) -> None:
-    """Set fsspec keyword arguments per protocol, e.g. ``{"s3": {"client_kwargs": ...}}``, in
-    fsspec's configuration (over what its config files and variables give), and the time limit
-    of one remote call (``storage.timeout_s``). Set by the runner once per job."""
-    conf = copy.deepcopy(_FSSPEC_CONF)
-    for protocol, kwargs in (options or {}).items():
-        conf[protocol] = {**conf.get(protocol, {}), **dict(kwargs or {})}
-    fsspec.config.conf.clear()
-    fsspec.config.conf.update(conf)
-    _TIMEOUT_S[0] = float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S
+) -> StorageOptions:
+    """Use these ``storage.options`` and ``storage.timeout_s`` in this context (the runner
+    does, once per job)."""
+    settings = StorageOptions(
+        {protocol: dict(kwargs or {}) for protocol, kwargs in (options or {}).items()},
+        float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S,
+    )
+    _CURRENT.set(settings)
+    return settings
+
+
+def current() -> StorageOptions:
+    """The storage settings :func:`configure` set in this context."""
+    return _CURRENT.get() or StorageOptions()
+
+
+def carried(function: Callable[..., T]) -> Callable[..., T]:
+    """``function``, to be called in another thread with this context's job settings (storage
+    options, the data cache): a thread pool's or a background thread's target."""
+    context = contextvars.copy_context()
+    return lambda *args, **kwargs: context.copy().run(function, *args, **kwargs)
 
 
 def call(
@@ -60,12 +86,13 @@ def call(
     file's size (each request still has the client's own connect and read timeouts).
     """
     if limit and getattr(fs, "async_impl", False) and not getattr(fs, "asynchronous", False):
-        kwargs["timeout"] = _TIMEOUT_S[0]
+        kwargs["timeout"] = current().timeout_s
     try:
         return getattr(fs, method)(*args, **kwargs)
     except FSTimeoutError:
+        limit = current().timeout_s
         raise StorageError(
-            f"{url}: no answer within {_TIMEOUT_S[0]:g} s; check the endpoint and the network "
+            f"{url}: no answer within {limit:g} s; check the endpoint and the network "
             "(storage.options), or give slow storage more time with storage.timeout_s=..."
         ) from None
 
@@ -87,8 +114,9 @@ def normalize(url: str) -> str:
 
 
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The file system and in-filesystem path for ``url`` (fsspec applies the options)."""
-    return url_to_fs(url)
+    """The file system and in-filesystem path for ``url``, made with this context's
+    ``storage.options`` for its protocol."""
+    return url_to_fs(url, **current().options.get(protocol_of(url), {}))
 
 
 def join(base: str, *parts: str) -> str:

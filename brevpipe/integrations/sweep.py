@@ -60,7 +60,7 @@ def _use_storage_options(config: DictConfig) -> None:
     node = config.get("storage")
     settings = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     assert isinstance(settings, dict)
-    storage.set_storage_options(settings.get("options"), settings.get("timeout_s"))
+    storage.configure(settings.get("options"), settings.get("timeout_s"))
 
 
 def tracks_sweep(config: DictConfig) -> bool:

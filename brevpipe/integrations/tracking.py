@@ -84,7 +84,8 @@ class MlflowTracker:
             self.job.mlflow["overrides"] = self.parent.get("overrides", "")
         self.job.listeners.append(self)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
-        self._thread = threading.Thread(target=self._work, name="mlflow-mirror", daemon=True)
+        self._thread = threading.Thread(target=storage.carried(self._work), name="mlflow-mirror",
+                                        daemon=True)
         self._thread.start()
 
     def on_metrics(self, metrics: dict[str, float], step: int | None) -> None:

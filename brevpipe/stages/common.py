@@ -19,6 +19,7 @@ from brevpipe.engine.checkpoint import Checkpoint
 from brevpipe.engine.components import instantiate
 from brevpipe.engine.context import StageContext
 from brevpipe.engine.rerun import check_fingerprint
+from brevpipe.engine.seeding import keras_seeded
 from brevpipe.errors import DataError
 
 log = logging.getLogger("brevpipe")
@@ -110,10 +111,7 @@ def build_model(
 ) -> Any:
     """The model, built from the stage's seed in the trainer's scope (distribution strategy and
     precision policy) with ``runtime`` arguments (input shape, class count...), compiled."""
-    import keras
-
-    keras.utils.set_random_seed(ctx.seed)
-    with fit.scope():
+    with keras_seeded(ctx.seed), fit.scope():
         net = instantiate(model)(**runtime)
         fit.compile(net, steps, task)
     return net
