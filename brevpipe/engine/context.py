@@ -3,9 +3,11 @@
 A stage is a function ``(ctx: StageContext, **inputs, **params) -> {output name: value}``,
 declared in a pipeline YAML with its ``inputs`` (other stages' outputs) and ``outputs``. The
 runner saves the outputs under ``artifacts/stages/<stage>/`` and hands them to later stages;
-a stage reads no file of another stage but its declared inputs. What earlier stages reported
-to the job (``ctx.job.metrics``, ``history``, the ``samples`` section: what output.json holds)
-is the job's record, readable by any later stage.
+a stage reads nothing of another stage but its declared inputs: not its files, not what it
+reported to the job (metrics, sections). What a stage knows of the job is its identity
+(:attr:`StageContext.job_id`, :attr:`~StageContext.bucket`, :meth:`~StageContext.summary`);
+what it reports goes through the context (:meth:`~StageContext.add_metric`,
+:meth:`~StageContext.add_epoch`, :meth:`~StageContext.set_section`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class StageContext:
     stage's folder in the job bucket; :meth:`artifact` a path under the job's ``artifacts/``.
     """
 
-    job: Job
+    _job: Job  # the runner's: a stage reads the job only through the methods below
     name: str
     seed: int
     url: str  # the stage's folder in the job bucket
@@ -41,34 +43,40 @@ class StageContext:
 
     def seed_for(self, component: str) -> int:
         """The seed of a component: one rule for every stage (:func:`component_seed`)."""
-        return component_seed(self.job.seed, component)
+        return component_seed(self._job.seed, component)
 
     @property
     def job_id(self) -> str:
-        return self.job.id
+        return self._job.id
 
     @property
     def bucket(self) -> JobBucket:
         """Every path of the job's bucket (:class:`brevpipe.engine.layout.JobBucket`)."""
-        return self.job.bucket
+        return self._job.bucket
+
+    def summary(self) -> dict[str, Any]:
+        """The job's identity for a report: pipeline, id, bucket, start time, root seed."""
+        job = self._job
+        return {"pipeline": job.pipeline, "job": job.id, "bucket": job.bucket_url,
+                "started": job.start_time, "seed": job.seed}  # fmt: skip
 
     def artifact(self, *parts: str) -> str:
         """A path under the job's ``artifacts/`` (what users open: report.html, model/...)."""
-        return self.job.bucket.artifact(*parts)
+        return self._job.bucket.artifact(*parts)
 
     def temp_path(self, *parts: str) -> str:
         """A local scratch path of the job (not persisted); its parent folder exists."""
-        return self.job.temp_path(*parts)
+        return self._job.temp_path(*parts)
 
     def stop_callback(self, check_every_s: float = 2.0) -> Any:
         """A Keras callback that ends ``fit`` when ``brevpipe jobs stop`` asks this job to
         (looking at most every ``check_every_s`` seconds)."""
         from brevpipe.engine.control import stop_callback
 
-        return stop_callback(self.job.bucket_url, check_every_s)
+        return stop_callback(self._job.bucket_url, check_every_s)
 
     def add_metric(self, name: str, value: float) -> None:
-        self.job.add_metric(name, value)
+        self._job.add_metric(name, value)
         self.recorded.setdefault("metrics", {})[name] = float(value)
 
     def add_metrics(self, metrics: dict[str, float]) -> None:
@@ -82,19 +90,26 @@ class StageContext:
         return [dict(row) for row in self.recorded.get("history", [])]
 
     def add_epoch(self, epoch: int, logs: dict[str, float]) -> None:
-        self.job.add_epoch(epoch, logs)
+        self._job.add_epoch(epoch, logs)
         self.recorded.setdefault("history", []).append({"epoch": epoch, **logs})
-        self.job.write_output()
+        self._job.write_output()
 
     def set_section(self, key: str, value: dict[str, Any]) -> None:
         """Fill an output.json section (``samples``, ``model``) from this stage."""
-        setattr(self.job, key, value)
+        setattr(self._job, key, value)
         self.recorded.setdefault("sections", {})[key] = value
+
+    def add_skipped(self, urls: list[str]) -> None:
+        """Count unreadable images left out (``loader.on_error=skip``) in output.json's
+        ``samples`` section, with those other stages left out."""
+        section = dict(self._job.samples)
+        skipped = sorted({*section.get("skipped_urls", []), *urls})
+        self.set_section("samples", {**section, "skipped": len(skipped), "skipped_urls": skipped})
 
     def replay(self, recorded: dict[str, Any]) -> None:
         """Give the job what a cached run of this stage reported."""
         for row in recorded.get("history", []):
-            self.job.add_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
-        self.job.add_metrics(recorded.get("metrics", {}))
+            self._job.add_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+        self._job.add_metrics(recorded.get("metrics", {}))
         for key, value in recorded.get("sections", {}).items():
-            setattr(self.job, key, value)
+            setattr(self._job, key, value)

@@ -173,7 +173,8 @@ def report(
                       atlas_size)  # fmt: skip
     if storage.exists(preview["url"]):
         images["First augmented training batch"] = storage.read_bytes(preview["url"])
-    return common.publish_report(ctx, split_samples, specs, images, pivot)
+    metrics = common.report_metrics(evaluation, history)
+    return common.publish_report(ctx, split_samples, specs, images, pivot, metrics)
 
 
 def _read_back(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -199,7 +200,8 @@ def _atlases(
             wrong["path"].tolist(), captions, loader, "misclassified.png", ctx, split_samples
         )
     per_class = max(1, atlas_size // max(1, len(classes)))
-    readable = split_samples[~split_samples["path"].isin(ctx.job.samples.get("skipped_urls", []))]
+    readable = pd.concat([common.purpose_samples(ctx, split_samples, purpose, loader)
+                          for purpose in split_samples["purpose"].unique()])  # fmt: skip
     sampled = readable.groupby(readable["category"].map("+".join), sort=True).head(per_class)
     images["Sampled images per category"] = _atlas(
         sampled["path"].tolist(), ["+".join(c) for c in sampled["category"]], loader,

@@ -54,9 +54,7 @@ def purpose_samples(
     if bad:
         for url, reason in bad:
             log.warning("skipping unreadable image %s (%s)", url, reason)
-        section = dict(ctx.job.samples)
-        skipped = sorted({*section.get("skipped_urls", []), *(url for url, _ in bad)})
-        ctx.set_section("samples", {**section, "skipped": len(skipped), "skipped_urls": skipped})
+        ctx.add_skipped([url for url, _ in bad])
     return samples[~samples["path"].isin({u for u, _ in bad})]
 
 
@@ -170,9 +168,19 @@ def report_charts(split_samples: pd.DataFrame, history: list[dict[str, Any]]) ->
     return specs
 
 
+def report_metrics(evaluation: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, float]:
+    """The metrics a report shows, from its declared inputs: the last epoch's and the
+    evaluation's per purpose (``<purpose>/<name>``), as the job recorded them."""
+    last = {k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"}
+    return {**last, **{f"{purpose}/{name}": value
+                       for purpose, part in evaluation.items() if isinstance(part, dict)
+                       for name, value in part.get("scalars", {}).items()}}  # fmt: skip
+
+
 def publish_report(
     ctx: StageContext, split_samples: pd.DataFrame, specs: dict[str, Any],
-    images: dict[str, bytes], pivot: dict[str, list[str]], summary: dict[str, Any] | None = None,
+    images: dict[str, bytes], pivot: dict[str, list[str]], metrics: dict[str, float],
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Write the charts (``artifacts/charts/*.vl.json``), the pivot summary and the
     self-contained ``artifacts/report.html`` (``summary``: more rows for its summary table);
@@ -184,14 +192,11 @@ def publish_report(
         storage.write_json(ctx.artifact("charts", f"{name}.vl.json"), spec)
     pivot_data = pivot_table(split_samples, pivot["rows"], pivot["cols"])
     storage.write_json(ctx.artifact("samples_pivot.json"), pivot_data)
-    job = ctx.job
     page = render_html(
-        title=f"brevpipe job {job.id}",
-        summary={"pipeline": job.pipeline, "job": job.id, "bucket": job.bucket_url,
-                 "started": job.start_time, "seed": job.seed, "samples": len(split_samples),
-                 **(summary or {})},  # fmt: skip
-        metrics=job.metrics, charts=specs, pivot_data=pivot_data, images=images,
-    )  # fmt: skip
+        title=f"brevpipe job {ctx.job_id}",
+        summary={**ctx.summary(), "samples": len(split_samples), **(summary or {})},
+        metrics=metrics, charts=specs, pivot_data=pivot_data, images=images,
+    )
     url = ctx.artifact("report.html")
     storage.write_bytes(url, page.encode())
     return {"report": {"url": url, "charts": sorted(specs), "atlases": sorted(images)}}

@@ -174,4 +174,5 @@ def report(
         title = f"True and predicted masks ({evaluation['overlays']['purpose']})"
         images[title] = storage.read_bytes(evaluation["overlays"]["url"])
     summary = {"mask classes": ", ".join(evaluation["classes"])}
-    return common.publish_report(ctx, split_samples, specs, images, pivot, summary)
+    metrics = common.report_metrics(evaluation, history)
+    return common.publish_report(ctx, split_samples, specs, images, pivot, metrics, summary)
