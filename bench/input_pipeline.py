@@ -40,12 +40,12 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import OmegaConf
 
+from brevpipe.config.components import instantiate
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import MAP_PARALLELISM, InputPipeline
 from brevpipe.data.samples import find_samples
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.engine.components import instantiate
 
 RESULTS = Path(__file__).parent / "results" / "input_pipeline.json"
 CONF = Path(__file__).parents[1] / "conf"

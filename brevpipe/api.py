@@ -16,6 +16,8 @@ exported model.
 
 from __future__ import annotations
 
+from brevpipe.config.components import MODEL_RUNTIME, REGISTRY, Component, Registry, instantiate
+from brevpipe.config.compose import compose
 from brevpipe.data.augment import AlbumentationsAugmenter, NoAugmenter, TfAugmenter
 from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
 from brevpipe.data.loader import ImageLoader
@@ -24,17 +26,15 @@ from brevpipe.data.sampler import Sampler
 from brevpipe.data.samples import FolderDataset
 from brevpipe.data.shapes import ShapesDataset
 from brevpipe.data.split import SampleSplit
-from brevpipe.engine import storage
-from brevpipe.engine.components import MODEL_RUNTIME, REGISTRY, Component, Registry, instantiate
-from brevpipe.engine.config import compose
 from brevpipe.engine.context import StageContext
-from brevpipe.engine.job import Job, JobStatus
-from brevpipe.engine.job_details import statistics
-from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.records import JobRecord, get_job, list_jobs
 from brevpipe.engine.runner import run_job
 from brevpipe.errors import BrevpipeError, ConfigError
 from brevpipe.integrations.lifecycle import set_archived, stop_job
+from brevpipe.io import storage
+from brevpipe.jobs.details import statistics
+from brevpipe.jobs.job import Job, JobStatus
+from brevpipe.jobs.layout import JobBucket
+from brevpipe.jobs.records import JobRecord, get_job, list_jobs
 from brevpipe.serving.predictor import Predictor, load_predictor
 
 __all__ = [

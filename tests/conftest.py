@@ -16,8 +16,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from brevpipe.engine import storage
-from brevpipe.engine.config import CONF_DIR
+from brevpipe.config.compose import CONF_DIR
+from brevpipe.io import storage
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing-access-key",
@@ -98,7 +98,7 @@ def _reset_storage_options() -> Iterator[None]:
 def _own_data_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test's jobs (and their subprocesses) share a data cache of their own, never the
     user's; the process's active cache is reset afterwards."""
-    from brevpipe.engine import cache
+    from brevpipe.io import cache
 
     monkeypatch.setenv("BREVPIPE_CACHE_ROOT", str(tmp_path / "data-cache"))
     yield

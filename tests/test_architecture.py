@@ -17,16 +17,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "brevpipe"
 LAYERS = {
     "errors": 0,
     "brevpipe": 1,  # __init__: the version
-    "engine": 2,  # job, job bucket layout, DAG, runner, stage contract, storage, registry
-    "data": 3,  # components
-    "models": 4,
-    "reports": 4,
-    "integrations": 4,  # MLflow mirror, sweeps, lifecycle
-    "stages": 5,
-    "serving": 5,
-    "commands": 6,  # argument parsing and printing
-    "__main__": 7,
-    "api": 7,  # the public surface: names from every room
+    "config": 2,  # settings, component registry, schema, composing
+    "io": 3,  # storage, the data cache, stage outputs as files
+    "jobs": 4,  # the job, its bucket layout, output.json, records, stop requests, heartbeats
+    "engine": 5,  # DAG, runner, stage contract, seeds, checkpoints, cluster roles, rerun checks
+    "data": 6,  # components
+    "models": 7,
+    "reports": 7,
+    "integrations": 7,  # MLflow mirror, sweeps, lifecycle
+    "stages": 8,
+    "serving": 8,
+    "commands": 9,  # argument parsing and printing
+    "__main__": 10,
+    "api": 10,  # the public surface: names from every room
 }
 
 
@@ -56,7 +59,7 @@ def imports(module: str) -> Iterator[tuple[str, int]]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.split(".")[0] != "brevpipe":
                 continue
-            for alias in node.names:  # "from brevpipe.engine import storage" is a module
+            for alias in node.names:  # "from brevpipe.io import storage" is a module
                 child = f"{node.module}.{alias.name}"
                 yield (child if child in MODULES else node.module), node.lineno
 
@@ -100,8 +103,8 @@ def test_no_import_cycles() -> None:
 
 
 def test_the_checks_see_what_they_check() -> None:
-    """The graph is read at all: the runner imports the engine's job and the CLI its commands."""
-    assert "brevpipe.engine.job" in GRAPH["brevpipe.engine.runner"]
+    """The graph is read at all: the runner imports the job and the CLI its commands."""
+    assert "brevpipe.jobs.job" in GRAPH["brevpipe.engine.runner"]
     assert any(t.startswith("brevpipe.commands.") for t in GRAPH["brevpipe.commands.cli"])
     assert len(MODULES) > 40
 

@@ -11,11 +11,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from brevpipe.commands import rerun as rerun_command
-from brevpipe.engine import storage
-from brevpipe.engine.components import REGISTRY, Registry, check_registered, expand, instantiate
+from brevpipe.config.components import REGISTRY, Registry, check_registered, expand, instantiate
 from brevpipe.engine.rerun import rebuild_config
 from brevpipe.engine.runner import resolve_config
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
 from tests.conftest import compose_config, tiny_overrides
 
 
@@ -113,8 +113,8 @@ def attacks(victim: Path, mark: Path) -> list[tuple[str, str, object, str | None
          {"_target_": "tensorflow.io.gfile.rmtree", "_args_": [str(victim)]}, None),
         ("tensorflow.io.write_file", "dataset",
          {"_target_": "tensorflow.io.write_file", "_args_": [str(mark), "x"]}, None),
-        ("brevpipe.engine.storage.write_json", "encoder",
-         {"_target_": "brevpipe.engine.storage.write_json", "_args_": [str(mark), {}]}, None),
+        ("brevpipe.io.storage.write_json", "encoder",
+         {"_target_": "brevpipe.io.storage.write_json", "_args_": [str(mark), {}]}, None),
         ("subprocess.run", "dataset",
          {"_target_": "subprocess.run", "_args_": [["touch", str(mark)]]}, None),
         ("a nested _partial_", "trainer.optimizer",

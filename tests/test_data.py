@@ -14,8 +14,8 @@ import pytest
 from brevpipe.data.samples import find_samples, samples_from_csv, samples_to_csv, summarize
 from brevpipe.data.shapes import ShapesDataset
 from brevpipe.data.split import SampleSplit, identification_table
-from brevpipe.engine import storage
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.io import storage
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.sampler import Sampler
 from brevpipe.data.samples import find_samples
-from brevpipe.engine import cache
-from brevpipe.engine.cache import DataCache
 from brevpipe.engine.dag import Pipeline
 from brevpipe.engine.runner import resolve_config, run_job
+from brevpipe.io import cache
+from brevpipe.io.cache import DataCache
 from tests.conftest import preset
 
 
@@ -271,7 +271,7 @@ def comparable(output: dict) -> dict:
 
 @pytest.mark.slow
 def test_a_job_is_the_same_with_and_without_the_cache(tiny_config, tmp_path: Path) -> None:
-    from brevpipe.engine import storage
+    from brevpipe.io import storage
 
     outputs, predictions = [], []
     for root in ("null", str(tmp_path / "cache"), str(tmp_path / "cache")):  # off, cold, warm

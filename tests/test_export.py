@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brevpipe.engine import storage
 from brevpipe.engine.runner import run_job
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
 from brevpipe.serving.predictor import load_predictor
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_readme_tensorflow_only_script_reproduces_predictions(tmp_path: Path) ->
     import subprocess
     import sys
 
-    from brevpipe.engine.config import REPO_DIR
+    from brevpipe.config.compose import REPO_DIR
     from tests.conftest import compose_config, tiny_overrides
 
     readme = (REPO_DIR / "docs" / "serving.md").read_text()

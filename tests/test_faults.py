@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.engine import storage
 from brevpipe.engine.runner import run_job
 from brevpipe.errors import BrevpipeError
+from brevpipe.io import storage
 from tests.conftest import compose_config
 from tests.faults import FAULTS, FaultProxy
 
@@ -100,7 +100,7 @@ def test_a_fault_no_retry_absorbs_fails_the_job_naming_the_url(
           f"503: {message}")  # fmt: skip
     assert s3_images in message and "\n" not in message.strip()
     assert seconds < TIMEOUT_S + 120, "within the time limit and the client's retries"
-    storage.set_storage_options({})  # straight to the server again
+    # the job's options (the proxy) stayed with the job: this reads from the server
     fs, _ = storage.get_fs(prefix)
     (output_path,) = fs.glob(f"{prefix}/jobs/*/artifacts/output.json")
     output = json.loads(fs.cat(output_path))  # valid JSON: the last complete version

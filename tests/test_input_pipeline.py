@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from brevpipe.api import instantiate
+from brevpipe.config.compose import CONF_DIR
 from brevpipe.data.augment import AlbumentationsAugmenter, TfAugmenter
 from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
 from brevpipe.data.loader import ImageLoader
@@ -16,9 +17,8 @@ from brevpipe.data.pipeline import InputPipeline, batch_sizes
 from brevpipe.data.sampler import WEIGHTINGS, Sampler
 from brevpipe.data.samples import find_samples
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.engine import storage
-from brevpipe.engine.config import CONF_DIR
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.io import storage
 from tests.conftest import preset
 
 AUGMENTERS = sorted(p.stem for p in (CONF_DIR / "augmenter").glob("*.yaml"))

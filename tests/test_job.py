@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from brevpipe.engine import storage
-from brevpipe.engine.job import Job, JobStatus
 from brevpipe.engine.runner import run_job
+from brevpipe.io import storage
+from brevpipe.jobs.job import Job, JobStatus
 
 OUTPUT_KEYS = {
     "schema_version", "job", "config", "seed", "metrics", "history", "stages", "samples",

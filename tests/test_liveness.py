@@ -18,8 +18,8 @@ import pytest
 from mlflow import MlflowClient
 
 from brevpipe.commands import jobs
-from brevpipe.engine import records as registry
-from brevpipe.engine.liveness import clean_stale_temp, host_token, is_stale, temp_prefix
+from brevpipe.jobs import records as registry
+from brevpipe.jobs.liveness import clean_stale_temp, host_token, is_stale, temp_prefix
 from tests.conftest import tiny_overrides
 
 

@@ -18,8 +18,8 @@ import pytest
 from mlflow import MlflowClient
 
 from brevpipe.commands import jobs
-from brevpipe.engine import storage
 from brevpipe.engine.runner import run_job
+from brevpipe.io import storage
 from tests.conftest import free_port, start_mlflow_server, tiny_overrides
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brevpipe.engine import storage
 from brevpipe.engine.runner import run_job
+from brevpipe.io import storage
 from brevpipe.serving.predictor import load_predictor
 
 pytestmark = pytest.mark.slow

@@ -16,10 +16,10 @@ import pytest
 from mlflow import MlflowClient
 
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.engine import storage
 from brevpipe.engine.runner import run_job
 from brevpipe.engine.tensorflow_import import NOTICES
 from brevpipe.errors import DataError
+from brevpipe.io import storage
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow

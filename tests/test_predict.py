@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from brevpipe.commands import predict
-from brevpipe.engine import storage
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.io import storage
 from brevpipe.serving.batch import expand_images
 from brevpipe.serving.resolve import model_archive_url
 from tests.conftest import compose_config, tiny_overrides
@@ -318,7 +318,7 @@ def test_output_destination_is_checked_before_scoring(s3_server, tmp_path: Path,
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    storage.set_storage_options({"s3": {"skip_instance_cache": True}})
+    storage.configure({"s3": {"skip_instance_cache": True}})
     image = tmp_path / "a.png"
     image.write_bytes(b"x")
     code, out, err = run_cli([str(tmp_path / "no-model.tar.gz"), str(image), "--output",

@@ -32,8 +32,9 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from brevpipe.engine import layout, records, storage
 from brevpipe.integrations.sweep import job_root, parent_run, sweep_id
+from brevpipe.io import storage
+from brevpipe.jobs import layout, records
 from tests.conftest import S3_ENV, free_port, tiny_overrides
 
 BIN = Path(sys.executable).parent

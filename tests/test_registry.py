@@ -18,11 +18,13 @@ import pytest
 
 from brevpipe.commands import jobs
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.engine import control, job_details, storage
-from brevpipe.engine import records as registry
-from brevpipe.engine.control import StopRequested
-from brevpipe.engine.job import Job
 from brevpipe.integrations import lifecycle
+from brevpipe.io import storage
+from brevpipe.jobs import control
+from brevpipe.jobs import details as job_details
+from brevpipe.jobs import records as registry
+from brevpipe.jobs.control import StopRequested
+from brevpipe.jobs.job import Job
 from tests.conftest import compose_config, free_port, tiny_overrides
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brevpipe.engine import storage
+from brevpipe.io import storage
 from brevpipe.reports import charts
 from brevpipe.reports.metrics import classification_metrics
 from brevpipe.reports.report import pivot, render_html

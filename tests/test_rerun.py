@@ -13,13 +13,13 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from brevpipe.commands import rerun as rerun_command
+from brevpipe.config.components import modernize
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.engine import storage
-from brevpipe.engine.components import modernize
-from brevpipe.engine.output_json import read_output
 from brevpipe.engine.rerun import check_fingerprint, rebuild_config
 from brevpipe.engine.runner import resolve_config, run_job
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.io import storage
+from brevpipe.jobs.output_json import read_output
 from tests.conftest import compose_config, tiny_overrides
 
 

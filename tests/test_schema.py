@@ -14,9 +14,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from brevpipe.commands.schema import compose_plain, group_options, preset_component, schema_of
-from brevpipe.engine.components import REGISTRY
-from brevpipe.engine.config import CONF_DIR
-from brevpipe.engine.schema import GROUP_KINDS, parameters
+from brevpipe.config.components import REGISTRY
+from brevpipe.config.compose import CONF_DIR
+from brevpipe.config.schema import GROUP_KINDS, parameters
 from tests.conftest import compose_config
 
 PRESETS = [(g, o) for g, options in group_options([CONF_DIR]).items() if g in GROUP_KINDS
@@ -66,8 +66,8 @@ def test_a_misspelt_key_or_a_wrong_type_is_rejected_by_schema_and_compose(schema
 def test_every_component_round_trips_its_settings(component) -> None:
     """Contract: its settings make a structured config whose defaults its own JSON Schema
     accepts, and a config of those defaults builds the component (runtime values added)."""
-    from brevpipe.engine.components import instantiate
-    from brevpipe.engine.schema import component_schema, config_class
+    from brevpipe.config.components import instantiate
+    from brevpipe.config.schema import component_schema, config_class
 
     defaults = OmegaConf.to_container(OmegaConf.structured(config_class(component)))
     jsonschema.validate({k: v for k, v in defaults.items() if v != "???"},

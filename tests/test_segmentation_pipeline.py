@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brevpipe.engine import storage
 from brevpipe.engine.runner import run_job
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
 from brevpipe.serving.predictor import load_predictor
 from tests.conftest import compose_config
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from brevpipe.api import run_job
-from brevpipe.engine import cache as data_cache
-from brevpipe.engine import storage
+from brevpipe.io import cache as data_cache
+from brevpipe.io import storage
 
 SEEN: dict[str, list[tuple[float, str]]] = {}
 BOTH_RUNNING = threading.Barrier(2)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from brevpipe.engine.components import REGISTRY, instantiate
+from brevpipe.config.components import REGISTRY, instantiate
 from brevpipe.engine.context import StageContext
-from brevpipe.engine.job import Job
 from brevpipe.engine.seeding import component_seed
+from brevpipe.jobs.job import Job
 from brevpipe.stages import classification, common, generic, segmentation
 from tests.conftest import compose_config
 
@@ -42,7 +42,7 @@ def test_every_stage_function_is_registered(module) -> None:
 def test_pipelines_name_their_stages_by_public_name() -> None:
     from omegaconf import OmegaConf
 
-    from brevpipe.engine.config import CONF_DIR
+    from brevpipe.config.compose import CONF_DIR
 
     for path in sorted((CONF_DIR / "pipeline").glob("*.yaml")):
         node = OmegaConf.to_container(OmegaConf.load(path))

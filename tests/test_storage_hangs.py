@@ -17,8 +17,8 @@ from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.samples import find_samples
 from brevpipe.data.shapes import ShapesDataset
-from brevpipe.engine import storage
 from brevpipe.errors import StorageError
+from brevpipe.io import storage
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from brevpipe.engine import storage
 from brevpipe.engine.runner import run_job
+from brevpipe.io import storage
 from tests.conftest import free_port, tiny_overrides
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""``brevpipe cache info|clear``: the data cache that jobs share (:mod:`brevpipe.engine.cache`)."""
+"""``brevpipe cache info|clear``: the data cache that jobs share (:mod:`brevpipe.io.cache`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import datetime
 import json
 import sys
 
-from brevpipe.engine.cache import DEFAULT_MAX_GB, DataCache, default_root
 from brevpipe.errors import BrevpipeError
+from brevpipe.io.cache import DEFAULT_MAX_GB, DataCache, default_root
 
 EPILOG = """\
 examples:

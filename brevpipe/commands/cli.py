@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(BY_NAME)} (see brevpipe --help)", file=sys.stderr)  # fmt: skip
         return 2
     if command.runs_job:
-        from brevpipe.engine.liveness import terminate_as_interrupt
+        from brevpipe.jobs.liveness import terminate_as_interrupt
 
         terminate_as_interrupt()  # SIGTERM ends a job as 'stopped', like Ctrl-C
     try:

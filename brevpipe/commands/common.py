@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from brevpipe.engine.settings import DEFAULT_JOB_ROOT
+from brevpipe.config.settings import DEFAULT_JOB_ROOT
 from brevpipe.errors import BrevpipeError
 
 if TYPE_CHECKING:

@@ -166,7 +166,7 @@ def hydra_completion(overrides: list[str], word: str, config_dir: list[str]) -> 
     """Hydra's answer to ``-sc query=bash`` for brevpipe's config (its public route)."""
     import hydra
 
-    from brevpipe.engine.config import CONF_DIR
+    from brevpipe.config.compose import CONF_DIR
 
     main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     saved = sys.argv, os.environ.get("COMP_LINE")

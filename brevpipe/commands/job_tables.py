@@ -7,9 +7,9 @@ import json
 import os
 from typing import Any
 
-from brevpipe.engine import layout
-from brevpipe.engine.job import UNKNOWN
-from brevpipe.engine.records import SHORT_ID, JobRecord, parse_time
+from brevpipe.jobs import layout
+from brevpipe.jobs.job import UNKNOWN
+from brevpipe.jobs.records import SHORT_ID, JobRecord, parse_time
 
 
 def format_duration(seconds: float | None) -> str:

@@ -1,6 +1,6 @@
 """``brevpipe jobs``: list, show, stop, archive, unarchive, statistics: arguments and printing.
 
-What they do is in :mod:`brevpipe.engine.records` (reading a job root) and
+What they do is in :mod:`brevpipe.jobs.records` (reading a job root) and
 :mod:`brevpipe.integrations.lifecycle` (stop and archive, mirrored into MLflow).
 """
 
@@ -17,14 +17,14 @@ from brevpipe.commands.job_tables import (
     print_statistics,
     print_sync,
 )
-from brevpipe.engine import storage
-from brevpipe.engine.job import LOST, STATUSES, JobStatus
-from brevpipe.engine.job_details import describe, statistics
-from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.records import DEFAULT_ROOT, get_job, list_jobs
 from brevpipe.errors import BrevpipeError
 from brevpipe.integrations.lifecycle import set_archived, stop_job
 from brevpipe.integrations.sync import sync_record
+from brevpipe.io import storage
+from brevpipe.jobs.details import describe, statistics
+from brevpipe.jobs.job import LOST, STATUSES, JobStatus
+from brevpipe.jobs.layout import JobBucket
+from brevpipe.jobs.records import DEFAULT_ROOT, get_job, list_jobs
 
 EPILOG = """\
 examples:

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from brevpipe.commands.run import report
-from brevpipe.engine.config import CONF_DIR
+from brevpipe.config.compose import CONF_DIR
 from brevpipe.errors import BrevpipeError
 
 log = logging.getLogger("brevpipe")
@@ -43,8 +43,8 @@ def main(args: list[str]) -> int:
         logging_config = OmegaConf.load(CONF_DIR / "hydra" / "job_logging" / "brevpipe.yaml")
         logging.config.dictConfig(OmegaConf.to_container(logging_config))
     try:
-        from brevpipe.engine.output_json import read_output
         from brevpipe.engine.rerun import rebuild_config
+        from brevpipe.jobs.output_json import read_output
 
         output = read_output(url)
         cfg = rebuild_config(output, url, overrides, allow_data_change=allow)

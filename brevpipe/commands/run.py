@@ -14,7 +14,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from brevpipe.engine.config import CONF_DIR
+from brevpipe.config.compose import CONF_DIR
 from brevpipe.errors import BrevpipeError
 from brevpipe.integrations.sweep import job_root, parent_run
 

@@ -41,7 +41,7 @@ def preset_component(folders: list[Path], group: str, option: str) -> str | None
     default)."""
     from omegaconf import OmegaConf
 
-    from brevpipe.engine.components import REGISTRY
+    from brevpipe.config.components import REGISTRY
 
     for folder in reversed(folders):  # a user's preset shadows brevpipe's
         path = folder / group / f"{option}.yaml"
@@ -62,7 +62,7 @@ def compose_plain(overrides: list[str], config_dir: str | None = None) -> tuple[
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from brevpipe.engine.config import compose
+    from brevpipe.config.compose import compose
 
     try:
         cfg = compose(overrides, config_dir, with_hydra=True)
@@ -79,9 +79,9 @@ def compose_plain(overrides: list[str], config_dir: str | None = None) -> tuple[
 
 def schema_of(selector: str | None, config_dir: str | None = None) -> dict[str, Any]:
     """The JSON Schema printed by ``brevpipe schema [selector]``."""
-    from brevpipe.engine.components import GROUP_KINDS, REGISTRY
-    from brevpipe.engine.config import CONF_DIR
-    from brevpipe.engine.schema import SCHEMA_URI, component_schema, config_schema
+    from brevpipe.config.components import GROUP_KINDS, REGISTRY
+    from brevpipe.config.compose import CONF_DIR
+    from brevpipe.config.schema import SCHEMA_URI, component_schema, config_schema
 
     folders = [CONF_DIR, *([Path(config_dir)] if config_dir else [])]
     options = group_options(folders)
@@ -123,7 +123,7 @@ def main(args: list[str]) -> int:
         return 0
     try:
         if options.components:
-            from brevpipe.engine.components import REGISTRY
+            from brevpipe.config.components import REGISTRY
 
             for c in REGISTRY:
                 print(f"{c.kind:<10} {c.name:<28} {c.target:<48} {c.package}")

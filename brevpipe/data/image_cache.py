@@ -1,4 +1,4 @@
-"""Decoded, resized images in the data cache that jobs share (:mod:`brevpipe.engine.cache`).
+"""Decoded, resized images in the data cache that jobs share (:mod:`brevpipe.io.cache`).
 
 An entry holds what the loader's decode gives for one image, before any augmentation, as raw
 array bytes: uint8 when every value is a whole number in 0..255 (lossless), float32 otherwise.
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brevpipe.config.compose import stable_hash
 from brevpipe.data.mirror import local_copies, mirror_folder
-from brevpipe.engine import cache as data_cache
-from brevpipe.engine.config import stable_hash
+from brevpipe.io import cache as data_cache
 
 log = logging.getLogger("brevpipe")
 FORMAT = 1  # the entry format; a change makes new keys

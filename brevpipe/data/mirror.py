@@ -6,7 +6,7 @@ S3 client and connection pool, per thread; and a dataset abandoned mid-stream (a
 dataset cut by steps, a preview that takes a few batches) leaves those threads blocked on reads
 in flight while the job's next storage call waits on the same event loop for a connection.
 So remote images are copied once, from the thread that builds the dataset, in concurrent
-batches with a time limit each (:func:`brevpipe.engine.storage.cat_many`); tf.data reads local files
+batches with a time limit each (:func:`brevpipe.io.storage.cat_many`); tf.data reads local files
 only. Later epochs then read local files too, instead of going back to S3.
 """
 
@@ -23,9 +23,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from brevpipe.engine import storage
-from brevpipe.engine.liveness import temp_prefix
 from brevpipe.errors import DataError
+from brevpipe.io import storage
+from brevpipe.jobs.liveness import temp_prefix
 
 log = logging.getLogger("brevpipe")
 _FOLDERS: dict[bool, Path] = {}

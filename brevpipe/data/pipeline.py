@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brevpipe.config.compose import stable_hash
 from brevpipe.data import image_cache
 from brevpipe.data.augment import NoAugmenter
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.mirror import local_copies
 from brevpipe.data.sampler import Sampler
-from brevpipe.engine import cache as data_cache
-from brevpipe.engine import storage
-from brevpipe.engine.config import stable_hash
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.io import cache as data_cache
+from brevpipe.io import storage
 
 Component = Callable[[dict[str, Any]], dict[str, Any]]
 # Elements in flight per map. tf.data's AUTOTUNE keeps it near the core count, which leaves

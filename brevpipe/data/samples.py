@@ -11,11 +11,11 @@ from typing import Any
 
 import pandas as pd
 
-from brevpipe.engine import cache as data_cache
-from brevpipe.engine import storage
-from brevpipe.engine.artifacts import table_from_csv, table_to_csv
-from brevpipe.engine.config import stable_hash
+from brevpipe.config.compose import stable_hash
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.io import cache as data_cache
+from brevpipe.io import storage
+from brevpipe.io.artifacts import table_from_csv, table_to_csv
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SAMPLE_COLUMNS = ["path", "category", "folder", "dataset", "dataset_id", "etag"]
@@ -46,7 +46,7 @@ def _content_hashes(
     fs: Any, url: str, files: Sequence[tuple[str, Mapping[str, Any]]], local: bool
 ) -> list[str]:
     """The MD5 of each listed file (path, info) whose store gives none: from the data cache
-    (:mod:`brevpipe.engine.cache`) when the same files, sizes and times were hashed before,
+    (:mod:`brevpipe.io.cache`) when the same files, sizes and times were hashed before,
     else read and hashed here."""
     if not files:
         return []

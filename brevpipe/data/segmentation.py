@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from brevpipe.engine import storage
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.io import storage
 
 
 def _points(raw: Sequence[Any]) -> list[tuple[float, float]]:

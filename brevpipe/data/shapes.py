@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from brevpipe.config.compose import stable_hash
 from brevpipe.data.samples import find_samples
 from brevpipe.data.segmentation import attach_masks
-from brevpipe.engine.config import stable_hash
 
 log = logging.getLogger(__name__)
 SHAPES = ("circle", "square", "triangle", "star")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from brevpipe.engine import storage
+from brevpipe.io import storage
 
 log = logging.getLogger("brevpipe")
 STATE = "state.npz"

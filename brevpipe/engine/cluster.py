@@ -20,9 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from brevpipe.engine import layout, storage
-from brevpipe.engine.liveness import temp_prefix
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
+from brevpipe.jobs import layout
+from brevpipe.jobs.liveness import temp_prefix
 
 MULTI_WORKER = "multi_worker"  # the trainer.strategy that spans processes
 TRAINING_TASKS = ("chief", "worker")  # the task types that train (no ps, no evaluator)

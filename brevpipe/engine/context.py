@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from brevpipe.engine.job import Job
-from brevpipe.engine.layout import JobBucket
 from brevpipe.engine.seeding import component_seed
+from brevpipe.jobs.job import Job
+from brevpipe.jobs.layout import JobBucket
 
 
 @dataclass
@@ -51,7 +51,7 @@ class StageContext:
 
     @property
     def bucket(self) -> JobBucket:
-        """Every path of the job's bucket (:class:`brevpipe.engine.layout.JobBucket`)."""
+        """Every path of the job's bucket (:class:`brevpipe.jobs.layout.JobBucket`)."""
         return self._job.bucket
 
     def summary(self) -> dict[str, Any]:
@@ -71,7 +71,7 @@ class StageContext:
     def stop_callback(self, check_every_s: float = 2.0) -> Any:
         """A Keras callback that ends ``fit`` when ``brevpipe jobs stop`` asks this job to
         (looking at most every ``check_every_s`` seconds)."""
-        from brevpipe.engine.control import stop_callback
+        from brevpipe.jobs.control import stop_callback
 
         return stop_callback(self._job.bucket_url, check_every_s)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from brevpipe.engine.config import stable_hash
+from brevpipe.config.compose import stable_hash
 from brevpipe.engine.seeding import stage_seed
 from brevpipe.errors import ConfigError
 

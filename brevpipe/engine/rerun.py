@@ -6,7 +6,7 @@ two, applies the user's overrides (Hydra's override grammar), reuses the origina
 checks that the data did not change, and runs as a new job that records ``rerun_of``.
 
 An output.json from a bucket is untrusted input: every ``_target_`` must be a registered
-component (:mod:`brevpipe.engine.components`), or an exact dotted name that the command line allows
+component (:mod:`brevpipe.config.components`), or an exact dotted name that the command line allows
 (``rerun.allow_targets``, recorded in the new output.json); the stage declarations may only link
 config nodes (no resolvers).
 """
@@ -20,11 +20,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from brevpipe.engine import storage
-from brevpipe.engine.components import allowed_target_list, check_registered, modernize
-from brevpipe.engine.config import CONF_DIR, REDACTED
-from brevpipe.engine.layout import JobBucket
+from brevpipe.config.components import allowed_target_list, check_registered, modernize
+from brevpipe.config.compose import CONF_DIR, REDACTED
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.io import storage
+from brevpipe.jobs.layout import JobBucket
 
 # A stage declaration may link config nodes (``${trainer}``), nothing else (no resolvers).
 _LINK = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_.]*\}")
@@ -148,7 +148,7 @@ def rebuild_config(
 def _rebuild(
     output: dict[str, Any], url: str, overrides: Sequence[str], allow_data_change: bool
 ) -> DictConfig:
-    from brevpipe.engine.settings import RerunSettings, Settings
+    from brevpipe.config.settings import RerunSettings, Settings
 
     template = upgrade_template(modernize(output["pipeline_template"]))
     config = modernize(output["config"])
@@ -200,7 +200,7 @@ def _rebuild(
 def _settings_it_predates(cfg: DictConfig) -> None:
     """Settings a component gained after the job ran get the value that reproduces the job:
     the component's ``LEGACY_SETTINGS`` (the loader's ``reduced_jpeg_decode: false``, say)."""
-    from brevpipe.engine.components import REGISTRY
+    from brevpipe.config.components import REGISTRY
 
     for node in cfg.values():
         if not isinstance(node, DictConfig) or not isinstance(node.get("_target_"), str):

@@ -16,18 +16,20 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from brevpipe.engine import cache as data_cache
-from brevpipe.engine import cluster, control, storage
-from brevpipe.engine.artifacts import load_output, save_output
-from brevpipe.engine.components import REGISTRY, check_names, instantiate
-from brevpipe.engine.config import code_version
+from brevpipe.config.components import REGISTRY, check_names, instantiate
+from brevpipe.config.compose import code_version
+from brevpipe.config.settings import RuntimeSettings
+from brevpipe.engine import cluster
 from brevpipe.engine.context import StageContext
 from brevpipe.engine.dag import Pipeline, StageSpec
-from brevpipe.engine.job import Job, NullTracker
-from brevpipe.engine.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
-from brevpipe.engine.settings import RuntimeSettings
 from brevpipe.engine.tensorflow_import import import_tensorflow
 from brevpipe.errors import ConfigError, DiskFullError
+from brevpipe.io import cache as data_cache
+from brevpipe.io import storage
+from brevpipe.io.artifacts import load_output, save_output
+from brevpipe.jobs import control
+from brevpipe.jobs.job import Job, NullTracker
+from brevpipe.jobs.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
 
 log = logging.getLogger("brevpipe")
 

@@ -7,12 +7,12 @@ import logging
 import os
 from typing import Any
 
-from brevpipe.engine import storage
-from brevpipe.engine.control import read_stop, request_stop, session_of, who
-from brevpipe.engine.job import LOST, JobStatus, now
-from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.records import JobRecord, JobRegistryError, get_job
 from brevpipe.integrations.mlflow_store import reachable
+from brevpipe.io import storage
+from brevpipe.jobs.control import read_stop, request_stop, session_of, who
+from brevpipe.jobs.job import LOST, JobStatus, now
+from brevpipe.jobs.layout import JobBucket
+from brevpipe.jobs.records import JobRecord, JobRegistryError, get_job
 
 log = logging.getLogger("brevpipe")
 

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from brevpipe import __version__
-from brevpipe.engine import layout, storage
-from brevpipe.engine.config import flatten
-from brevpipe.engine.job import JobStatus
-from brevpipe.engine.records import parse_time
+from brevpipe.config.compose import flatten
 from brevpipe.integrations.mlflow_store import ensure_experiment, is_busy, retrying
+from brevpipe.io import storage
+from brevpipe.jobs import layout
+from brevpipe.jobs.job import JobStatus
+from brevpipe.jobs.records import parse_time
 
 log = logging.getLogger("brevpipe")
 

@@ -71,7 +71,7 @@ def _copy_empty_store(path: Path) -> None:
     own experiments do. Anything amiss leaves ``path`` absent: MLflow then creates it."""
     import mlflow
 
-    from brevpipe.engine.cache import user_cache_folder
+    from brevpipe.io.cache import user_cache_folder
 
     empty = user_cache_folder() / "mlflow" / f"empty-store-{mlflow.__version__}.db"
     partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")

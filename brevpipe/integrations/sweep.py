@@ -24,8 +24,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from brevpipe.engine import cluster, layout, storage
+from brevpipe.engine import cluster
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
+from brevpipe.jobs import layout
 
 log = logging.getLogger("brevpipe")
 

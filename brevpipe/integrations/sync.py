@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from brevpipe.engine import storage
-from brevpipe.engine.job import JobStatus, now
-from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.records import JobRecord, JobRegistryError
 from brevpipe.integrations import mirror, mlflow_store
 from brevpipe.integrations.tracking import default_tracking_uri
+from brevpipe.io import storage
+from brevpipe.jobs.job import JobStatus, now
+from brevpipe.jobs.layout import JobBucket
+from brevpipe.jobs.records import JobRecord, JobRegistryError
 
 
 def incomplete(record: JobRecord) -> bool:

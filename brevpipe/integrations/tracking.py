@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from brevpipe.engine import storage
-from brevpipe.engine.job import Job, NullTracker, Tracker, now
 from brevpipe.integrations import mirror, mlflow_store
+from brevpipe.io import storage
+from brevpipe.jobs.job import Job, NullTracker, Tracker, now
 
 log = logging.getLogger("brevpipe")
 

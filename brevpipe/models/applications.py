@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from brevpipe.engine import storage
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
 
 ARCHITECTURES = {
     "mobilenet_v2": "MobileNetV2",

@@ -40,7 +40,7 @@ def javascript_bundle() -> str:
     one file per vl-convert version."""
     import vl_convert
 
-    from brevpipe.engine.cache import user_cache_folder
+    from brevpipe.io.cache import user_cache_folder
 
     kept = user_cache_folder() / "assets" / f"vega-bundle-{vl_convert.__version__}.js"
     try:

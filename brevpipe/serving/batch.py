@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brevpipe.engine import storage
 from brevpipe.errors import BrevpipeError, ConfigError, DataError
+from brevpipe.io import storage
 
 if TYPE_CHECKING:
     import pandas as pd

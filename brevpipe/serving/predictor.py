@@ -21,9 +21,9 @@ import pandas as pd
 
 from brevpipe.data.encoder import MultiHotEncoder, OneHotEncoder
 from brevpipe.data.loader import ImageLoader
-from brevpipe.engine import storage
-from brevpipe.engine.liveness import temp_prefix
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
+from brevpipe.jobs.liveness import temp_prefix
 
 
 class Predictor:

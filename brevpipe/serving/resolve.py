@@ -3,7 +3,7 @@
 MODEL is an exported archive URL (``.../artifacts/model/saved_model.tar.gz``), a job bucket URL,
 a job id (under a job root) or an MLflow model URI (``runs:/<run_id>/mlflow_model``,
 ``models:/<name>/<version>``, ``models:/<name>@<alias>``). Job-bucket paths come from
-:class:`~brevpipe.engine.layout.JobBucket`; TensorFlow and MLflow are imported only when needed.
+:class:`~brevpipe.jobs.layout.JobBucket`; TensorFlow and MLflow are imported only when needed.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
-from brevpipe.engine import storage
-from brevpipe.engine.layout import MODEL_ARCHIVE, JobBucket
-from brevpipe.engine.liveness import temp_prefix
-from brevpipe.engine.settings import DEFAULT_JOB_ROOT
+from brevpipe.config.settings import DEFAULT_JOB_ROOT
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
+from brevpipe.jobs.layout import MODEL_ARCHIVE, JobBucket
+from brevpipe.jobs.liveness import temp_prefix
 
 if TYPE_CHECKING:
     from brevpipe.serving.predictor import Predictor

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brevpipe.config.components import instantiate
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.visual import preview_png
-from brevpipe.engine import storage
-from brevpipe.engine.components import instantiate
 from brevpipe.engine.context import StageContext
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.io import storage
 from brevpipe.reports.metrics import classification_metrics, multilabel_metrics
 from brevpipe.stages import common
 
@@ -168,9 +168,11 @@ def report(
             specs[f"thresholds_{purpose}"] = charts.threshold_curves(
                 evaluation[purpose]["threshold_curves"], purpose
             )
-    image_loader = ImageLoader(**{**instantiate(loader).metadata(), "rescale": "none"})
-    images = _atlases(ctx, split_samples, _read_back(predictions), classes, image_loader,
-                      atlas_size)  # fmt: skip
+    job_loader: ImageLoader = instantiate(loader)
+    readable = pd.concat([common.purpose_samples(ctx, split_samples, purpose, job_loader)
+                          for purpose in split_samples["purpose"].unique()])  # fmt: skip
+    image_loader = ImageLoader(**{**job_loader.metadata(), "rescale": "none"})
+    images = _atlases(ctx, readable, _read_back(predictions), classes, image_loader, atlas_size)
     if storage.exists(preview["url"]):
         images["First augmented training batch"] = storage.read_bytes(preview["url"])
     metrics = common.report_metrics(evaluation, history)
@@ -184,10 +186,11 @@ def _read_back(predictions: pd.DataFrame) -> pd.DataFrame:
 
 
 def _atlases(
-    ctx: StageContext, split_samples: pd.DataFrame, predictions: pd.DataFrame,
+    ctx: StageContext, readable: pd.DataFrame, predictions: pd.DataFrame,
     classes: list[str], loader: ImageLoader, atlas_size: int,
 ) -> dict[str, bytes]:  # fmt: skip
-    """Thumbnail atlases, by title: misclassified images (if any), a few images per category."""
+    """Thumbnail atlases, by title: misclassified images (if any), a few images per category
+    (of the ``readable`` samples)."""
     images = {}
     wrong = predictions[predictions["true"] != predictions["predicted"]].head(atlas_size)
     if len(wrong):
@@ -197,15 +200,14 @@ def _atlases(
                                       wrong.iterrows(), strict=True)
         ]  # fmt: skip
         images["Misclassified (true > predicted, score)"] = _atlas(
-            wrong["path"].tolist(), captions, loader, "misclassified.png", ctx, split_samples
+            wrong["path"].tolist(), captions, loader, "misclassified.png", ctx, readable
         )
     per_class = max(1, atlas_size // max(1, len(classes)))
-    readable = pd.concat([common.purpose_samples(ctx, split_samples, purpose, loader)
-                          for purpose in split_samples["purpose"].unique()])  # fmt: skip
-    sampled = readable.groupby(readable["category"].map("+".join), sort=True).head(per_class)
+    sampled = readable.groupby(readable["category"].map("+".join),
+                                    sort=True).head(per_class)  # fmt: skip
     images["Sampled images per category"] = _atlas(
         sampled["path"].tolist(), ["+".join(c) for c in sampled["category"]], loader,
-        "samples_atlas.png", ctx, split_samples,
+        "samples_atlas.png", ctx, readable,
     )  # fmt: skip
     return images
 

@@ -12,15 +12,16 @@ from typing import Any
 
 import pandas as pd
 
+from brevpipe.config.components import instantiate
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.samples import fingerprint, samples_to_csv, summarize
-from brevpipe.engine import layout, storage
 from brevpipe.engine.checkpoint import Checkpoint
-from brevpipe.engine.components import instantiate
 from brevpipe.engine.context import StageContext
 from brevpipe.engine.rerun import check_fingerprint
 from brevpipe.engine.seeding import keras_seeded
 from brevpipe.errors import DataError
+from brevpipe.io import storage
+from brevpipe.jobs import layout
 
 log = logging.getLogger("brevpipe")
 REPORTED_PURPOSES = ("devel", "test")  # the purposes the report charts

@@ -16,13 +16,13 @@ from typing import Any
 import pandas as pd
 
 from brevpipe import __version__
+from brevpipe.config.components import instantiate
 from brevpipe.data.encoder import OneHotEncoder
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.samples import samples_from_csv, summarize
 from brevpipe.data.split import SampleSplit, identification_table
-from brevpipe.engine import storage
-from brevpipe.engine.components import instantiate
 from brevpipe.engine.context import StageContext
+from brevpipe.io import storage
 
 
 def split_samples(

@@ -15,17 +15,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brevpipe.config.components import instantiate
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.pipeline import InputPipeline
 from brevpipe.data.segmentation import MaskLoader
-from brevpipe.engine import storage
-from brevpipe.engine.components import instantiate
 from brevpipe.engine.context import StageContext
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
 from brevpipe.reports.metrics import segmentation_metrics
 from brevpipe.stages import common
 
-# The stage functions, registered as stage:segmentation.<name> (engine/components.py)
+# The stage functions, registered as stage:segmentation.<name> (config/components.py)
 __all__ = ["find_samples", "train", "evaluate", "report"]
 log = logging.getLogger("brevpipe")
 FEATURES = ("image", "mask")

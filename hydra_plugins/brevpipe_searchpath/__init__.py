@@ -9,13 +9,13 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 class BrevpipeSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from brevpipe.engine.config import CONF_DIR
+        from brevpipe.config.compose import CONF_DIR
 
         if any(
             str(entry.path).rstrip("/").endswith(str(CONF_DIR)) for entry in search_path.get_path()
         ):
-            from brevpipe.engine.schema import store_schemas
-            from brevpipe.engine.settings import store_settings
+            from brevpipe.config.schema import store_schemas
+            from brevpipe.config.settings import store_settings
 
             store_settings()
             store_schemas()

@@ -21,8 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from brevpipe.engine import storage
-from brevpipe.engine.layout import JobBucket
+from brevpipe.io import storage
+from brevpipe.jobs.layout import JobBucket
 
 log = logging.getLogger("brevpipe")
 STALE_PERIODS = 3

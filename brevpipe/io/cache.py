@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brevpipe.engine import storage
-from brevpipe.engine.settings import RuntimeSettings
+from brevpipe.config.settings import RuntimeSettings
+from brevpipe.io import storage
 
 log = logging.getLogger("brevpipe")
 LISTINGS, IMAGES, USAGE = "listings", "images", "usage"

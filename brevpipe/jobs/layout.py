@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from brevpipe.engine import storage
+from brevpipe.io import storage
 
 INFO = "info.json"
 REGISTRY = "registry.json"

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from brevpipe.engine.components import GROUP_KINDS
+from brevpipe.config.components import GROUP_KINDS
 
 DEFAULT_JOB_ROOT = "./jobs"  # also where `brevpipe jobs`, predict and serve look up job ids
 

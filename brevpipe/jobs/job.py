@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from brevpipe import __version__
-from brevpipe.engine import storage
-from brevpipe.engine.config import REPO_DIR, redact
-from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.liveness import temp_prefix
+from brevpipe.io import storage
+from brevpipe.config.compose import REPO_DIR, redact
+from brevpipe.jobs.layout import JobBucket
+from brevpipe.jobs.liveness import temp_prefix
 from brevpipe.errors import DiskFullError
 
 SCHEMA_VERSION = 1

@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 
 from omegaconf import MISSING, OmegaConf
 
-from brevpipe.engine.components import GROUP_KINDS, REGISTRY, Component
+from brevpipe.config.components import GROUP_KINDS, REGISTRY, Component
 
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 # config groups whose options are components of the kind of the same name
@@ -216,7 +216,7 @@ def component_schema(component: Component) -> dict[str, Any]:
 
 
 def settings_schema(settings: type) -> dict[str, Any]:
-    """The JSON Schema of one of brevpipe's own settings dataclasses (brevpipe.engine.settings)."""
+    """The JSON Schema of one of brevpipe's own settings dataclasses (brevpipe.config.settings)."""
     properties: dict[str, Any] = {}
     for p in parameters_of(settings):
         prop = _json_type(p.annotation)
@@ -256,7 +256,7 @@ def config_schema(
                 "targets": dict(preset_targets.get(group, {})),
             },
         }
-    from brevpipe.engine.settings import Settings
+    from brevpipe.config.settings import Settings
 
     for f in dataclasses.fields(Settings):
         if f.name in properties or f.name not in composed:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from brevpipe.engine import storage
-from brevpipe.engine.job import STATUSES
+from brevpipe.io import storage
+from brevpipe.jobs.job import STATUSES
 from brevpipe.errors import ConfigError
 
 

@@ -12,10 +12,10 @@ import socket
 import time
 from typing import Any
 
-from brevpipe.engine import storage
-from brevpipe.engine.job import now
-from brevpipe.engine.layout import STOP, JobBucket
-from brevpipe.engine.liveness import raise_if_signalled
+from brevpipe.io import storage
+from brevpipe.jobs.job import now
+from brevpipe.jobs.layout import STOP, JobBucket
+from brevpipe.jobs.liveness import raise_if_signalled
 
 log = logging.getLogger("brevpipe")
 

@@ -2,7 +2,7 @@
 
 Everything is read from the job root (any fsspec URL): each job's ``artifacts/output.json``
 (written by the job itself, never rewritten here), its heartbeat and ``registry.json``
-(archived or not), in one concurrent read. :mod:`brevpipe.engine.job_details` describes one
+(archived or not), in one concurrent read. :mod:`brevpipe.jobs.details` describes one
 job; stopping and archiving are :mod:`brevpipe.integrations.lifecycle`.
 """
 
@@ -14,13 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from brevpipe.engine import layout, storage
-from brevpipe.engine.control import session_of
-from brevpipe.engine.job import LOST, UNKNOWN, JobStatus
-from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.liveness import is_stale
-from brevpipe.engine.output_json import parse_json, shape_problem
-from brevpipe.engine.settings import DEFAULT_JOB_ROOT
+from brevpipe.jobs import layout
+from brevpipe.io import storage
+from brevpipe.jobs.control import session_of
+from brevpipe.jobs.job import LOST, UNKNOWN, JobStatus
+from brevpipe.jobs.layout import JobBucket
+from brevpipe.jobs.liveness import is_stale
+from brevpipe.jobs.output_json import parse_json, shape_problem
+from brevpipe.config.settings import DEFAULT_JOB_ROOT
 from brevpipe.errors import BrevpipeError
 
 DEFAULT_ROOT = DEFAULT_JOB_ROOT

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brevpipe.engine import storage
+from brevpipe.io import storage
 
 if TYPE_CHECKING:
     import pandas as pd

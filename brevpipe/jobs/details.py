@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from brevpipe.engine import storage
-from brevpipe.engine.control import read_stop
-from brevpipe.engine.layout import JobBucket
-from brevpipe.engine.output_json import parse_json
-from brevpipe.engine.records import JobRecord
+from brevpipe.io import storage
+from brevpipe.jobs.control import read_stop
+from brevpipe.jobs.layout import JobBucket
+from brevpipe.jobs.output_json import parse_json
+from brevpipe.jobs.records import JobRecord
 
 DONE_STAGE_STATUSES = ("completed", "cached")
 KEY_PARAMS = (

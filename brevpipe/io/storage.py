@@ -22,7 +22,7 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.exceptions import FSTimeoutError
 
-from brevpipe.engine.settings import StorageSettings
+from brevpipe.config.settings import StorageSettings
 from brevpipe.errors import DiskFullError, StorageError
 
 DEFAULT_TIMEOUT_S = StorageSettings.timeout_s
