@@ -61,7 +61,7 @@ def _table(properties: dict[str, Any], prefix: str) -> list[str]:
 
 def settings_reference() -> str:
     """Every setting ``brevpipe schema`` prints, as Markdown tables."""
-    from brevpipe.commands.schema import schema_of
+    from brevpipe.config.composed import schema_of
 
     schema = schema_of(None)
     lines = ["# Settings reference", "",

@@ -27,9 +27,10 @@ LAYERS = {
     "integrations": 7,  # MLflow mirror, sweeps, lifecycle
     "stages": 8,
     "serving": 8,
-    "commands": 9,  # argument parsing and printing
-    "__main__": 10,
-    "api": 10,  # the public surface: names from every room
+    "ui": 9,  # the web dashboard
+    "commands": 10,  # argument parsing and printing
+    "__main__": 11,
+    "api": 11,  # the public surface: names from every room
 }
 
 
@@ -116,3 +117,58 @@ def test_the_public_api_names_resolve_and_user_projects_use_it() -> None:
         assert getattr(api, name) is not None, name
     init = MODULES["brevpipe.commands.init"].read_text()
     assert "from brevpipe.api import" in init and "from brevpipe.engine" not in init
+
+
+# What takes a tenth of a second or more to import (measured with ``python -c "import X"``): a
+# function may import these, or a brevpipe module that imports them, so that ``brevpipe --help``,
+# config errors and the job list stay fast. Anything else is imported at the top of its module.
+SLOW_TO_IMPORT = {
+    "tensorflow", "keras", "mlflow", "albumentations", "pandas", "numpy", "hydra", "omegaconf",
+    "fastapi", "uvicorn", "rich", "filelock", "sklearn", "s3fs",
+}  # fmt: skip
+
+
+def top_level_imports(module: str) -> set[str]:
+    """What a module imports when it is imported (not what its functions import later)."""
+    names = set()
+    for node in ast.parse(MODULES[module].read_text()).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names
+                      if f"{node.module}.{a.name}" in MODULES}  # fmt: skip
+    return names
+
+
+def slow_to_import(name: str, seen: set[str] | None = None) -> bool:
+    """Whether importing ``name`` imports something in :data:`SLOW_TO_IMPORT`."""
+    seen = set() if seen is None else seen
+    if name.split(".")[0] in SLOW_TO_IMPORT:
+        return True
+    if name not in MODULES or name in seen:
+        return False
+    seen.add(name)
+    return any(slow_to_import(target, seen) for target in top_level_imports(name))
+
+
+def test_functions_import_only_what_is_slow_to_import() -> None:
+    """An import inside a function is there to keep the command line fast; any other belongs at
+    the top of the module, where a reader looks for what it uses."""
+    needless = []
+    for path in MODULES.values():
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES
+                               else node.module for a in node.names]  # fmt: skip
+                else:
+                    continue
+                needless += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {target}"
+                             for target in targets if not slow_to_import(target)]  # fmt: skip
+    assert not needless, "imports to move to the top of their module:\n" + "\n".join(needless)

@@ -57,7 +57,7 @@ def test_the_docs_site_builds_strictly_with_its_generated_references(tmp_path: P
 def test_the_settings_reference_covers_every_setting_brevpipe_schema_prints() -> None:
     import importlib.util
 
-    from brevpipe.commands.schema import schema_of
+    from brevpipe.config.composed import schema_of
 
     spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
     hooks = importlib.util.module_from_spec(spec)

@@ -13,9 +13,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from brevpipe.commands.schema import compose_plain, group_options, preset_component, schema_of
 from brevpipe.config.components import REGISTRY
 from brevpipe.config.compose import CONF_DIR
+from brevpipe.config.composed import compose_plain, group_options, preset_component, schema_of
 from brevpipe.config.schema import GROUP_KINDS, parameters
 from tests.conftest import compose_config
 

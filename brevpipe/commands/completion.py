@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
+from brevpipe.config.compose import CONF_DIR
+
 USAGE = """\
 usage: brevpipe completion bash|zsh|fish
 
@@ -165,8 +167,6 @@ def _config_words(command: str, before: list[str], word: str) -> list[str]:
 def hydra_completion(overrides: list[str], word: str, config_dir: list[str]) -> list[str]:
     """Hydra's answer to ``-sc query=bash`` for brevpipe's config (its public route)."""
     import hydra
-
-    from brevpipe.config.compose import CONF_DIR
 
     main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     saved = sys.argv, os.environ.get("COMP_LINE")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
 
 from brevpipe.commands.run import report
@@ -30,7 +31,6 @@ options:
 
 def main(args: list[str]) -> int:
     """``brevpipe rerun URL [--allow-data-change] [overrides...]``."""
-    import logging.config
 
     from omegaconf import OmegaConf
 

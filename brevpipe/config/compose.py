@@ -9,6 +9,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from brevpipe import __version__
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # brevpipe/
 REPO_DIR = PACKAGE_DIR.parent
 # A wheel carries conf/ inside the package (pyproject's package-dir); a source checkout or an
@@ -57,7 +59,6 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 def code_version() -> str:
     """Package version plus a digest of the package's source, for stage cache keys."""
-    from brevpipe import __version__
 
     digest = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*.py")):

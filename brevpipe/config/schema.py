@@ -12,8 +12,10 @@ their annotations and defaults) is the one home of its defaults. From it this mo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
+import logging
 import re
 import types
 import typing
@@ -137,7 +139,6 @@ def config_class(component: Component) -> type:
 
 
 def _factory(value: Any) -> Callable[[], Any]:
-    import copy
 
     return lambda: copy.deepcopy(value)
 
@@ -148,7 +149,6 @@ _STORED: set[str] = set()
 def store_schemas() -> None:
     """Put every registered component of a config group's kind into Hydra's ConfigStore as
     ``schema/<kind>/<name>`` (idempotent; entry points of other packages included)."""
-    import logging
 
     from hydra.core.config_store import ConfigStore
 

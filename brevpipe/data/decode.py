@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -104,7 +105,6 @@ def decode_with_pillow(data: Any, channels: int) -> Any:
     mode = "RGB" if channels == 3 else "L"
 
     def decode(raw: Any) -> np.ndarray:
-        from PIL import Image
 
         raw = raw if isinstance(raw, bytes) else raw.item()  # a 0-d array in eager mode
         with Image.open(io.BytesIO(raw)) as picture:

@@ -13,6 +13,7 @@ config nodes (no resolvers).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from brevpipe.config.components import allowed_target_list, check_registered, modernize
+from brevpipe.config.components import REGISTRY, allowed_target_list, check_registered, modernize
 from brevpipe.config.compose import CONF_DIR, REDACTED
 from brevpipe.errors import ConfigError, DataError
 from brevpipe.io import storage
@@ -200,7 +201,6 @@ def _rebuild(
 def _settings_it_predates(cfg: DictConfig) -> None:
     """Settings a component gained after the job ran get the value that reproduces the job:
     the component's ``LEGACY_SETTINGS`` (the loader's ``reduced_jpeg_decode: false``, say)."""
-    from brevpipe.config.components import REGISTRY
 
     for node in cfg.values():
         if not isinstance(node, DictConfig) or not isinstance(node.get("_target_"), str):
@@ -232,6 +232,5 @@ def check_fingerprint(fingerprint: str, rerun: dict[str, Any] | None) -> None:
     if not rerun.get("allow_data_change"):
         raise DataError(f"{message}: the rerun would not be exact. Restore the data, or pass "
                         "--allow-data-change to run on the data as it is now.")  # fmt: skip
-    import logging
 
     logging.getLogger("brevpipe").warning("%s; going on (--allow-data-change)", message)

@@ -14,8 +14,10 @@ import hashlib
 import logging
 import math
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +237,6 @@ def _artifact_files(bucket: str) -> tuple[Any, str, dict[str, str]]:
 def _sync_artifacts(client: Any, run: Any, bucket: str, result: SyncResult) -> None:
     """Upload the bucket's artifacts unless the same files went up already (output.json,
     which changes as the mirror records itself, is not part of that check)."""
-    import tempfile
 
     fs, root, files = _artifact_files(bucket)
     listing = "\n".join(f"{k}={v}" for k, v in files.items() if k != layout.OUTPUT)
@@ -279,8 +280,6 @@ def _sync_model(
 
 
 def _log_model(client: Any, run_id: str, keras_url: str, model_info: dict[str, Any]) -> None:
-    import tempfile
-    from importlib.metadata import PackageNotFoundError, version
 
     import keras
     import mlflow.keras

@@ -10,6 +10,7 @@ import random
 import shutil
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,7 +111,6 @@ def reachable(uri: str, timeout_s: float = 5.0) -> None:
     every request for minutes)."""
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.request
 
     with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
         pass

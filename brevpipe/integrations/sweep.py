@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from brevpipe.engine import cluster
 from brevpipe.errors import ConfigError
+from brevpipe.integrations.mlflow_store import ensure_experiment, open_client
 from brevpipe.io import storage
 from brevpipe.jobs import layout
 
@@ -102,7 +103,6 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not tracks_sweep(config):
             return
-        from brevpipe.integrations.mlflow_store import ensure_experiment, open_client
         from brevpipe.integrations.tracking import tracking_uri_for
 
         hydra_cfg = config.hydra

@@ -23,6 +23,7 @@ from typing import Any
 
 from brevpipe.io import storage
 from brevpipe.jobs.layout import JobBucket
+import hashlib
 
 log = logging.getLogger("brevpipe")
 STALE_PERIODS = 3
@@ -48,7 +49,6 @@ def raise_if_signalled() -> None:
 def host_token() -> str:
     """A short token of this machine (or container): temp folders of another host sharing
     /tmp are never taken for ours."""
-    import hashlib
 
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 

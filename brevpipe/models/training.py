@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from brevpipe.engine import cluster
+from brevpipe.errors import ConfigError
 
 if TYPE_CHECKING:
     from brevpipe.data.pipeline import InputPipeline
@@ -97,7 +98,6 @@ class Trainer:
     stop_check_s: float = 2.0  # how often training looks for a `brevpipe jobs stop` request
 
     def __post_init__(self) -> None:
-        from brevpipe.errors import ConfigError
 
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"trainer.schedule={self.schedule!r}: use one of {SCHEDULES}.")
@@ -153,7 +153,6 @@ class Trainer:
             counts = np.asarray(labels).sum(axis=0)
             return {i: float(len(labels) / (len(classes) * c)) if c else 0.0
                     for i, c in enumerate(counts)}  # fmt: skip
-        from brevpipe.errors import ConfigError
 
         unknown = sorted(set(self.class_weight) - set(classes))
         if unknown:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import vl_convert
 
 
 def pivot(samples: pd.DataFrame, rows: Sequence[str], cols: Sequence[str]) -> dict[str, Any]:
@@ -38,7 +39,6 @@ def javascript_bundle() -> str:
     """Vega-embed, Vega-Lite and Vega in one script (no network), from vl-convert-python.
     vl-convert bundles it anew on every call (2 s), so it is kept in the user cache folder,
     one file per vl-convert version."""
-    import vl_convert
 
     from brevpipe.io.cache import user_cache_folder
 

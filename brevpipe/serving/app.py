@@ -10,6 +10,7 @@ undecodable or too large image gets 422 naming it, more than ``max_pending`` tas
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,9 +18,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from PIL import Image
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from brevpipe import __version__
 from brevpipe.errors import ConfigError, DataError
 from brevpipe.serving.auth import check_secret, token_problem
 from brevpipe.serving.bodies import REQUEST_BODY, read_images
@@ -97,9 +100,6 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving ``predictor``; tokens are checked against ``secret``. The docs
     (``/docs``, ``/openapi.json``) need a token too unless ``public_docs``."""
-    import warnings
-
-    from PIL import Image
 
     # Pillow warns about large headers; the service refuses them itself (--max-pixels)
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -119,7 +119,6 @@ def create_app(
 
 def _new_app(service: ModelService, public_docs: bool) -> FastAPI:
     """The app, its ``state.service``, and FastAPI's own docs unless ``public_docs``."""
-    from brevpipe import __version__
 
     app = FastAPI(
         title="brevpipe prediction service",

@@ -13,6 +13,8 @@ import json
 from typing import Any
 
 from fastapi import HTTPException, Request
+from starlette.requests import ClientDisconnect
+from starlette.requests import Request as StarletteRequest
 
 REQUEST_BODY = {
     "required": True,
@@ -94,7 +96,6 @@ async def read_images(request: Request, max_batch: int, max_bytes: int) -> list[
 async def _read_body(request: Request, max_bytes: int) -> bytes:
     """The whole body, refused (413) as soon as it is known to be over ``max_bytes``: from its
     Content-Length, else while it streams in."""
-    from starlette.requests import ClientDisconnect
 
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
@@ -118,7 +119,6 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
 async def _multipart_images(request: Request, body: bytes, max_bytes: int
                             ) -> list[tuple[str, bytes]]:  # fmt: skip
     """The file parts of the multipart field ``files``."""
-    from starlette.requests import Request as StarletteRequest
 
     async def replay() -> dict[str, Any]:  # the body is read already: parse it from memory
         return {"type": "http.request", "body": body, "more_body": False}

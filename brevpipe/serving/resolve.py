@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 from brevpipe.config.settings import DEFAULT_JOB_ROOT
@@ -130,7 +131,6 @@ def _archive_from_mlflow(uri: str, job_root: str, tracking_uri: str | None) -> s
 def _download_run_archive(uri: str, run_id: str, bucket: str | None, tracking_uri: str) -> str:
     """The copy of the archive in the run's artifacts, downloaded to a temporary folder that
     goes when the process ends."""
-    import tempfile
 
     import mlflow.artifacts
 

@@ -10,12 +10,15 @@ naming it; more than ``max_pending`` tasks waiting is :class:`ServiceBusy`. The 
 
 from __future__ import annotations
 
+import io
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from brevpipe.errors import BrevpipeError, ConfigError, DataError
 
@@ -93,9 +96,6 @@ class ModelService:
         """Refuse images whose header announces more than ``max_pixels`` (a few kilobytes of
         PNG can decode to gigabytes), and images whose header Pillow cannot read: no decoder
         sees an image of unknown size."""
-        import io
-
-        from PIL import Image
 
         try:
             with Image.open(io.BytesIO(data)) as image:  # reads the header only

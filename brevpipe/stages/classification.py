@@ -23,6 +23,7 @@ from brevpipe.data.visual import preview_png
 from brevpipe.engine.context import StageContext
 from brevpipe.errors import ConfigError, DataError
 from brevpipe.io import storage
+from brevpipe.reports import charts
 from brevpipe.reports.metrics import classification_metrics, multilabel_metrics
 from brevpipe.stages import common
 
@@ -155,7 +156,6 @@ def report(
 ) -> dict[str, Any]:  # fmt: skip
     """Charts (``artifacts/charts/*.vl.json``), the pivot summary, thumbnail atlases of
     misclassified and sampled images, and the self-contained ``artifacts/report.html``."""
-    from brevpipe.reports import charts
 
     classes = evaluation["classes"]
     specs = common.report_charts(split_samples, history)

@@ -22,6 +22,7 @@ from brevpipe.engine.seeding import keras_seeded
 from brevpipe.errors import DataError
 from brevpipe.io import storage
 from brevpipe.jobs import layout
+from brevpipe.reports import charts
 
 log = logging.getLogger("brevpipe")
 REPORTED_PURPOSES = ("devel", "test")  # the purposes the report charts
@@ -160,7 +161,6 @@ def evaluation_outputs(
 def report_charts(split_samples: pd.DataFrame, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The charts every report opens with: the dataset summary and the training curves (of
     the training stage's ``history`` output)."""
-    from brevpipe.reports import charts
 
     by_purpose = summarize(split_samples)["by_purpose_category"]
     specs = {"dataset_summary": charts.dataset_summary(by_purpose)}

@@ -22,6 +22,7 @@ from brevpipe.data.segmentation import MaskLoader
 from brevpipe.engine.context import StageContext
 from brevpipe.errors import ConfigError
 from brevpipe.io import storage
+from brevpipe.reports import charts
 from brevpipe.reports.metrics import segmentation_metrics
 from brevpipe.stages import common
 
@@ -161,7 +162,6 @@ def report(
 ) -> dict[str, Any]:  # fmt: skip
     """Charts (dataset, training curves, IoU and Dice per class), the pivot summary, the
     overlays and the self-contained ``artifacts/report.html``."""
-    from brevpipe.reports import charts
 
     specs = common.report_charts(split_samples, history)
     for purpose in common.REPORTED_PURPOSES:
