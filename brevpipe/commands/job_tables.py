@@ -239,3 +239,26 @@ def print_sync(results: list[dict[str, Any]]) -> None:
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
+
+
+def print_diff(result: dict[str, Any]) -> None:
+    """``brevpipe jobs diff``: the settings that differ, then the metrics with deltas from the
+    first job."""
+    console = _console()
+    short = short_ids(result["jobs"])
+    ids = [short[i] for i in result["jobs"]]
+    table = _table("settings" + ("" if result["equal_settings"] == 0 else
+                                 f" ({result['equal_settings']} equal, not shown)"),
+                   "key", *ids)  # fmt: skip
+    for row in result["config"]:
+        table.add_row(row["key"], *row["values"])
+    console.print(table if result["config"] else "settings: all equal")
+    equal = f", {result['equal_metrics']} equal, not shown" if result["equal_metrics"] else ""
+    metrics = _table(f"metrics (delta from the first job{equal})", "metric", *ids)
+    for row in result["metrics"]:
+        cells = [format_value(row["values"][0]) if row["values"][0] is not None else "-"]
+        for value, delta in zip(row["values"][1:], row["deltas"][1:], strict=True):
+            text = "-" if value is None else format_value(value)
+            cells.append(f"{text} ({delta:+.4g})" if delta is not None else text)
+        metrics.add_row(row["name"], *cells)
+    console.print(metrics if result["metrics"] else "metrics: all equal")

@@ -1,6 +1,7 @@
-"""``brevpipe jobs``: list, show, stop, archive, unarchive, statistics: arguments and printing.
+"""``brevpipe jobs``: list, show, diff, stop, archive, unarchive, statistics, sync: arguments
+and printing.
 
-What they do is in :mod:`brevpipe.jobs.records` (reading a job root) and
+What they do is in :mod:`brevpipe.jobs` (reading a job root, comparing jobs) and
 :mod:`brevpipe.integrations.lifecycle` (stop and archive, mirrored into MLflow).
 """
 
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from brevpipe.commands.job_tables import (
+    print_diff,
     print_json,
     print_list,
     print_show,
@@ -21,6 +23,7 @@ from brevpipe.errors import BrevpipeError
 from brevpipe.integrations.lifecycle import set_archived, stop_job
 from brevpipe.integrations.sync import sync_record
 from brevpipe.io import storage
+from brevpipe.jobs.compare import compare
 from brevpipe.jobs.details import describe, statistics
 from brevpipe.jobs.job import LOST, STATUSES, JobStatus
 from brevpipe.jobs.layout import JobBucket
@@ -32,6 +35,7 @@ examples:
   brevpipe jobs list --status running --root s3://bucket/jobs
   brevpipe jobs show <id>                     an id or a unique prefix of one
   brevpipe jobs statistics <id> --format json
+  brevpipe jobs diff <id> <id> [<id>...]      settings that differ, metric deltas (--all-keys)
   brevpipe jobs stop <id>                     ends as 'stopped' at the next training batch
   brevpipe jobs archive <id>                  hidden from list (--all shows it); MLflow run deleted
   brevpipe jobs sync <id> [<id>...]           mirror jobs into MLflow again (adds what is missing)
@@ -68,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = actions.add_parser(action, parents=[common], help=text)
         sub.add_argument("id", help="a job id or a unique prefix of one")
+    diffing = actions.add_parser("diff", parents=[common],
+                                 help="settings that differ and metric deltas of 2+ jobs")
+    diffing.add_argument("ids", nargs="+", metavar="id", help="job ids or unique prefixes")
+    diffing.add_argument("--all-keys", action="store_true",
+                         help="every setting, equal ones too")  # fmt: skip
     syncing = actions.add_parser(
         "sync", parents=[common], help="mirror ended jobs into MLflow, adding what is missing")
     syncing.add_argument("ids", nargs="*", metavar="id", help="job ids or unique prefixes")
@@ -122,6 +131,18 @@ def _statistics(args: argparse.Namespace, root: str, as_json: bool) -> int:
         print_json(stats)
     else:
         print_statistics(stats)
+    return 0
+
+
+def _diff(args: argparse.Namespace, root: str, as_json: bool) -> int:
+    if len(args.ids) < 2:
+        print("error: name two or more jobs to compare", file=sys.stderr)
+        return 2
+    result = compare([get_job(root, job_id) for job_id in args.ids], not args.all_keys)
+    if as_json:
+        print_json(result)
+    else:
+        print_diff(result)
     return 0
 
 
@@ -181,6 +202,6 @@ def _archive(args: argparse.Namespace, root: str, as_json: bool) -> int:
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, str, bool], int]] = {
-    "list": _list, "show": _show, "statistics": _statistics, "stop": _stop,
+    "list": _list, "show": _show, "diff": _diff, "statistics": _statistics, "stop": _stop,
     "archive": _archive, "unarchive": _archive, "sync": _sync,
 }  # fmt: skip

@@ -14,9 +14,10 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from brevpipe.commands import completion
 from brevpipe.config.compose import CONF_DIR
 from brevpipe.errors import BrevpipeError
-from brevpipe.integrations.sweep import job_root, parent_run
+from brevpipe.integrations.sweep import job_root, parent_run, sweep_id
 
 log = logging.getLogger("brevpipe")
 
@@ -31,9 +32,13 @@ def _run_job(cfg: DictConfig) -> float | None:
     cwd = hydra_cfg.runtime.cwd  # where brevpipe was started (a launcher may run us elsewhere)
     cfg.job.root = job_root(str(cfg.job.root), cwd)  # as the sweep's callback sees it
     # a job of a sweep: its MLflow parent run, from the sweep's record in the job root
-    parent = parent_run(cfg, hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    parent, sweep = None, None
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        parent = parent_run(cfg, hydra_cfg)
+        sweep = {"id": sweep_id(cwd, str(hydra_cfg.sweep.dir)), "trial": int(hydra_cfg.job.num),
+                 "overrides": list(hydra_cfg.overrides.task)}  # fmt: skip
     try:
-        job = run_job(cfg, choices=choices, parent=parent)
+        job = run_job(cfg, choices=choices, parent=parent, sweep=sweep)
     except BrevpipeError as exc:
         log.error("error: %s", exc)
         sys.exit(1)
@@ -66,7 +71,6 @@ def main(args: list[str]) -> int:
     """Run Hydra's command line (``brevpipe run ...``) with brevpipe's config."""
     main: Any = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     if shell := completion_install(args):
-        from brevpipe.commands import completion
 
         return completion.main([shell])
     sys.argv = ["brevpipe run", *args]

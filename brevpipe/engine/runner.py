@@ -154,16 +154,19 @@ def _stop_requested(job: Job, session: str | None) -> bool:
 
 
 def run_job(
-    cfg: DictConfig, choices: dict[str, str] | None = None, parent: dict[str, Any] | None = None
-) -> Job:
+    cfg: DictConfig, choices: dict[str, str] | None = None, parent: dict[str, Any] | None = None,
+    sweep: dict[str, Any] | None = None,
+) -> Job:  # fmt: skip
     """Compose-and-run entry point used by the CLI and the tests; ``parent`` is the MLflow
-    run of the sweep this job belongs to. The job's storage settings and data cache hold in a
+    run of the sweep this job belongs to, ``sweep`` the sweep's id, this trial's number and
+    overrides (output.json's ``sweep``). The job's storage settings and data cache hold in a
     context of its own: jobs run side by side in one process (threads, a notebook, the
     dashboard) do not see each other's, and the caller's are as they were."""
-    return contextvars.copy_context().run(_run_job, cfg, choices, parent)
+    return contextvars.copy_context().run(_run_job, cfg, choices, parent, sweep)
 
 
-def _run_job(cfg: DictConfig, choices: dict[str, str] | None, parent: dict[str, Any] | None) -> Job:
+def _run_job(cfg: DictConfig, choices: dict[str, str] | None, parent: dict[str, Any] | None,
+             sweep: dict[str, Any] | None) -> Job:  # fmt: skip
     plain = resolve_config(cfg)
     check_names(plain)  # before any job bucket or MLflow run exists
     role = cluster.role_of(plain)  # a multi-worker job's process (TF_CONFIG checked); or None
@@ -173,6 +176,8 @@ def _run_job(cfg: DictConfig, choices: dict[str, str] | None, parent: dict[str, 
     data_cache.configure(runtime_cfg.get("cache_root"), runtime_cfg.get("cache_max_gb"))
     pipeline = Pipeline.from_config(plain["pipeline"])
     job = new_job(cfg, plain, pipeline.name, choices, role)
+    if sweep:
+        job.extra["sweep"] = sweep
     # the tracking component (brevpipe.integrations.tracking by default) makes the mirror;
     # in a multi-worker job, the chief's only
     tracking = (plain.get("tracking") or {}) if _writes_job(role) else {}
