@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from brevpipe import __version__
+from brevpipe.commands import completion
 
 HELP_COLUMN = 28  # where the commands' descriptions start in ``brevpipe --help``
 
@@ -56,6 +57,9 @@ an HTTP prediction service (FastAPI): /predict, /tasks, /health,
     Command("jobs", "<action> ...", """\
 the job registry: list, show, stop, archive, unarchive,
 statistics, sync (brevpipe jobs --help)"""),
+    Command("ui", "[--root URL ...]", """\
+a local web dashboard over job roots: watch, compare, debug
+and launch jobs (http://127.0.0.1:8765; brevpipe ui --help)"""),
     Command("cache", "info|clear", """\
 the data cache that jobs share (runtime.cache_root): listings
 and decoded images (brevpipe cache --help)"""),
@@ -99,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     if args[0] in ("__complete", "-sc", "--shell-completion"):
-        from brevpipe.commands import completion
 
         if args[0] == "__complete":  # what brevpipe's completion script asks
             return completion.complete_from_environment(COMMANDS)

@@ -1,0 +1,61 @@
+"""The errors page: a classification job's confusion matrix from its per-sample predictions
+(``artifacts/predictions.csv``), the samples behind one cell, and a segmentation job's worst
+images by IoU. Only paths listed in that table can be shown as images."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pandas as pd
+
+from brevpipe.io import storage
+from brevpipe.jobs.layout import PREDICTIONS, JobBucket
+
+MAX_ROWS = 200_000  # a table longer than a job writes is someone else's file
+
+
+def predictions(bucket: str) -> pd.DataFrame | None:
+    """The job's per-sample table, or None when it has none (not evaluated yet)."""
+    url = JobBucket(bucket).artifact(PREDICTIONS)
+    try:
+        data = storage.read_bytes(url)
+    except FileNotFoundError:
+        return None
+    table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, nrows=MAX_ROWS)
+    return table if "path" in table.columns else None
+
+
+def score(row: pd.Series, label: str) -> float | None:
+    try:
+        return float(row.get(f"score_{label}", ""))
+    except ValueError:
+        return None
+
+
+def errors_page(table: pd.DataFrame, params: dict[str, str]) -> dict[str, Any]:
+    """Classification (``true`` and ``predicted`` columns): the matrix of one purpose and the
+    samples of the chosen cell. Segmentation (``iou``): the worst images first."""
+    purposes = sorted(set(table["purpose"])) if "purpose" in table else []
+    purpose = params.get("purpose") if params.get("purpose") in purposes else (
+        "test" if "test" in purposes else (purposes[0] if purposes else ""))
+    subset = table[table["purpose"] == purpose] if purpose else table
+    if {"true", "predicted"} <= set(table.columns):
+        labels = sorted(set(subset["true"]) | set(subset["predicted"]))
+        counts = subset.groupby(["true", "predicted"]).size().to_dict()
+        matrix = [[counts.get((t, p), 0) for p in labels] for t in labels]
+        true, predicted = params.get("true"), params.get("predicted")
+        cell = subset[(subset["true"] == true) & (subset["predicted"] == predicted)] \
+            if true is not None and predicted is not None else subset.iloc[0:0]  # fmt: skip
+        samples = [{"path": r["path"], "true": r["true"], "predicted": r["predicted"],
+                    "score": score(r, r["predicted"])} for _, r in cell.iterrows()]  # fmt: skip
+        return {"kind": "classification", "purposes": purposes, "purpose": purpose,
+                "labels": labels, "matrix": matrix, "true": true, "predicted": predicted,
+                "samples": samples}  # fmt: skip
+    if "iou" in table.columns:
+        ranked = subset.assign(iou_value=pd.to_numeric(subset["iou"], errors="coerce"))
+        ranked = ranked.sort_values("iou_value", na_position="first").head(48)
+        samples = [{"path": r["path"], "iou": r["iou_value"]} for _, r in ranked.iterrows()]
+        return {"kind": "segmentation", "purposes": purposes, "purpose": purpose,
+                "samples": samples}  # fmt: skip
+    return {"kind": "unknown", "purposes": purposes, "purpose": purpose, "samples": []}

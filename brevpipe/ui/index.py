@@ -1,0 +1,129 @@
+"""The dashboard's view of its job roots: every job's record, cached in this process and
+refreshed by reading only what can still change (new folders, jobs not yet ended), with the
+statuses that changed since a given version for the live page."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from brevpipe.errors import BrevpipeError
+from brevpipe.io import storage
+from brevpipe.jobs.job import JobStatus
+from brevpipe.jobs.records import JobRecord, job_ids, load_jobs
+
+ENDED = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value})
+
+
+@dataclass
+class Listed:
+    """A job of one of the roots."""
+
+    root: str
+    record: JobRecord
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+@dataclass
+class JobIndex:
+    """Jobs of ``roots``; :meth:`jobs` refreshes at most every ``refresh_s`` seconds, and reads
+    every job again (archived flags set elsewhere, rewritten records) every ``full_every_s``."""
+
+    roots: list[str]
+    refresh_s: float = 0.5
+    full_every_s: float = 30.0
+    errors: dict[str, str] = field(default_factory=dict)  # root -> one line
+    version: int = 0
+    _jobs: dict[str, Listed] = field(default_factory=dict)
+    _changed: dict[str, int] = field(default_factory=dict)  # job id -> version it changed in
+    _dirty: set[str] = field(default_factory=set)  # ended jobs to read again
+    _refreshed: float = float("-inf")
+    _full: float = float("-inf")
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.roots = [storage.normalize(root) for root in self.roots]
+
+    def jobs(self) -> list[Listed]:
+        """Every job of every readable root, newest first."""
+        self.refresh()
+        with self._lock:
+            listed = list(self._jobs.values())
+        return sorted(listed, key=lambda j: (str(j.record.job.get("start") or ""), j.id),
+                      reverse=True)  # fmt: skip
+
+    def find(self, job_id: str) -> Listed | None:
+        """The job ``job_id`` names (a full id, or a unique prefix)."""
+        self.refresh()
+        with self._lock:
+            if job_id in self._jobs:
+                return self._jobs[job_id]
+            matches = [j for i, j in self._jobs.items() if job_id and i.startswith(job_id)]
+        return matches[0] if len(matches) == 1 else None
+
+    def changed_since(self, version: int) -> tuple[int, list[Listed]]:
+        """The jobs whose status, epochs or record changed after ``version``, and the version
+        now."""
+        self.refresh()
+        with self._lock:
+            ids = [i for i, v in self._changed.items() if v > version and i in self._jobs]
+            return self.version, [self._jobs[i] for i in ids]
+
+    def forget(self, job_id: str) -> None:
+        """Read this job again at the next refresh (after the dashboard changed it)."""
+        with self._lock:
+            self._refreshed = float("-inf")
+            self._dirty.add(job_id)
+
+    def refresh(self, force: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._refreshed < self.refresh_s:
+                return
+            full = now - self._full >= self.full_every_s
+            for root in self.roots:
+                self._refresh_root(root, full)
+            self._refreshed = time.monotonic()
+            if full:
+                self._full = self._refreshed
+
+    def _refresh_root(self, root: str, full: bool) -> None:
+        try:
+            ids = job_ids(root)
+        except BrevpipeError as exc:
+            self.errors[root] = str(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - credentials, network: one line, others go on
+            self.errors[root] = f"cannot read job root {root}: {type(exc).__name__}: {exc}"
+            return
+        self.errors.pop(root, None)
+        present = set(ids)
+        for job_id in [i for i, j in self._jobs.items() if j.root == root and i not in present]:
+            del self._jobs[job_id]
+        stale = [i for i in ids if full or i not in self._jobs or i in self._dirty
+                 or self._jobs[i].record.status not in ENDED]  # fmt: skip
+        self._dirty -= set(stale)
+        try:
+            records = load_jobs(root, stale) if stale else []
+        except BrevpipeError as exc:
+            self.errors[root] = str(exc)
+            return
+        for record in records:
+            before = self._jobs.get(record.id)
+            if before is None or fingerprint(before.record) != fingerprint(record):
+                self.version += 1
+                self._changed[record.id] = self.version
+            self._jobs[record.id] = Listed(root, record)
+
+
+def fingerprint(record: JobRecord) -> tuple[Any, ...]:
+    """What the job list shows of a job: a change of any of it is pushed to open pages."""
+    output = record.output or {}
+    history = output.get("history")
+    return (record.status, record.archived, record.job.get("end"),
+            len(history) if isinstance(history, list) else 0, record.key_metric[1])  # fmt: skip
