@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from brevpipe import __version__
-from brevpipe.io import storage
 from brevpipe.config.compose import REPO_DIR, redact
+from brevpipe.errors import DiskFullError
+from brevpipe.io import storage
 from brevpipe.jobs.layout import JobBucket
 from brevpipe.jobs.liveness import temp_prefix
-from brevpipe.errors import DiskFullError
 
 SCHEMA_VERSION = 1
 ENVIRONMENT_PACKAGES = (

@@ -10,6 +10,7 @@ stop``) ends a job like Ctrl-C does.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import re
@@ -23,7 +24,6 @@ from typing import Any
 
 from brevpipe.io import storage
 from brevpipe.jobs.layout import JobBucket
-import hashlib
 
 log = logging.getLogger("brevpipe")
 STALE_PERIODS = 3

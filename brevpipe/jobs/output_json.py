@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from brevpipe.errors import ConfigError
 from brevpipe.io import storage
 from brevpipe.jobs.job import STATUSES
-from brevpipe.errors import ConfigError
 
 
 def read_output(url: str) -> dict[str, Any]:

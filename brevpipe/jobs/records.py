@@ -14,15 +14,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from brevpipe.jobs import layout
+from brevpipe.config.settings import DEFAULT_JOB_ROOT
+from brevpipe.errors import BrevpipeError
 from brevpipe.io import storage
+from brevpipe.jobs import layout
 from brevpipe.jobs.control import session_of
 from brevpipe.jobs.job import LOST, UNKNOWN, JobStatus
 from brevpipe.jobs.layout import JobBucket
 from brevpipe.jobs.liveness import is_stale
 from brevpipe.jobs.output_json import parse_json, shape_problem
-from brevpipe.config.settings import DEFAULT_JOB_ROOT
-from brevpipe.errors import BrevpipeError
 
 DEFAULT_ROOT = DEFAULT_JOB_ROOT
 SHORT_ID = 8
