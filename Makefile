@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # two Ray instances never run at once
 TEST_WORKERS ?= 2
 
-.PHONY: help install browser run test test-fast lint bench docs docs-serve clean
+.PHONY: help install browser run ui test test-fast lint bench docs docs-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,12 +48,15 @@ $(RUNTIME_STAMP): pyproject.toml
 run: $(RUNTIME_STAMP)  ## run the default pipeline (shapes dataset, ./jobs, ./mlflow.db); ARGS='seed=3 ...'
 	$(BIN)/brevpipe run $(ARGS)
 
-browser:  ## headless Chromium for the report test (Debian package; the test skips without it)
+ui: $(RUNTIME_STAMP)  ## the web dashboard over ./jobs at http://127.0.0.1:8765; ARGS='--root s3://bucket/jobs'
+	$(BIN)/brevpipe ui $(ARGS)
+
+browser:  ## headless Chromium for the report and dashboard tests (Debian package)
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 	  { timeout 300 apt-get install -y -q chromium >/dev/null 2>&1 || \
 	    { timeout 300 apt-get update -q >/dev/null 2>&1 && \
 	      timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
-	  echo "chromium could not be installed (needs root and the Debian mirror): the report rendering test will fail; BREVPIPE_NO_BROWSER=1 skips it"
+	  echo "chromium could not be installed (needs root and the Debian mirror): the report and dashboard browser tests will fail; BREVPIPE_NO_BROWSER=1 skips them"
 
 docs: install  ## build the documentation site into site/ (mkdocs build --strict)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
@@ -76,6 +79,7 @@ bench: install  ## benchmarks: ratios against what users would write instead (tf
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/data_cache.py
 	$(BIN)/python bench/job_overhead.py --sweep
+	$(BIN)/python bench/ui_listing.py
 
 clean:  ## remove generated state (jobs, MLflow store, multirun folders), keep .venv
 	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache \

@@ -113,7 +113,8 @@ def server(work: Path, jobs: dict[str, str]) -> Iterator[str]:
         pytest.fail(f"brevpipe ui did not answer: {process.communicate()[0][-3000:]}")
     yield url
     process.terminate()
-    process.wait(30)
+    log = process.communicate(timeout=30)[0]
+    assert log.count("missing does not exist") == 1, log  # the unreadable root, logged once
 
 
 @pytest.fixture(scope="session")
@@ -321,6 +322,7 @@ def test_artifact_downloads_cannot_leave_the_job_bucket(server, jobs):
         assert httpx.get(base + path).status_code == 404, path
 
 
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_a_dashboard_off_this_machine_needs_a_token(tmp_path):
     from starlette.testclient import TestClient
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from brevpipe.errors import BrevpipeError
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="brevpipe ui: %(message)s")
     from brevpipe.ui.app import create_app
     from brevpipe.ui.safety import Guard
 

@@ -175,7 +175,10 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
         else:
             raise HTTPException(404, f"no action {action!r}")
         index.forget(listed.id)
-        return RedirectResponse(f"/jobs/{listed.id}", status_code=303)
+        own = f"{request.url.scheme}://{request.headers.get('host', '')}/"
+        back = request.headers.get("referer", "")
+        return RedirectResponse(back if back.startswith(own) else f"/jobs/{listed.id}",
+                                status_code=303)  # fmt: skip
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare_page(request: Request) -> Response:

@@ -4,6 +4,7 @@ statuses that changed since a given version for the live page."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from brevpipe.io import storage
 from brevpipe.jobs.job import JobStatus
 from brevpipe.jobs.records import JobRecord, job_ids, load_jobs
 
+log = logging.getLogger("brevpipe.ui")
 ENDED = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value})
 
 
@@ -92,16 +94,23 @@ class JobIndex:
             if full:
                 self._full = self._refreshed
 
+    def _failed(self, root: str, problem: str) -> None:
+        """One line on every page, and in the log when it is new; the other roots go on."""
+        if self.errors.get(root) != problem:
+            log.warning("%s", problem)
+        self.errors[root] = problem
+
     def _refresh_root(self, root: str, full: bool) -> None:
         try:
             ids = job_ids(root)
         except BrevpipeError as exc:
-            self.errors[root] = str(exc)
+            self._failed(root, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - credentials, network: one line, others go on
-            self.errors[root] = f"cannot read job root {root}: {type(exc).__name__}: {exc}"
+            self._failed(root, f"cannot read job root {root}: {type(exc).__name__}: {exc}")
             return
-        self.errors.pop(root, None)
+        if self.errors.pop(root, None):
+            log.info("job root %s can be read again", root)
         present = set(ids)
         for job_id in [i for i, j in self._jobs.items() if j.root == root and i not in present]:
             del self._jobs[job_id]
@@ -111,7 +120,7 @@ class JobIndex:
         try:
             records = load_jobs(root, stale) if stale else []
         except BrevpipeError as exc:
-            self.errors[root] = str(exc)
+            self._failed(root, str(exc))
             return
         for record in records:
             before = self._jobs.get(record.id)

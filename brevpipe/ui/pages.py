@@ -105,7 +105,9 @@ def jobs_page(listed: list[Listed], params: dict[str, str]) -> dict[str, Any]:
     for group in sweeps.values():
         statuses = [t["status"] for t in group["trials"]]
         group["summary"] = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+    names = {r["metric_name"] for r in rows if r["metric_name"]}
     return {
+        "metric_header": names.pop() if len(names) == 1 else "key metric",
         "rows": ordered[(page - 1) * PAGE_SIZE : page * PAGE_SIZE], "page": page, "pages": pages,
         "total": len(ordered), "pipelines": pipelines, "params": params, "sort": sort,
         "descending": descending,
