@@ -84,9 +84,13 @@ def jobs(work: Path) -> dict[str, str]:
     trials = [run(tiny(work, f"seed={seed}"),
                   sweep={"id": SWEEP, "trial": trial, "overrides": [f"seed={seed}"]})
               for trial, seed in enumerate((1, 2))]  # fmt: skip
-    assert {plain.status, *(t.status for t in trials)} == {"completed"}
+    unet = [o for o in tiny(work, "pipeline=segmentation", "dataset.samples_per_class=12",
+                             "dataset.image_size=32") if not o.startswith("model.dense")]
+    segmentation = run(unet)
+    assert {plain.status, segmentation.status, *(t.status for t in trials)} == {"completed"}
     hostile_jobs(Path(root))
-    return {"root": root, "plain": plain.id, "trial0": trials[0].id, "trial1": trials[1].id}
+    return {"root": root, "plain": plain.id, "trial0": trials[0].id, "trial1": trials[1].id,
+            "segmentation": segmentation.id}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +243,20 @@ def test_a_confusion_cell_opens_exactly_its_samples(watched, server, jobs):
     assert watched.is_visible("#viewer")
     watched.keyboard.press("Escape")
     assert not watched.is_visible("#viewer")
+
+
+def test_a_segmentation_job_shows_its_worst_images_with_their_masks(watched, server, jobs):
+    table = pd.read_csv(Path(jobs["root"]) / jobs["segmentation"] / "artifacts" /
+                        "predictions.csv", keep_default_na=False)  # fmt: skip
+    purpose = table["purpose"].value_counts().index[0]
+    rows = table[table["purpose"] == purpose].sort_values("mean_iou", kind="stable")
+    watched.goto(f"{server}/jobs/{jobs['segmentation']}/errors?purpose={purpose}")
+    drawn = watched.locator(".gallery figure.wide img")
+    assert drawn.count() == min(12, len(rows))
+    assert drawn.first.get_attribute("alt") == rows["path"].iloc[0]  # the lowest IoU first
+    watched.wait_for_function("Array.from(document.querySelectorAll('.gallery img'))"
+                              ".every(i => i.complete && i.naturalWidth > 0)")
+    shot(watched, "5b-errors-segmentation")
 
 
 def test_launch_renders_from_the_schema_refuses_a_wrong_type_and_runs_a_job(watched, server,

@@ -24,6 +24,7 @@ from brevpipe.errors import ConfigError
 from brevpipe.io import storage
 from brevpipe.reports import charts
 from brevpipe.reports.metrics import segmentation_metrics
+from brevpipe.reports.report import overlay, thumbnails
 from brevpipe.stages import common
 
 # The stage functions, registered as stage:segmentation.<name> (config/components.py)
@@ -31,6 +32,7 @@ __all__ = ["find_samples", "train", "evaluate", "report"]
 log = logging.getLogger("brevpipe")
 FEATURES = ("image", "mask")
 ROW_METRICS = ("pixel_accuracy", "mean_iou", "mean_dice")  # per image, in predictions.csv
+WORST_SHOWN = 12  # per purpose: the lowest-IoU images, drawn with their masks (``overlay`` column)
 
 
 def find_samples(
@@ -95,7 +97,8 @@ def evaluate(
     """Per purpose: pixel accuracy, IoU and Dice per class and their means. Per image rows in
     ``artifacts/predictions.csv`` (and the ``predictions`` output);
     ``artifacts/segmentation_overlays.png`` shows the first devel images with their true and
-    predicted masks."""
+    predicted masks, and ``artifacts/overlays/<purpose>-<rank>.png`` each purpose's images of
+    lowest IoU with theirs (named in the table's ``overlay`` column)."""
     image_loader: ImageLoader = instantiate(loader)
     evaluation: dict[str, Any] = {"classes": classes, "task": "segmentation"}
     rows = []
@@ -107,14 +110,31 @@ def evaluate(
         scalars = segmentation_metrics(truth, predicted, classes)
         common.add_purpose_metrics(ctx, purpose, scalars)
         evaluation[purpose] = {"scalars": scalars, "count": len(subset)}
+        found = []
         for path, t, p in zip(subset["path"], truth, predicted, strict=True):
             one = segmentation_metrics(t, p, classes)
-            rows.append({"path": path, "purpose": purpose,
-                         **{name: one[name] for name in ROW_METRICS}})  # fmt: skip
+            found.append({"path": path, "purpose": purpose, "overlay": "",
+                          **{name: one[name] for name in ROW_METRICS}})  # fmt: skip
+        worst = np.argsort([row["mean_iou"] for row in found], kind="stable")[:WORST_SHOWN]
+        pipeline = _pipeline(subset.iloc[worst], image_loader, classes, masks, batch_size)
+        for rank, (row, png) in enumerate(zip(worst, _pairs(model, pipeline), strict=True)):
+            found[row]["overlay"] = f"overlays/{purpose}-{rank:02d}.png"
+            storage.write_bytes(ctx.artifact(found[row]["overlay"]), png)
+        rows += found
         if purpose == "devel" or "overlays" not in evaluation:
             url = _write_overlays(ctx, shown, truth[shown_rows], predicted[shown_rows], shown_rows)
             evaluation["overlays"] = {"url": url, "purpose": purpose}
-    return common.evaluation_outputs(ctx, evaluation, rows, ["path", "purpose", *ROW_METRICS])
+    return common.evaluation_outputs(ctx, evaluation, rows,
+                                     ["path", "purpose", *ROW_METRICS, "overlay"])  # fmt: skip
+
+
+def _pairs(model: Any, data: InputPipeline) -> list[bytes]:
+    """Each image of ``data`` beside itself with its true mask and with its predicted one."""
+    images, truth, predicted = _predict_masks(model, data, np.arange(len(data.samples)))
+    pixels = _display(images)
+    return [thumbnails(np.stack([overlay(pixels[i : i + 1], truth[i : i + 1])[0],
+                                 overlay(pixels[i : i + 1], predicted[i : i + 1])[0]]),
+                       ["true", "predicted"]) for i in range(len(pixels))]  # fmt: skip
 
 
 def _predict_masks(
@@ -137,8 +157,6 @@ def _write_overlays(
     rows: np.ndarray,
 ) -> str:  # fmt: skip
     """``artifacts/segmentation_overlays.png``: each image with its true and predicted masks."""
-    from brevpipe.reports.report import overlay, thumbnails
-
     pixels = _display(images)
     pairs = np.stack([overlay(pixels, truth), overlay(pixels, predicted)], axis=1)
     captions = [f"{kind} {i}" for i in rows for kind in ("true", "predicted")]

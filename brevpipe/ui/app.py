@@ -134,12 +134,15 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
         return render(request, "_status.html", r=pages.row(found(job_id)))
 
     @app.get("/jobs/{job_id}/files/{path:path}")
-    def download(job_id: str, path: str) -> Response:
+    def download(job_id: str, path: str, inline: bool = False) -> Response:
+        """An artifact to download; ``inline``: a PNG shown in the page (the overlays)."""
         url = safety.artifact_url(found(job_id).record.bucket, path)
         try:
             data = storage.read_bytes(url)
         except (FileNotFoundError, IsADirectoryError):
             raise HTTPException(404, "no such artifact") from None
+        if inline and path.endswith(".png") and data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return Response(data, media_type="image/png")
         name = path.rsplit("/", 1)[-1].encode("ascii", "replace").decode().replace('"', "_")
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -1,6 +1,7 @@
 """The errors page: a classification job's confusion matrix from its per-sample predictions
 (``artifacts/predictions.csv``), the samples behind one cell, and a segmentation job's worst
-images by IoU. Only paths listed in that table can be shown as images."""
+images by IoU, drawn with their true and predicted masks where the evaluation drew them
+(``overlay``). Only paths listed in that table can be shown as images."""
 
 from __future__ import annotations
 
@@ -52,10 +53,11 @@ def errors_page(table: pd.DataFrame, params: dict[str, str]) -> dict[str, Any]:
         return {"kind": "classification", "purposes": purposes, "purpose": purpose,
                 "labels": labels, "matrix": matrix, "true": true, "predicted": predicted,
                 "samples": samples}  # fmt: skip
-    if "iou" in table.columns:
-        ranked = subset.assign(iou_value=pd.to_numeric(subset["iou"], errors="coerce"))
-        ranked = ranked.sort_values("iou_value", na_position="first").head(48)
-        samples = [{"path": r["path"], "iou": r["iou_value"]} for _, r in ranked.iterrows()]
+    if "mean_iou" in table.columns:
+        ranked = subset.assign(iou=pd.to_numeric(subset["mean_iou"], errors="coerce"))
+        ranked = ranked.sort_values("iou", na_position="first", kind="stable").head(48)
+        samples = [{"path": r["path"], "iou": r["iou"], "overlay": r.get("overlay", "")}
+                   for _, r in ranked.iterrows()]  # fmt: skip
         return {"kind": "segmentation", "purposes": purposes, "purpose": purpose,
                 "samples": samples}  # fmt: skip
     return {"kind": "unknown", "purposes": purposes, "purpose": purpose, "samples": []}
