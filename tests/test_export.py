@@ -22,7 +22,8 @@ def test_archive_from_s3_predicts_the_trained_models_scores(tiny_config, s3_buck
     output = storage.read_json(job.output_url)
     archive = output["model"]["archive_url"]
     assert archive.startswith(f"{s3_bucket}/jobs/")
-    predictions = pd.read_csv(io.BytesIO(storage.read_bytes(job.artifact_path("predictions.csv"))))
+    table = storage.read_bytes(job.bucket.artifact("predictions.csv"))
+    predictions = pd.read_csv(io.BytesIO(table))
     scores = [c for c in predictions.columns if c.startswith("score_")]
 
     predictor = load_predictor(archive)
@@ -54,8 +55,8 @@ def test_readme_tensorflow_only_script_reproduces_predictions(tmp_path: Path) ->
     assert "brevpipe" not in script.replace("score_with_tensorflow.py", "")
     (tmp_path / "score.py").write_text(script)
     job = run_job(compose_config([*tiny_overrides(tmp_path), "tracking=none"]))
-    expected = pd.read_csv(job.artifact_path("predictions.csv")).head(12)
-    archive = job.artifact_path("model", "saved_model.tar.gz")
+    expected = pd.read_csv(job.bucket.artifact("predictions.csv")).head(12)
+    archive = job.bucket.artifact("model", "saved_model.tar.gz")
     command = [sys.executable, str(tmp_path / "score.py"), archive, *expected["path"]]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     got = pd.read_csv(io.StringIO(done.stdout))

@@ -50,7 +50,7 @@ def s3_job(images: str, prefix: str, endpoint: str, *extra: str, reuse: bool = F
 
 def results(job: Any) -> dict[str, Any]:
     output = storage.read_json(job.output_url)
-    fs, root = storage.get_fs(job.artifact_path())
+    fs, root = storage.get_fs(job.bucket.artifact())
     artifacts = sorted(p[len(root.rstrip("/")) + 1 :] for p in fs.find(root)
                        if "/stages/" not in p)  # fmt: skip
     return {"status": output["job"]["status"], "metrics": output["metrics"],

@@ -44,7 +44,7 @@ def test_lifecycle_and_output_json(root_kind: str, tmp_path: Path, request) -> N
     assert output["metrics"] == {"devel/accuracy": 0.5}
     assert output["history"] == [{"epoch": 1, "loss": 1.0}]
     assert output["environment"]["python"].startswith("3.")
-    fs, path = storage.get_fs(job.artifact_path())
+    fs, path = storage.get_fs(job.bucket.artifact())
     assert not [p for p in fs.find(path) if ".tmp-" in p], "atomic writes leave no temp files"
 
 

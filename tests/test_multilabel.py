@@ -28,8 +28,8 @@ def test_multilabel_job_reports_per_label_metrics_and_predicts_label_sets(tiny_c
     assert 0.0 <= metrics["devel/hamming_loss"] <= 1.0
     assert "binary_accuracy" in output["history"][0]
 
-    predictions = pd.read_csv(io.BytesIO(storage.read_bytes(job.artifact_path("predictions.csv"))),
-                              keep_default_na=False)  # fmt: skip
+    table = storage.read_bytes(job.bucket.artifact("predictions.csv"))
+    predictions = pd.read_csv(io.BytesIO(table), keep_default_na=False)
     assert {"circle+square", "circle+triangle", "square+triangle"} <= set(predictions["true"])
     scores = predictions[[f"score_{c}" for c in ("circle", "square", "triangle")]].to_numpy()
     expected = ["+".join(c for c, v in zip(("circle", "square", "triangle"), row, strict=True)
@@ -47,8 +47,8 @@ def test_multilabel_job_reports_per_label_metrics_and_predicts_label_sets(tiny_c
     assert table["predicted"].tolist() == expected
     charts = output["stages"]["report"]
     assert charts["status"] == "completed"
-    assert not storage.exists(job.artifact_path("charts", "confusion_devel.vl.json"))
-    assert storage.exists(job.artifact_path("charts", "thresholds_devel.vl.json"))
+    assert not storage.exists(job.bucket.artifact("charts", "confusion_devel.vl.json"))
+    assert storage.exists(job.bucket.artifact("charts", "thresholds_devel.vl.json"))
 
 
 def test_onehot_encoder_on_multilabel_data_names_the_fix(tiny_config) -> None:

@@ -140,7 +140,7 @@ def test_corrupt_jpeg_skip_is_counted_once(tiny_config, folder_with_corrupt_jpeg
     job = run_job(cfg)
     output = output_of(job)
     split = pd.read_csv(
-        io.BytesIO(storage.read_bytes(job.artifact_path("sample_identification.csv")))
+        io.BytesIO(storage.read_bytes(job.bucket.artifact("sample_identification.csv")))
     )
     purposes = set(split.loc[split["path"].isin(corrupt), "purpose"])
     assert purposes == {"train", "devel"}, "the corrupt files should fall in both splits"
@@ -158,7 +158,7 @@ def test_dataset_and_job_bucket_on_s3(tiny_config, tmp_path: Path, s3_bucket: st
     assert job.bucket_url.startswith(f"{s3_bucket}/jobs/")
     assert output["job"]["status"] == "completed"
     assert storage.exists(storage.join(job.bucket_url, "info.json"))
-    assert storage.exists(job.artifact_path("model", "saved_model.tar.gz"))
+    assert storage.exists(job.bucket.artifact("model", "saved_model.tar.gz"))
     client = MlflowClient(tracking_uri=output["mlflow"]["tracking_uri"])
     assert client.get_run(output["mlflow"]["run_id"]).info.status == "FINISHED"
 

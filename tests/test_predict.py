@@ -47,7 +47,7 @@ def tiny_job(base: Path) -> TinyJob:
     folder = base / "tiny-job"
     job = run_job(compose_config(tiny_overrides(folder)))
     output = storage.read_json(job.output_url)
-    samples = pd.read_csv(job.artifact_path("samples.csv"))
+    samples = pd.read_csv(job.bucket.artifact("samples.csv"))
     images = tuple(sorted(samples.groupby(samples["path"].str.rsplit("/", n=2).str[1])
                           .head(4)["path"]))  # fmt: skip
     return TinyJob(root=job.root, job_id=job.id, bucket=job.bucket_url,

@@ -341,7 +341,7 @@ def build_root(root: str, tmp: Path, *, everything: bool) -> JobRoot:
     for name in ("samples", "split"):
         job.stages[name] = {"cache_key": name, "status": "completed", "seconds": 0.1}
     job.stages["train"] = {"cache_key": "t", "status": "running", "seconds": None}
-    ctx = StageContext(job, "train", seed=1, url=job.artifact_path("stages", "train"))
+    ctx = StageContext(job, "train", seed=1, url=job.bucket.artifact("stages", "train"))
     ctx.add_epoch(1, {"loss": 1.25, "accuracy": 0.5, "val_loss": 1.5, "val_accuracy": 0.25})
     made.ids["running"] = job.id
     return made

@@ -125,7 +125,7 @@ def test_local_rerun_gives_identical_metrics_and_keeps_secrets_out(
     assert again["rerun_of"] == {"url": job.output_url, "job_id": job.id}
     assert again["metrics"] == original["metrics"]
     assert again["history"] == original["history"]
-    assert again["config"]["split"]["reuse_url"] == job.artifact_path("sample_identification.csv")
+    assert again["config"]["split"]["reuse_url"] == job.bucket.artifact("sample_identification.csv")
     assert (Path(job.bucket_url).parent / again["job"]["id"]).is_dir()
 
     files = [Path(job.bucket_url, "info.json"), Path(job.output_url)]

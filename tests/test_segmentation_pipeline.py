@@ -49,7 +49,7 @@ def test_segmentation_job_end_to_end(tmp_path: Path) -> None:
     assert 0.0 <= metrics["devel/mean_iou"] <= 1.0 and "devel/pixel_accuracy" in metrics
     assert [h["epoch"] for h in output["history"]] == [1, 2]
 
-    rows = pd.read_csv(io.BytesIO(storage.read_bytes(job.artifact_path("predictions.csv"))))
+    rows = pd.read_csv(io.BytesIO(storage.read_bytes(job.bucket.artifact("predictions.csv"))))
     assert len(rows) == output["samples"]["by_purpose"]["devel"]
     assert set(rows.columns) >= {"path", "purpose", "pixel_accuracy", "mean_iou", "mean_dice"}
     # equal-sized images: the per-image pixel accuracies average to the split's
@@ -65,7 +65,7 @@ def test_segmentation_job_end_to_end(tmp_path: Path) -> None:
         predictor.predict_urls(rows["path"].tolist()[:1])
     for name in ("report.html", "segmentation_overlays.png", "charts/iou_dice_devel.vl.json",
                  "charts/training_curves.vl.json", "samples_pivot.json"):  # fmt: skip
-        assert storage.exists(job.artifact_path(name)), name
+        assert storage.exists(job.bucket.artifact(name)), name
 
 
 def test_segmentation_needs_masks_and_classes(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_job_mirrored_into_an_mlflow_server(tiny_config, mlflow_server: str, tmp
         pyfunc = mlflow.pyfunc.load_model(output["mlflow"]["model_uri"])
     finally:
         mlflow.set_tracking_uri(None)
-    exported = keras.models.load_model(Path(job.artifact_path("model", "model.keras")))
+    exported = keras.models.load_model(Path(job.bucket.artifact("model", "model.keras")))
     np.testing.assert_allclose(np.asarray(pyfunc.predict(images)), exported.predict(images),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
@@ -68,7 +68,7 @@ def test_unreachable_mlflow_warns_once_and_the_job_completes(tiny_config, caplog
     assert output["job"]["status"] == "completed"
     assert output["mlflow"]["pending"] == ["run"], "what is not mirrored"
     assert "Connection refused" in output["mlflow"]["error"]
-    assert storage.exists(job.artifact_path("model", "model.keras"))
+    assert storage.exists(job.bucket.artifact("model", "model.keras"))
     warnings = [r for r in caplog.records if "MLflow mirror" in r.getMessage()]
     assert len(warnings) == 1
 

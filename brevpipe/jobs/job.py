@@ -140,10 +140,6 @@ class Job:
         self._environment = environment()
 
     # -- paths ------------------------------------------------------------------------------
-    def artifact_path(self, *parts: str) -> str:
-        """URL of ``artifacts/<parts>`` in the job bucket."""
-        return self.bucket.artifact(*parts)
-
     def temp_path(self, *parts: str) -> str:
         """A local scratch path (not persisted); its parent folder exists."""
         if self._temp_dir is None:
