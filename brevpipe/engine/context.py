@@ -100,8 +100,8 @@ class StageContext:
         self.recorded.setdefault("sections", {})[key] = value
 
     def add_skipped(self, urls: list[str]) -> None:
-        """Count unreadable images left out (``loader.on_error=skip``) in output.json's
-        ``samples`` section, with those other stages left out."""
+        """Count unreadable images this stage left out (``loader.on_error=skip``) in
+        output.json's ``samples`` section, beside those earlier stages counted."""
         section = dict(self._job.samples)
         skipped = sorted({*section.get("skipped_urls", []), *urls})
         self.set_section("samples", {**section, "skipped": len(skipped), "skipped_urls": skipped})
