@@ -32,6 +32,8 @@ from pathlib import Path
 import fsspec
 import httpx
 
+from brevpipe.ui.pages import event_name
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "ui_listing.json"
@@ -104,7 +106,7 @@ def sse_latency(base: str, root: str, job_id: str) -> float:
     threading.Thread(target=finish).start()
     with httpx.stream("GET", f"{base}/events?since={since}", timeout=60) as stream:
         for line in stream.iter_lines():
-            if line == f"event: job-{job_id}":
+            if line == f"event: {event_name(job_id)}":
                 return time.perf_counter() - written[0]
     raise RuntimeError("the stream ended without the event")
 

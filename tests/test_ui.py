@@ -62,12 +62,24 @@ def hostile_jobs(root: Path) -> dict[str, str]:
                     "end": "2026-12-01T00:01:00+00:00", "bucket": ""},
             "metrics": {"devel/accuracy": 0.5}}  # fmt: skip
     stringly = {**base, "metrics": {"devel/accuracy": "<i>1</i>"}}
+    odd = {**base, "job": {**base["job"], "status": "running", "resumed": {"a": 1},
+                           "start": "2026-12-01T00:00:00"},  # a dict, a time without a zone
+           "config": {"trainer": "fast", "pipeline": {"key_metric": ["a"]}}}  # fmt: skip
+    deep_config = {**base, "config": json.loads("[" * 700 + "]" * 700)}
     jobs = {"hostile-markup": json.dumps(base).encode(),
             "hostile-metric": json.dumps(stringly).encode(),
             "hostile-broken": b'{"job": {"status": "runn',
-            "hostile-deep": b"[" * 100_000 + b"]" * 100_000}  # fmt: skip
+            "hostile-deep": b"[" * 100_000 + b"]" * 100_000,
+            "hostile-odd": json.dumps(odd).encode(),
+            "hostile-deep-config": json.dumps(deep_config).encode(),
+            "hostile-\nline": json.dumps(base).encode()}  # fmt: skip
     for job_id, content in jobs.items():
         write_record(root, job_id, content)
+    # a predictions table naming what no dashboard may read as a sample image
+    (root / "hostile-markup" / "artifacts" / "predictions.csv").write_text(
+        "path,purpose,true,predicted\n/dev/zero,test,a,b\n/etc/passwd,test,a,a\n")
+    (root / "hostile-metric" / "artifacts" / "predictions.csv").write_bytes(
+        b'path,purpose\n"unterminated,\xff\xfe')
     return {job_id: job_id for job_id in jobs}
 
 
@@ -169,22 +181,30 @@ def test_a_status_changes_live_when_a_job_finishes(watched, server, jobs, work):
     runner = threading.Thread(target=run_job, args=(compose_config(tiny(
         work, f"job.id={job_id}", "trainer.epochs=2", hold)),))
     runner.start()
-    deadline = time.monotonic() + 120
-    while not reached.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 120
+        while not reached.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert reached.exists(), "the job never reached its first epoch's end"
+        watch_the_row(watched, server, job_id, release)
+    finally:
+        release.touch()  # never leave the job waiting (300 s) on a failure
+        runner.join(120)
+    output = Path(jobs["root"]) / job_id / "artifacts" / "output.json"
+    ended = json.loads(output.read_text())["job"]["end"]
+    print(f"\nstatus change reached the page {watched.seen - _epoch(ended):.2f} s after "
+          "output.json said completed (1 s resolution)")
+
+
+def watch_the_row(watched, server: str, job_id: str, release: Path) -> None:
     watched.goto(server + "/")
     row = watched.locator(f"#job-{job_id}")
     assert row.get_attribute("data-status") == "running"
     assert "epoch 1/2" in row.inner_text()
     watched.evaluate("window.notReloaded = true")
     release.touch()
-    output = Path(jobs["root"]) / job_id / "artifacts" / "output.json"
     watched.wait_for_selector(f"#job-{job_id}[data-status=completed]", timeout=120_000)
-    seen = time.time()
-    runner.join(60)
-    ended = json.loads(output.read_text())["job"]["end"]
-    print(f"\nstatus change reached the page {seen - _epoch(ended):.2f} s after output.json "
-          "said completed (1 s resolution)")
+    watched.seen = time.time()
     assert watched.evaluate("window.notReloaded") is True
 
 
@@ -307,11 +327,16 @@ def test_hostile_records_render_as_text_or_unknown(watched, server):
     text = watched.inner_text("main")
     assert "unknown: artifacts/output.json is nested too deeply" in text
     assert "'metrics' holds values that are not numbers" in text
-    for job_id in ("hostile-markup", "hostile-metric", "hostile-broken", "hostile-deep"):
+    for job_id in ("hostile-markup", "hostile-metric", "hostile-broken", "hostile-deep",
+                   "hostile-odd", "hostile-deep-config"):
         response = watched.goto(f"{server}/jobs/{job_id}")
         assert response.status == 200, job_id
-    watched.goto(f"{server}/compare?ids=hostile-markup,hostile-deep")
+    assert watched.goto(f"{server}/jobs/hostile-markup/errors").status == 200
+    assert watched.goto(f"{server}/jobs/hostile-metric/errors").status == 200
+    watched.goto(f"{server}/compare?ids=hostile-markup,hostile-deep,hostile-deep-config")
     assert '<img src=x onerror="alert(2)">' in watched.inner_text("#config-diff")
+    assert watched.goto(f"{server}/?page=%C2%B2").status == 200  # a superscript two
+    assert watched.goto(f"{server}/?page={'9' * 5000}").status == 200
 
 
 def test_actions_need_the_token_and_the_dashboards_own_origin(server, jobs):
@@ -335,9 +360,27 @@ def test_artifact_downloads_cannot_leave_the_job_bucket(server, jobs):
     assert own.status_code == 200 and own.content == (artifacts / "samples.csv").read_bytes()
     (artifacts / "planted").symlink_to("/etc/passwd")
     base = f"{server}/jobs/{jobs['plain']}/files/"
-    for path in ("planted", "..%2F..%2Finfo.json", "%2Fetc%2Fpasswd", "stages%2F..%2F..%2Fx",
-                 "..\\..\\info.json", "file:%2F%2F%2Fetc%2Fpasswd"):
-        assert httpx.get(base + path).status_code == 404, path
+    try:
+        for path in ("planted", "..%2F..%2Finfo.json", "%2Fetc%2Fpasswd", "stages%2F..%2F..%2Fx",
+                     "..\\..\\info.json", "file:%2F%2F%2Fetc%2Fpasswd"):
+            assert httpx.get(base + path).status_code == 404, path
+    finally:
+        (artifacts / "planted").unlink()
+    # sample images: only files a job's predictions name, and never a device or a non-image
+    for path in ("/dev/zero", "/etc/passwd", "/etc/hostname"):
+        answer = httpx.get(f"{server}/jobs/hostile-markup/image", params={"path": path})
+        assert answer.status_code == 404, path
+
+
+def test_a_page_that_rebinds_its_name_to_the_dashboard_is_refused(server, jobs):
+    """DNS rebinding: a site whose name now points to 127.0.0.1 reads and posts as itself."""
+    evil = {"Host": "evil.example:8765"}
+    assert httpx.get(f"{server}/", headers=evil).status_code == 400
+    answer = httpx.post(f"{server}/jobs/{jobs['plain']}/archive", data={"token": "x"},
+                        headers={**evil, "Origin": "http://evil.example:8765"})  # fmt: skip
+    assert answer.status_code == 400
+    assert httpx.post(f"{server}/launch", content=b"x" * 100,
+                      headers={"Origin": "http://elsewhere.example"}).status_code == 403
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -356,6 +399,20 @@ def test_a_dashboard_off_this_machine_needs_a_token(tmp_path):
     assert client.get("/").status_code == 401
     assert client.get("/?token=a-token-long-enough-1234").status_code == 200
     assert client.get("/").status_code == 200  # the cookie the first visit set
+
+
+def test_launch_writes_values_in_hydras_own_syntax():
+    """Form values reach ``brevpipe run`` as Hydra reads them: quotes, backslashes, accents,
+    commas and brackets in strings; lists; mappings with plain keys."""
+    from brevpipe.config.composed import compose_plain
+    from brevpipe.ui.launch import hydra_value
+
+    for key, value in [("job.name", "a\\w 'q' données, [x]=y"), ("model.filters", [8, 16]),
+                       ("trainer.optimizer", {"_target_": "optimizer:adam", "_partial_": True}),
+                       ("dataset.cache_dir", "/tmp/a,b[c]=d")]:  # fmt: skip
+        composed, _ = compose_plain([f"{key}={hydra_value(value)}"])
+        group, name = key.split(".")
+        assert composed[group][name] == value, key
 
 
 def test_jobs_diff_prints_only_the_changed_keys_and_metric_deltas(jobs, capsys):

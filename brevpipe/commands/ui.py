@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     except BrevpipeError as exc:
         print(f"brevpipe ui: {exc}", file=sys.stderr)
         return 2
-    app = create_app(roots, guard, user_cache_folder() / "ui")
+    app = create_app(roots, guard, user_cache_folder() / "ui", host=args.host)
     where = f"http://{args.host}:{args.port}/"
     print(f"brevpipe ui: {', '.join(roots)} at {where}"
           + (f"?token={guard.token}" if guard.for_reads else ""), flush=True)  # fmt: skip

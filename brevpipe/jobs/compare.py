@@ -22,7 +22,10 @@ def shown(value: Any) -> str:
         return "null"
     if isinstance(value, str):
         return value
-    return json.dumps(value, sort_keys=True, default=str)
+    try:
+        return json.dumps(value, sort_keys=True, default=str)
+    except (RecursionError, TypeError, ValueError):  # nested too deeply, keys of mixed types
+        return "unknown"
 
 
 def number(value: Any) -> float | None:
@@ -41,7 +44,10 @@ def config_rows(records: list[JobRecord]) -> list[dict[str, Any]]:
         choices = output.get("choices") if isinstance(output.get("choices"), dict) else {}
         config = record.config if isinstance(record.config, dict) else {}
         table = {f"choice:{group}": shown(value) for group, value in choices.items()}
-        table.update((key, shown(value)) for key, value in flatten(redact(config)))
+        try:
+            table.update((key, shown(value)) for key, value in flatten(redact(config)))
+        except RecursionError:
+            table["(config)"] = "unknown: nested too deeply to compare"
         tables.append(table)
     keys = list(dict.fromkeys(k for table in tables for k in table))
     keys.sort(key=lambda k: (not k.startswith("choice:"), k))

@@ -135,6 +135,8 @@ def is_stale(
         period = float(heartbeat.get("period_s") or 0)
     except (KeyError, ValueError, TypeError):
         return False
+    if beat.tzinfo is None:  # written elsewhere without a time zone: UTC
+        beat = beat.replace(tzinfo=dt.timezone.utc)
     if period <= 0:
         return False
     return ((at or now()) - beat).total_seconds() > STALE_PERIODS * period

@@ -50,7 +50,9 @@ _OUTPUT_SHAPE: dict[str, tuple[type, ...]] = {
     "job": (dict,), "job.id": (str,), "job.name": (str,), "job.pipeline": (str,),
     "job.status": (str,), "job.start": (str,), "job.end": (str,), "metrics": (dict,),
     "config": (dict,), "config.pipeline": (dict,), "pipeline_template": (dict,),
-    "stages": (dict,), "history": (list,),
+    "stages": (dict,), "history": (list,), "job.resumed": (list,), "choices": (dict,),
+    "config.trainer": (dict,), "config.pipeline.key_metric": (str,),
+    "pipeline_template.key_metric": (str,), "sweep": (dict,),
 }  # fmt: skip
 
 

@@ -121,10 +121,12 @@ class JobRecord:
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
+    """An ISO time; one without a time zone is taken as UTC (a record written elsewhere)."""
     try:
-        return dt.datetime.fromisoformat(text) if text else None
-    except ValueError:
+        parsed = dt.datetime.fromisoformat(text) if text else None
+    except (ValueError, TypeError):
         return None
+    return parsed.replace(tzinfo=dt.timezone.utc) if parsed and not parsed.tzinfo else parsed
 
 
 def _storage_error(root: str, exc: Exception) -> JobRegistryError:

@@ -9,6 +9,7 @@ import io
 import logging
 import subprocess
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +30,8 @@ MAX_PIXELS = 25_000_000  # as brevpipe serve: a header announcing more is refuse
 THUMB, FULL = 160, 1600
 MAX_UPLOAD = 10 * 2**20
 KEPT_SERVICES = 2  # loaded models kept for the Try page
+KEPT_TABLES, PATHS_TTL_S = 32, 10.0  # jobs whose image paths are kept; when to read again
+MAX_IMAGE_BYTES = 64 * 2**20
 
 
 class Actions:
@@ -40,21 +43,35 @@ class Actions:
         self.processes: dict[str, subprocess.Popen] = {}
         self.services: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
-        self._paths: dict[str, set[str]] = {}
+        self._paths: dict[str, tuple[set[str], float]] = {}  # predictions.csv's paths, by job
 
-    def launched(self, job_id: str) -> bool:
-        """Whether this dashboard started ``job_id`` (its page waits for its record)."""
+    def launch_state(self, job_id: str) -> dict[str, Any] | None:
+        """A job this dashboard started whose record is not there yet: still starting, or
+        its process's exit code and the end of its console output."""
         process = self.processes.get(job_id)
-        return process is not None
+        if process is None:
+            return None
+        code = process.poll()  # also reaps an ended process
+        log_file = self.state_dir / "launches" / f"{job_id}.log"
+        tail = log_file.read_bytes()[-4000:].decode(errors="replace") if code is not None \
+            and log_file.exists() else ""  # fmt: skip
+        return {"code": code, "log": tail}
 
     def image(self, listed: Listed, path: str, full: bool) -> bytes:
         """A sample image of the job as PNG (a thumbnail, or at most FULL pixels a side)."""
-        if listed.id not in self._paths:
+        known, read_at = self._paths.get(listed.id, (set(), float("-inf")))
+        if path not in known and time.monotonic() - read_at > PATHS_TTL_S:
             table = confusion.predictions(listed.record.bucket)
-            self._paths[listed.id] = set(table["path"]) if table is not None else set()
-        if path not in self._paths[listed.id]:
+            known = set(table["path"]) if table is not None else set()
+            self._paths[listed.id] = (known, time.monotonic())
+            while len(self._paths) > KEPT_TABLES:
+                self._paths.pop(next(iter(self._paths)))
+        if path not in known or storage.protocol_of(path) in ("http", "https"):
             raise HTTPException(404, "not an image of this job's predictions")
         try:
+            fs, inner = storage.get_fs(path)
+            if not fs.isfile(inner) or (fs.size(inner) or 0) > MAX_IMAGE_BYTES:
+                raise HTTPException(404, "not an image file, or over the size limit")
             return thumbnail(storage.read_bytes(path), FULL if full else THUMB)
         except (OSError, ValueError, Image.DecompressionBombError, BrevpipeError) as exc:
             raise HTTPException(404, f"cannot read {path}: {type(exc).__name__}") from None

@@ -11,7 +11,13 @@ from typing import Annotated, Any
 
 import jinja2
 from fastapi import FastAPI, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -38,10 +44,14 @@ REPORT_CSP = ("sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inl
               "'unsafe-eval'; style-src 'unsafe-inline'; img-src data:")  # fmt: skip
 
 
+MAX_BODY = 200 * 2**20  # Try's uploads (16 images of 10 MiB) and the launch form, at most
+
+
 def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
-               refresh_s: float = 0.5) -> FastAPI:  # fmt: skip
-    """The dashboard over ``roots``; launched jobs' logs and model services under
+               refresh_s: float = 0.5, host: str = "127.0.0.1") -> FastAPI:  # fmt: skip
+    """The dashboard over ``roots``, served on ``host``; launched jobs' logs under
     ``state_dir``."""
+    hosts = guard.allowed_hosts(host)
     index = JobIndex(roots, refresh_s)
     actions = Actions(index, state_dir)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -64,8 +74,15 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
 
     @app.middleware("http")
     async def protect(request: Request, call_next: Any) -> Response:
+        if hosts is not None and (request.url.hostname or "") not in hosts:
+            return PlainTextResponse("this dashboard answers on its own address only", 400)
         try:
             guard.check_read(request)
+            if request.method not in ("GET", "HEAD"):
+                guard.check_origin(request)  # before any body is read
+                size = request.headers.get("content-length", "")
+                if not size.isdecimal() or int(size) > MAX_BODY:
+                    raise HTTPException(413, f"a request body needs a length under {MAX_BODY}")
         except HTTPException as exc:
             return PlainTextResponse(exc.detail, exc.status_code)
         response = await call_next(request)
@@ -86,8 +103,9 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
 
     @app.get("/", response_class=HTMLResponse)
     def jobs(request: Request) -> Response:
-        view = pages.jobs_page(index.jobs(), dict(request.query_params))
-        return render(request, "jobs.html", view=view, version=index.version)
+        listed, version = index.snapshot()
+        view = pages.jobs_page(listed, dict(request.query_params))
+        return render(request, "jobs.html", view=view, version=version)
 
     @app.get("/events")
     async def events(request: Request, since: int = 0) -> Response:
@@ -98,10 +116,10 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
             while not await request.is_disconnected():
                 version, changed = await run_in_threadpool(index.changed_since, version)
                 for listed in changed:
-                    html = env.get_template("_row.html").render(r=pages.row(listed),
-                                                                token=guard.token)
+                    row = pages.row(listed)
+                    html = env.get_template("_row.html").render(r=row, token=guard.token)
                     data = "\n".join(f"data: {line}" for line in html.strip().splitlines())
-                    yield f"event: job-{listed.id}\n{data}\n\n"
+                    yield f"event: {row['event']}\n{data}\n\n"
                 quiet = 0 if changed else quiet + 1
                 if quiet >= 15:
                     yield ": still here\n\n"
@@ -114,8 +132,8 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job(request: Request, job_id: str) -> Response:
         listed = index.find(job_id)
-        if listed is None and actions.launched(job_id):
-            return render(request, "starting.html", job_id=job_id)
+        if listed is None and (launch := actions.launch_state(job_id)) is not None:
+            return render(request, "starting.html", job_id=job_id, launch=launch)
         listed = found(job_id)
         record = listed.record
         history, note = pages.history_rows(record)
@@ -137,13 +155,15 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
     def download(job_id: str, path: str, inline: bool = False) -> Response:
         """An artifact to download; ``inline``: a PNG shown in the page (the overlays)."""
         url = safety.artifact_url(found(job_id).record.bucket, path)
+        name = path.rsplit("/", 1)[-1].encode("ascii", "replace").decode().replace('"', "_")
+        if storage.is_local(url) and not inline:  # streamed: a model may be large
+            return FileResponse(url, media_type="application/octet-stream", filename=name)
         try:
             data = storage.read_bytes(url)
         except (FileNotFoundError, IsADirectoryError):
             raise HTTPException(404, "no such artifact") from None
         if inline and path.endswith(".png") and data.startswith(b"\x89PNG\r\n\x1a\n"):
             return Response(data, media_type="image/png")
-        name = path.rsplit("/", 1)[-1].encode("ascii", "replace").decode().replace('"', "_")
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
@@ -190,7 +210,9 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
         if len(listed) < 2:
             raise HTTPException(400, "compare needs two or more jobs: /compare?ids=A,B")
         result = compare([item.record for item in listed], changes_only=False)
-        histories = {item.id[:8]: pages.history_rows(item.record)[0] for item in listed}
+        short = {item.id[:8] for item in listed}
+        label = (lambda i: i[:8]) if len(short) == len(listed) else (lambda i: i)
+        histories = {label(item.id): pages.history_rows(item.record)[0] for item in listed}
         return render(request, "compare.html", result=result, jobs=listed,
                       changes_only=request.query_params.get("changes", "1") != "0",
                       curves=overlaid_curves(histories) if any(histories.values()) else None)

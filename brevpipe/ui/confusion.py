@@ -14,17 +14,22 @@ from brevpipe.io import storage
 from brevpipe.jobs.layout import PREDICTIONS, JobBucket
 
 MAX_ROWS = 200_000  # a table longer than a job writes is someone else's file
+MAX_BYTES = 256 * 2**20
 
 
 def predictions(bucket: str) -> pd.DataFrame | None:
-    """The job's per-sample table, or None when it has none (not evaluated yet)."""
+    """The job's per-sample table, or None when it has none (not evaluated yet) or it is not
+    one (too large, not CSV, no ``path`` column)."""
     url = JobBucket(bucket).artifact(PREDICTIONS)
     try:
-        data = storage.read_bytes(url)
-    except FileNotFoundError:
+        fs, path = storage.get_fs(url)
+        if not fs.isfile(path) or (fs.size(path) or 0) > MAX_BYTES:
+            return None
+        table = pd.read_csv(io.BytesIO(storage.read_bytes(url)), dtype=str,
+                            keep_default_na=False, nrows=MAX_ROWS)  # fmt: skip
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError):
         return None
-    table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, nrows=MAX_ROWS)
-    return table if "path" in table.columns else None
+    return table if "path" in table.columns and "purpose" in table.columns else None
 
 
 def score(row: pd.Series, label: str) -> float | None:

@@ -46,6 +46,7 @@ class JobIndex:
     _dirty: set[str] = field(default_factory=set)  # ended jobs to read again
     _refreshed: float = float("-inf")
     _full: float = float("-inf")
+    _reading: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -53,11 +54,16 @@ class JobIndex:
 
     def jobs(self) -> list[Listed]:
         """Every job of every readable root, newest first."""
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[list[Listed], int]:
+        """The jobs, newest first, and the version they are at (a page that shows them asks
+        for the changes after it)."""
         self.refresh()
         with self._lock:
-            listed = list(self._jobs.values())
+            listed, version = list(self._jobs.values()), self.version
         return sorted(listed, key=lambda j: (str(j.record.job.get("start") or ""), j.id),
-                      reverse=True)  # fmt: skip
+                      reverse=True), version  # fmt: skip
 
     def find(self, job_id: str) -> Listed | None:
         """The job ``job_id`` names (a full id, or a unique prefix)."""
@@ -83,45 +89,58 @@ class JobIndex:
             self._dirty.add(job_id)
 
     def refresh(self, force: bool = False) -> None:
+        """Read what may have changed. The reading happens outside the lock, by one request at
+        a time: the others answer from what was read before (a slow root delays no page
+        once it has been listed)."""
         with self._lock:
             now = time.monotonic()
             if not force and now - self._refreshed < self.refresh_s:
                 return
+            if self._reading and self._refreshed > float("-inf"):
+                return
+            self._reading = True
             full = now - self._full >= self.full_every_s
-            for root in self.roots:
-                self._refresh_root(root, full)
+            ended = {i for i, j in self._jobs.items() if j.record.status in ENDED} - self._dirty
+            self._dirty.clear()
+        try:
+            read = [(root, *self._read_root(root, full, ended)) for root in self.roots]
+        finally:
+            with self._lock:
+                self._reading = False
+        with self._lock:
+            for root, ids, records in read:
+                if ids is not None:
+                    self._apply(root, ids, records)
             self._refreshed = time.monotonic()
             if full:
                 self._full = self._refreshed
 
-    def _failed(self, root: str, problem: str) -> None:
+    def _failed(self, root: str, problem: str) -> tuple[None, list[JobRecord]]:
         """One line on every page, and in the log when it is new; the other roots go on."""
-        if self.errors.get(root) != problem:
-            log.warning("%s", problem)
-        self.errors[root] = problem
+        with self._lock:
+            if self.errors.get(root) != problem:
+                log.warning("%s", problem)
+            self.errors[root] = problem
+        return None, []
 
-    def _refresh_root(self, root: str, full: bool) -> None:
+    def _read_root(self, root: str, full: bool, ended: set[str]
+                   ) -> tuple[list[str] | None, list[JobRecord]]:  # fmt: skip
+        """The root's job ids and the records of those that may have changed (no lock held)."""
         try:
             ids = job_ids(root)
+            stale = [i for i in ids if full or i not in ended]
+            return ids, load_jobs(root, stale) if stale else []
         except BrevpipeError as exc:
-            self._failed(root, str(exc))
-            return
+            return self._failed(root, str(exc))
         except Exception as exc:  # noqa: BLE001 - credentials, network: one line, others go on
-            self._failed(root, f"cannot read job root {root}: {type(exc).__name__}: {exc}")
-            return
+            return self._failed(root, f"cannot read job root {root}: {type(exc).__name__}: {exc}")
+
+    def _apply(self, root: str, ids: list[str], records: list[JobRecord]) -> None:
         if self.errors.pop(root, None):
             log.info("job root %s can be read again", root)
         present = set(ids)
         for job_id in [i for i, j in self._jobs.items() if j.root == root and i not in present]:
             del self._jobs[job_id]
-        stale = [i for i in ids if full or i not in self._jobs or i in self._dirty
-                 or self._jobs[i].record.status not in ENDED]  # fmt: skip
-        self._dirty -= set(stale)
-        try:
-            records = load_jobs(root, stale) if stale else []
-        except BrevpipeError as exc:
-            self._failed(root, str(exc))
-            return
         for record in records:
             before = self._jobs.get(record.id)
             if before is None or fingerprint(before.record) != fingerprint(record):
@@ -134,5 +153,9 @@ def fingerprint(record: JobRecord) -> tuple[Any, ...]:
     """What the job list shows of a job: a change of any of it is pushed to open pages."""
     output = record.output or {}
     history = output.get("history")
-    return (record.status, record.archived, record.job.get("end"),
-            len(history) if isinstance(history, list) else 0, record.key_metric[1])  # fmt: skip
+    try:
+        return (record.status, record.archived, str(record.job.get("end")),
+                len(history) if isinstance(history, list) else 0,
+                str(record.key_metric[1]))  # fmt: skip
+    except Exception:  # noqa: BLE001 - a record of strange shape: compared by its text
+        return ("unknown", repr(output)[:10_000])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -118,6 +119,31 @@ def parse(field_: Field, text: str) -> Any:
     return text
 
 
+KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def hydra_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar: strings single-quoted (a quote, and backslashes
+    before one, escaped), lists and mappings in Hydra's own brackets, mapping keys plain."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError("not a finite number")
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value) + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) and KEY.fullmatch(k) for k in value):
+            raise ConfigError("mapping keys must be plain names (letters, digits, _)")
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"a {type(value).__name__} cannot be given on the command line")
+
+
 def default_of(item: Field) -> Any:
     try:
         return parse(item, item.value)
@@ -145,7 +171,11 @@ def overrides_of(form: dict[str, str]) -> tuple[list[str], list[Section]]:
                 errors.append(str(exc))
                 continue
             if value != default_of(item):
-                overrides.append(f"{item.name}={json.dumps(value)}")
+                try:
+                    overrides.append(f"{item.name}={hydra_value(value)}")
+                except ConfigError as exc:
+                    item.error = f"{item.name}: {exc}"
+                    errors.append(item.error)
             item.value = text
     if errors:
         raise FormError("; ".join(errors), sections)
@@ -171,8 +201,8 @@ def start(overrides: list[str], root: str, logs: Path) -> tuple[str, subprocess.
     job_id = str(uuid.uuid4())
     logs.mkdir(parents=True, exist_ok=True)
     log = (logs / f"{job_id}.log").open("wb")
-    command = [sys.executable, "-m", "brevpipe", "run", *overrides, f"job.root={root}",
-               f"job.id={job_id}"]  # fmt: skip
+    command = [sys.executable, "-m", "brevpipe", "run", *overrides,
+               f"job.root={hydra_value(root)}", f"job.id={job_id}"]  # fmt: skip
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip

@@ -6,6 +6,7 @@ with a note (``unknown``), never trusted; templates escape every value.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -32,15 +33,33 @@ def sweep_of(record: JobRecord) -> dict[str, Any] | None:
 def progress(record: JobRecord) -> str:
     """``epoch 3/15`` for a job that is training, else empty."""
     history = (record.output or {}).get("history")
-    epochs = (record.config.get("trainer") or {}).get("epochs") if record.config else None
+    trainer = record.config.get("trainer") if isinstance(record.config, dict) else None
+    epochs = trainer.get("epochs") if isinstance(trainer, dict) else None
     if record.status != "running" or not isinstance(history, list):
         return ""
     total = f"/{epochs}" if isinstance(epochs, int) else ""
     return f"epoch {len(history)}{total}"
 
 
+def event_name(job_id: str) -> str:
+    """The server-sent event of a job's row: a digest, since a folder name can hold anything
+    (a line break would end the event's name and start data of its own)."""
+    return "job-" + hashlib.sha256(job_id.encode("utf-8", "replace")).hexdigest()[:20]
+
+
 def row(listed: Listed) -> dict[str, Any]:
-    """One job's row of the jobs page."""
+    """One job's row of the jobs page; a record whose values cannot be read is ``unknown``."""
+    try:
+        return _row(listed)
+    except Exception as exc:  # noqa: BLE001 - someone else's record: shown, never a 500
+        return {"id": listed.id, "short": listed.id[:24], "root": listed.root, "name": "",
+                "pipeline": "", "status": "unknown", "progress": "", "archived": False,
+                "start": "", "duration_s": None, "metric_name": "", "metric": None, "tags": [],
+                "sweep": None, "event": event_name(listed.id),
+                "problem": f"the record cannot be shown ({type(exc).__name__})"}  # fmt: skip
+
+
+def _row(listed: Listed) -> dict[str, Any]:
     record = listed.record
     name, value = record.key_metric
     choices = (record.output or {}).get("choices")
@@ -54,6 +73,7 @@ def row(listed: Listed) -> dict[str, Any]:
         "start": record.job.get("start") or "", "duration_s": record.duration_s,
         "metric_name": name or "", "metric": number(value),
         "tags": tags, "sweep": sweep_of(record), "problem": record.problem,
+        "event": event_name(record.id),
     }  # fmt: skip
 
 
@@ -101,7 +121,8 @@ def jobs_page(listed: list[Listed], params: dict[str, str]) -> dict[str, Any]:
     ordered = sorted([r for r in selected if "sweep_row" in r], key=lambda g: g["start"],
                      reverse=True) + jobs  # fmt: skip
     pages = max(1, math.ceil(len(ordered) / PAGE_SIZE))
-    page = min(max(1, int(params["page"]) if params.get("page", "").isdigit() else 1), pages)
+    asked = params.get("page", "")
+    page = min(int(asked) if asked.isdecimal() and len(asked) < 7 else 1, pages) or 1
     for group in sweeps.values():
         statuses = [t["status"] for t in group["trials"]]
         group["summary"] = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
@@ -119,8 +140,12 @@ def config_tables(record: JobRecord) -> dict[str, Any]:
     output = record.output or {}
     choices = output.get("choices") if isinstance(output.get("choices"), dict) else {}
     config = record.config if isinstance(record.config, dict) else {}
-    return {"choices": [(str(k), shown(v)) for k, v in sorted(choices.items())],
-            "settings": [(k, shown(v)) for k, v in flatten(redact(config))]}  # fmt: skip
+    try:
+        settings = [(k, shown(v)) for k, v in flatten(redact(config))]
+    except RecursionError:
+        settings = [("(config)", "unknown: nested too deeply to show")]
+    return {"choices": [(str(k), shown(v)) for k, v in sorted(choices.items(), key=str)],
+            "settings": settings}
 
 
 def history_rows(record: JobRecord) -> tuple[list[dict[str, float]], str | None]:

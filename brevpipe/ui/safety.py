@@ -70,18 +70,32 @@ class Guard:
         if self.for_reads and not self.matches(self.presented(request)):
             raise HTTPException(401, "this dashboard needs its token: open it with ?token=...")
 
-    def check_write(self, request: Request, form_token: str | None) -> None:
-        """A state-changing request: the token (form field or bearer header) and, from a
-        browser, the dashboard's own origin."""
+    def check_origin(self, request: Request) -> None:
+        """A state-changing request from a browser comes from the dashboard's own pages (read
+        before its body is); a script without a browser sends the token as a bearer header."""
         bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
-        if not self.matches(form_token if not bearer else self.presented(request)):
-            raise HTTPException(403, "this action needs the dashboard's token")
         origin = request.headers.get("origin") or request.headers.get("referer")
         own = f"{request.url.scheme}://{request.headers.get('host', '')}"
         if origin is None and bearer:
-            return  # a script with the token, not a browser
+            return
         if origin is None or not (origin == own or origin.startswith(own + "/")):
             raise HTTPException(403, "this action must come from the dashboard's own pages")
+
+    def check_write(self, request: Request, form_token: str | None) -> None:
+        """A state-changing request: the dashboard's origin and its token (form field or
+        bearer header)."""
+        self.check_origin(request)
+        bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+        if not self.matches(form_token if not bearer else self.presented(request)):
+            raise HTTPException(403, "this action needs the dashboard's token")
+
+    def allowed_hosts(self, host: str) -> frozenset[str] | None:
+        """The ``Host`` names a request may carry: on a loopback address, the loopback names
+        only (a page elsewhere that rebinds its own name to 127.0.0.1 is refused); with a
+        token, any."""
+        if self.for_reads:
+            return None
+        return frozenset({"127.0.0.1", "localhost", "::1", "[::1]", host})
 
 
 def artifact_url(bucket: str, relative: str) -> str:
