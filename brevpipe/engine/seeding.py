@@ -43,7 +43,7 @@ def component_seed(root_seed: int, component: str) -> int:
 
 # Keras draws a new layer's initial weights and its dropout seeds from one random state per
 # process; jobs side by side in one process seed and build under this lock, so each gets its own.
-_KERAS_RANDOM_STATE = threading.Lock()
+_KERAS_RANDOM_STATE = threading.RLock()
 
 
 @contextmanager

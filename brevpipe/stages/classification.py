@@ -203,8 +203,7 @@ def _atlases(
             wrong["path"].tolist(), captions, loader, "misclassified.png", ctx, readable
         )
     per_class = max(1, atlas_size // max(1, len(classes)))
-    sampled = readable.groupby(readable["category"].map("+".join),
-                                    sort=True).head(per_class)  # fmt: skip
+    sampled = readable.groupby(readable["category"].map("+".join), sort=True).head(per_class)
     images["Sampled images per category"] = _atlas(
         sampled["path"].tolist(), ["+".join(c) for c in sampled["category"]], loader,
         "samples_atlas.png", ctx, readable,
