@@ -83,14 +83,17 @@ def hostile_jobs(root: Path) -> dict[str, str]:
     return {job_id: job_id for job_id in jobs}
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: a test process that runs other modules' tests between these (pytest-xdist
+# may) makes the jobs once, not once per run of this module's tests.
+@pytest.fixture(scope="session")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ui")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def jobs(work: Path) -> dict[str, str]:
-    """A job and a sweep of two trials, run for real, and the hostile records."""
+    """A job, a sweep of two trials and a segmentation job, run for real, and the hostile
+    records."""
     root = str(work / "jobs")
     plain = run(tiny(work))
     trials = [run(tiny(work, f"seed={seed}"),
