@@ -8,21 +8,9 @@ import os
 from typing import Any
 
 from brevpipe.jobs import layout
+from brevpipe.jobs.details import format_duration, format_value
 from brevpipe.jobs.job import UNKNOWN
 from brevpipe.jobs.records import SHORT_ID, JobRecord, parse_time
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
 
 
 def format_time(text: str | None, short: bool = False) -> str:
@@ -35,14 +23,6 @@ def format_time(text: str | None, short: bool = False) -> str:
         return stamp.strftime("%Y-%m-%d %H:%M:%S")
     this_year = stamp.year == dt.datetime.now().year
     return stamp.strftime("%b %d %H:%M" if this_year else "%b %d  %Y")
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if value is None:
-        return "-"
-    return str(value)
 
 
 def short_ids(ids: list[str]) -> dict[str, str]:

@@ -132,3 +132,26 @@ def _stage_markers(bucket: str, names: list[str]) -> dict[str, dict[str, Any]]:
         if parsed is not None:
             markers[name] = parsed
     return markers
+
+
+def format_duration(seconds: float | None) -> str:
+    """A duration as people read it: ``45s``, ``3m 07s``, ``2h 05m``, ``1d 3h``."""
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
+def format_value(value: Any) -> str:
+    """A metric or setting for a table: floats to 4 significant digits, None as ``-``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "-"
+    return str(value)

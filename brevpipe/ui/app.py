@@ -27,7 +27,7 @@ from brevpipe.errors import BrevpipeError
 from brevpipe.integrations.lifecycle import set_archived, stop_job
 from brevpipe.io import storage
 from brevpipe.jobs.compare import compare
-from brevpipe.jobs.details import artifact_files
+from brevpipe.jobs.details import artifact_files, format_duration, format_value
 from brevpipe.reports.charts import training_curves
 from brevpipe.ui import confusion, pages, safety
 from brevpipe.ui.actions import Actions
@@ -56,8 +56,8 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
     actions = Actions(index, state_dir)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=True, undefined=jinja2.ChainableUndefined)  # fmt: skip
-    env.filters["duration"] = _duration
-    env.filters["number"] = _number
+    env.filters["duration"] = format_duration
+    env.filters["number"] = format_value
     templates = Jinja2Templates(env=env)
     app = FastAPI(title="brevpipe ui", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -235,16 +235,3 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
 
     return app
 
-
-def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, int | float):
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else (
-        f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "-" if value is None else str(value)
-    return f"{value:.4g}"
