@@ -76,8 +76,10 @@ def print_list(records: list[JobRecord], root: str) -> None:
     names = {r.key_metric[0] for r in records if r.output is not None}
     shared = names.pop() if len(names) == 1 else None  # one key metric: it heads the column
     # one key metric: it heads the value column; several: a column names each job's
+    tagged = any(r.tags for r in records)
     columns = ["id", "pipeline", "status", "start", "duration",
-               *([shared] if shared else ["key metric", "value"])]  # fmt: skip
+               *([shared] if shared else ["key metric", "value"]),
+               *(["tags"] if tagged else [])]  # fmt: skip
     table = _table(None, *columns, keep={"id": len(next(iter(short.values()))), "start": 12})
     for record in records:
         name, value = record.key_metric
@@ -88,7 +90,8 @@ def print_list(records: list[JobRecord], root: str) -> None:
         named = [metric] if shared else [name or "-", metric]
         table.add_row(short[record.id], record.pipeline or "-", status,
                       format_time(record.job.get("start"), short=True),
-                      format_duration(record.duration_s), *named)  # fmt: skip
+                      format_duration(record.duration_s), *named,
+                      *([", ".join(record.tags)] if tagged else []))  # fmt: skip
     console.print(table)
     if any(r.archived for r in records):
         console.print("* archived (listed with --all only)", style="dim")
@@ -110,6 +113,8 @@ def print_show(info: dict[str, Any]) -> None:
         ("start", format_time(info["start"])),
         ("end", format_time(info["end"])),
         ("duration", format_duration(info["duration_s"])),
+        ("tags", ", ".join(info.get("tags") or [])),
+        ("dataset", _dataset_text(info.get("dataset_record") or {})),
         ("error", info.get("error")),
         ("stop request", _stop_text(info.get("stop_request"))),
     ]
@@ -151,6 +156,13 @@ def print_show(info: dict[str, Any]) -> None:
                       f"{mlflow.get('tracking_uri')}")  # fmt: skip
     else:
         console.print("  mlflow: no run" + (f" ({mlflow['error']})" if "error" in mlflow else ""))
+
+
+def _dataset_text(dataset: dict[str, Any]) -> str | None:
+    if not dataset.get("digest"):
+        return None
+    source = ", ".join(map(str, dataset.get("source") or []))
+    return f"{dataset['digest']}  ({dataset.get('count', '?')} images from {source or '?'})"
 
 
 def _stop_text(marker: dict[str, Any] | None) -> str | None:

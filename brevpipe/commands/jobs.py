@@ -33,6 +33,7 @@ EPILOG = """\
 examples:
   brevpipe jobs list                          jobs in ./jobs, newest first
   brevpipe jobs list --status running --root s3://bucket/jobs
+  brevpipe jobs list --tag line3 --dataset 3f2a    tagged jobs trained on this exact data
   brevpipe jobs show <id>                     an id or a unique prefix of one
   brevpipe jobs statistics <id> --format json
   brevpipe jobs diff <id> <id> [<id>...]      settings that differ, metric deltas (--all-keys)
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=STATUSES, help="only jobs with this status")
     listing.add_argument("--pipeline", help="only jobs of this pipeline")
     listing.add_argument("--all", action="store_true", help="include archived jobs")
+    listing.add_argument("--tag", action="append", default=[], metavar="TAG",
+                         help="only jobs with this tag (repeat: with every one)")
+    listing.add_argument("--dataset", metavar="DIGEST",
+                         help="only jobs trained on this exact data (a dataset digest or a "
+                              "prefix of one, from jobs show)")  # fmt: skip
     for action, text in (
         ("show", "config summary, metrics, stages, artifacts, MLflow run"),
         ("stop", "ask a running job to stop (it ends as 'stopped')"),
@@ -108,7 +114,8 @@ def main(argv: list[str]) -> int:
 
 def _list(args: argparse.Namespace, root: str, as_json: bool) -> int:
     records = list_jobs(root, status=args.status, pipeline=args.pipeline,
-                        include_archived=args.all)  # fmt: skip
+                        include_archived=args.all, tags=args.tag,
+                        dataset=args.dataset)  # fmt: skip
     if as_json:
         print_json([r.summary() for r in records])
     else:

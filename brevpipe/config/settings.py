@@ -23,11 +23,13 @@ DEFAULT_JOB_ROOT = "./jobs"  # also where `brevpipe jobs`, predict and serve loo
 @dataclass
 class JobSettings:
     """``id``: an existing job's id resumes it; ``root``: any fsspec URL (./jobs,
-    s3://bucket/jobs, memory://jobs) under which each job gets its bucket."""
+    s3://bucket/jobs, memory://jobs) under which each job gets its bucket; ``tags``: plain
+    labels (``job.tags=[line3,night-shift]``), in output.json, MLflow and ``jobs list --tag``."""
 
     id: Optional[str] = None
     name: Optional[str] = "${pipeline.name}"
     root: str = DEFAULT_JOB_ROOT
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from brevpipe.io.artifacts import load_output, save_output
 from brevpipe.jobs import control
 from brevpipe.jobs.job import Job, NullTracker
 from brevpipe.jobs.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
+from brevpipe.jobs.tags import check_tags
 
 log = logging.getLogger("brevpipe")
 
@@ -169,6 +170,7 @@ def _run_job(cfg: DictConfig, choices: dict[str, str] | None, parent: dict[str, 
              sweep: dict[str, Any] | None) -> Job:  # fmt: skip
     plain = resolve_config(cfg)
     check_names(plain)  # before any job bucket or MLflow run exists
+    check_tags(plain["job"].get("tags"))
     role = cluster.role_of(plain)  # a multi-worker job's process (TF_CONFIG checked); or None
     storage_cfg = plain.get("storage") or {}
     storage.configure(storage_cfg.get("options"), storage_cfg.get("timeout_s"))
@@ -272,6 +274,7 @@ def new_job(
         config=plain,
         seed=int(plain["seed"]),
         choices=choices,
+        tags=check_tags(plain["job"].get("tags")),
     )
     # The stage declarations with their ${...} links, so that a rerun can apply overrides.
     job.extra["pipeline_template"] = OmegaConf.to_container(cfg.pipeline, resolve=False)

@@ -11,6 +11,7 @@ when the job's own attempt failed (a server away, a store locked). Reaching the 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import re
@@ -26,8 +27,10 @@ from brevpipe.config.compose import flatten
 from brevpipe.integrations.mlflow_store import ensure_experiment, is_busy, retrying
 from brevpipe.io import storage
 from brevpipe.jobs import layout
+from brevpipe.jobs.details import dotted
 from brevpipe.jobs.job import JobStatus
 from brevpipe.jobs.records import parse_time
+from brevpipe.jobs.tags import tags_of
 
 log = logging.getLogger("brevpipe")
 
@@ -40,6 +43,7 @@ RUN_STATUS = {
     JobStatus.STOPPED: "KILLED",
 }
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+DIGEST = re.compile(r"[0-9a-f]{8,64}")
 ARTIFACTS_TAG = "brevpipe.mirror.artifacts"  # fingerprint of the artifacts last uploaded
 MODEL_TAG = "brevpipe.mirror.model"  # set once the MLflow-format model is logged
 
@@ -67,6 +71,11 @@ def run_tags(output: dict[str, Any], bucket: str) -> dict[str, str]:
     }
     if commit := (output.get("environment") or {}).get("git_commit"):
         tags["mlflow.source.git.commit"] = str(commit)
+    if job_tags := tags_of(output):
+        tags["brevpipe.tags"] = ",".join(job_tags)
+        tags.update({f"brevpipe.tag.{tag}": "true" for tag in job_tags})
+    if digest := dataset_digest(output):
+        tags["brevpipe.dataset"] = digest
     mlflow = output.get("mlflow") or {}
     if mlflow.get("parent_run_id"):  # a job of a sweep: nested under the sweep's run
         tags["mlflow.parentRunId"] = str(mlflow["parent_run_id"])
@@ -177,6 +186,7 @@ def sync_job(
         retrying(client.set_tag, run_id, key, value)
     _sync_params(client, run, output, result)
     _sync_metrics(client, run_id, output, result)
+    _sync_dataset(client, run, output)
     status = RUN_STATUS.get(job.get("status"))
     if final and status:
         _sync_artifacts(client, run, bucket, result)
@@ -218,6 +228,32 @@ def _sync_metrics(client: Any, run_id: str, output: dict[str, Any], result: Sync
     for i in range(0, len(missing), MAX_METRICS_PER_BATCH):
         retrying(client.log_batch, run_id, metrics=missing[i : i + MAX_METRICS_PER_BATCH])
     result.metric_points = len(missing)
+
+
+def dataset_digest(output: dict[str, Any]) -> str | None:
+    """The job's dataset digest (output.json's ``dataset.digest``), if it is one."""
+    digest = (output.get("dataset") or {}).get("digest")
+    return digest if isinstance(digest, str) and DIGEST.fullmatch(digest) else None
+
+
+def _sync_dataset(client: Any, run: Any, output: dict[str, Any]) -> None:
+    """The job's data as an MLflow dataset input of the run (``mlflow.log_input``'s record):
+    named after the job's dataset, with brevpipe's digest and the dataset folder as source."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    digest = dataset_digest(output)
+    inputs = getattr(run, "inputs", None)
+    logged = {d.dataset.digest for d in (getattr(inputs, "dataset_inputs", None) or [])}
+    if digest is None or digest in logged:
+        return
+    record = output.get("dataset") or {}
+    source = [str(s) for s in record.get("source") or [] if isinstance(s, str)]
+    name = str(dotted(output.get("config") or {}, "dataset.name") or "dataset")[:250]
+    dataset = Dataset(name=name, digest=digest, source_type="brevpipe",
+                      source=json.dumps({"uri": source[0] if len(source) == 1 else source}),
+                      profile=json.dumps({"num_rows": record.get("count")}))  # fmt: skip
+    retrying(client.log_inputs, run.info.run_id, datasets=[
+        DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
 
 def _artifact_files(bucket: str) -> tuple[Any, str, dict[str, str]]:

@@ -66,6 +66,8 @@ def describe(record: JobRecord) -> dict[str, Any]:
             "params": params,
         },
         "metrics": output.get("metrics") or {},
+        "dataset_record": output.get("dataset") if isinstance(output.get("dataset"), dict)
+        else {},
         "stages": stages,
         "artifacts": artifact_files(record.bucket),
         "mlflow": output.get("mlflow") or {},

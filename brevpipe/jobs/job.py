@@ -113,6 +113,7 @@ class Job:
         name: str = "job",
         pipeline: str = "",
         choices: dict[str, str] | None = None,
+        tags: list[str] | None = None,
     ) -> None:
         self.id = job_id or str(uuid.uuid4())
         self.root = storage.normalize(root)
@@ -122,6 +123,7 @@ class Job:
         self.pipeline = pipeline
         self.config = redact(config)
         self.choices = dict(choices or {})
+        self.tags = list(tags or [])
         self.seed = int(seed)
         self.status = JobStatus.CREATED
         self.start_time: str | None = None
@@ -132,6 +134,7 @@ class Job:
         self.history: list[dict[str, Any]] = []
         self.stages: dict[str, dict[str, Any]] = {}
         self.samples: dict[str, Any] = {}
+        self.dataset: dict[str, Any] = {}  # the data's digest (brevpipe.data.lineage)
         self.model: dict[str, Any] = {}
         self.mlflow: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
@@ -227,6 +230,7 @@ class Job:
             "bucket": self.bucket_url,
             "resumed": self.resumed,
             "brevpipe_version": __version__,
+            "tags": self.tags,
         }
         if self.error:
             job["error"] = self.error
@@ -240,6 +244,7 @@ class Job:
             "history": sorted(self.history, key=lambda h: h["epoch"]),
             "stages": self.stages,
             "samples": self.samples,
+            "dataset": self.dataset,
             "model": self.model,
             "environment": self._environment,
             "mlflow": self.mlflow,

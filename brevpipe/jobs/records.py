@@ -23,6 +23,7 @@ from brevpipe.jobs.job import LOST, UNKNOWN, JobStatus
 from brevpipe.jobs.layout import JobBucket
 from brevpipe.jobs.liveness import is_stale
 from brevpipe.jobs.output_json import parse_json, shape_problem
+from brevpipe.jobs.tags import tags_of
 
 DEFAULT_ROOT = DEFAULT_JOB_ROOT
 SHORT_ID = 8
@@ -70,6 +71,16 @@ class JobRecord:
         return self.job.get("pipeline") or ""
 
     @property
+    def tags(self) -> list[str]:
+        return tags_of(self.output or {})
+
+    @property
+    def dataset_digest(self) -> str | None:
+        """The digest of the data the job used (output.json's ``dataset.digest``), if any."""
+        digest = ((self.output or {}).get("dataset") or {}).get("digest")
+        return digest if isinstance(digest, str) else None
+
+    @property
     def config(self) -> dict[str, Any]:
         return (self.output or {}).get("config") or {}
 
@@ -114,6 +125,8 @@ class JobRecord:
             "end": self.job.get("end"),
             "duration_s": self.duration_s,
             "key_metric": {"name": name, "value": value},
+            "tags": self.tags,
+            "dataset": self.dataset_digest,
             "bucket": self.bucket,
             **({"mlflow_pending": self.mirror_pending} if self.mirror_pending else {}),
             **({"problem": self.problem} if self.problem else {}),
@@ -236,14 +249,20 @@ def list_jobs(
     status: str | None = None,
     pipeline: str | None = None,
     include_archived: bool = False,
+    tags: Iterable[str] = (),
+    dataset: str | None = None,
 ) -> list[JobRecord]:
-    """Jobs of ``root``, newest first, filtered by status and pipeline; archived ones only
-    with ``include_archived``."""
+    """Jobs of ``root``, newest first, filtered by status, pipeline, tags (a job must carry
+    each) and dataset digest (or a prefix of one); archived ones only with
+    ``include_archived``."""
+    wanted = set(tags)
     records = [
         r
         for r in load_jobs(root)
         if (include_archived or not r.archived)
         and (status is None or r.status == status)
         and (pipeline is None or r.pipeline == pipeline)
+        and wanted <= set(r.tags)
+        and (not dataset or (r.dataset_digest or "").startswith(dataset))
     ]
     return sorted(records, key=lambda r: (r.job.get("start") or "", r.id), reverse=True)

@@ -18,6 +18,7 @@ import pandas as pd
 from brevpipe import __version__
 from brevpipe.config.components import instantiate
 from brevpipe.data.encoder import OneHotEncoder
+from brevpipe.data.lineage import dataset_record
 from brevpipe.data.loader import ImageLoader
 from brevpipe.data.samples import samples_from_csv, summarize
 from brevpipe.data.split import SampleSplit, identification_table
@@ -39,6 +40,7 @@ def split_samples(
     persisted = identification_table(assigned, splitter.uniqueness, previous)
     storage.write_bytes(identification_url, persisted.to_csv(index=False).encode())
     ctx.set_section("samples", summarize(assigned))
+    ctx.set_section("dataset", dataset_record(assigned))
     return {"split_samples": assigned}
 
 
