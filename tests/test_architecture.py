@@ -24,9 +24,9 @@ LAYERS = {
     "data": 6,  # components
     "models": 7,
     "reports": 7,
-    "integrations": 7,  # MLflow mirror, sweeps, lifecycle
+    "serving": 7,  # a model's use: predictor, service, MLflow model, resolving model names
+    "integrations": 8,  # MLflow mirror, model registry, sweeps, lifecycle
     "stages": 8,
-    "serving": 8,
     "ui": 9,  # the web dashboard
     "commands": 10,  # argument parsing and printing
     "__main__": 11,

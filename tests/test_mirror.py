@@ -165,11 +165,11 @@ def test_jobs_sync_reads_a_planted_output_json_as_untrusted(
     root, output = unmirrored_job
     planted = tmp_path / "root"
     shutil.copytree(root / output["job"]["id"], planted / output["job"]["id"])
-    secret = tmp_path / "secret.keras"
+    secret = tmp_path / "secret.tar.gz"
     secret.write_bytes(b"not yours")
     store = tmp_path / "elsewhere" / "mlflow.db"
     file = planted / output["job"]["id"] / "artifacts" / "output.json"
-    file.write_text(json.dumps({**output, "model": {"keras_url": str(secret)},
+    file.write_text(json.dumps({**output, "model": {"archive_url": str(secret)},
                                 "mlflow": {"tracking_uri": f"sqlite:///{store}"}}))  # fmt: skip
     code, text = cli("sync", "--all", "--root", str(planted), capsys=capsys)
     assert code == 1 and "add --tracking-uri" in text and not store.parent.exists()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -45,20 +46,30 @@ def test_job_mirrored_into_an_mlflow_server(tiny_config, mlflow_server: str, tmp
     assert [m.value for m in history] == pytest.approx([h["loss"] for h in output["history"]])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"output.json", "predictions.csv", "sample_identification.csv", "model",
-            "mlflow_model"} <= artifacts  # fmt: skip
+            "mlflow_model", "mlflow_model_arrays"} <= artifacts  # fmt: skip
     model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert "model/saved_model.tar.gz" in model_files
 
-    # the model in MLflow's format predicts what the exported Keras model predicts
+    # the array-in model predicts what the exported Keras model predicts; the image-in model
+    # (output.json's model_uri) what the job's evaluation predicted for the same files
     images = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    assert output["mlflow"]["model_uri"] == f"runs:/{run.info.run_id}/mlflow_model"
     mlflow.set_tracking_uri(mlflow_server)
     try:
-        pyfunc = mlflow.pyfunc.load_model(output["mlflow"]["model_uri"])
+        arrays = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/mlflow_model_arrays")
+        by_image = mlflow.pyfunc.load_model(output["mlflow"]["model_uri"])
     finally:
         mlflow.set_tracking_uri(None)
     exported = keras.models.load_model(Path(job.bucket.artifact("model", "model.keras")))
-    np.testing.assert_allclose(np.asarray(pyfunc.predict(images)), exported.predict(images),
+    np.testing.assert_allclose(np.asarray(arrays.predict(images)), exported.predict(images),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+    evaluated = pd.read_csv(job.bucket.artifact("predictions.csv")).head(6)
+    files = pd.DataFrame({"image": [Path(p).read_bytes() for p in evaluated["path"]]})
+    scored = by_image.predict(files)
+    assert scored["predicted"].tolist() == evaluated["predicted"].tolist()
+    columns = [c for c in evaluated if c.startswith("score_")]
+    np.testing.assert_allclose(scored[columns].to_numpy(), evaluated[columns].to_numpy(),
+                               atol=1e-6)  # fmt: skip
 
 
 def test_unreachable_mlflow_warns_once_and_the_job_completes(tiny_config, caplog) -> None:

@@ -18,7 +18,6 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -292,53 +291,32 @@ def _sync_artifacts(client: Any, run: Any, bucket: str, result: SyncResult) -> N
 def _sync_model(
     client: Any, run: Any, output: dict[str, Any], bucket: str, result: SyncResult
 ) -> None:
-    """The exported Keras model in MLflow's model format, under ``mlflow_model``:
-    ``mlflow.pyfunc.load_model(model_uri).predict(images)`` gives scores for a batch of images
-    preprocessed as ``model.json``'s ``preprocessing`` says. Only a model inside the job's own
-    bucket is read (output.json comes from a bucket: it may point anywhere)."""
+    """The exported archive as MLflow models (:mod:`brevpipe.serving.mlflow_model`):
+    ``mlflow_model`` takes images, ``mlflow_model_arrays`` preprocessed arrays. Only an archive
+    inside the job's own bucket is read (output.json comes from a bucket: it may point
+    anywhere)."""
+    from brevpipe.serving.mlflow_model import ARRAYS, IMAGES, save_models
+
     run_id = run.info.run_id
     model = output.get("model") or {}
-    keras_url = model.get("keras_url")
+    archive_url = model.get("archive_url")
     status = (output.get("job") or {}).get("status")
-    if not isinstance(keras_url, str) or status != JobStatus.COMPLETED:
+    if not isinstance(archive_url, str) or status != JobStatus.COMPLETED:
         return
-    if run.data.tags.get(MODEL_TAG) == keras_url:
-        result.model_uri = f"runs:/{run_id}/mlflow_model"
+    images = model.get("task") != "segmentation"
+    model_uri = f"runs:/{run_id}/{IMAGES if images else ARRAYS}"
+    if run.data.tags.get(MODEL_TAG) == archive_url:
+        result.model_uri = model_uri
         return
     artifacts = layout.JobBucket(bucket).artifact().rstrip("/") + "/"
-    if not storage.normalize(keras_url).startswith(artifacts) or ".." in keras_url:
-        result.notes.append(f"model {keras_url!r} is not in the job's bucket: not mirrored")
+    if not storage.normalize(archive_url).startswith(artifacts) or ".." in archive_url:
+        result.notes.append(f"model {archive_url!r} is not in the job's bucket: not mirrored")
         return
-    _log_model(client, run_id, storage.normalize(keras_url), model)
-    retrying(client.set_tag, run_id, MODEL_TAG, keras_url)
-    result.model = True
-    result.model_uri = f"runs:/{run_id}/mlflow_model"
-
-
-def _log_model(client: Any, run_id: str, keras_url: str, model_info: dict[str, Any]) -> None:
-
-    import keras
-    import mlflow.keras
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    try:
-        tensorflow = f"tensorflow-cpu=={version('tensorflow-cpu')}"
-    except PackageNotFoundError:
-        tensorflow = f"tensorflow=={version('tensorflow')}"
     with tempfile.TemporaryDirectory(prefix="brevpipe-mlflow-model-") as tmp:
-        local = Path(tmp, "model.keras")
-        storage.download(keras_url, local)
-        metadata = {k: model_info[k] for k in ("classes", "input_shape", "preprocessing")
-                    if k in model_info}  # fmt: skip
-        model = keras.models.load_model(local)  # safe_mode: no code from the file runs
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]))]),
-            outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]))]),
-        )
-        mlflow.keras.save_model(
-            model, str(Path(tmp, "mlflow_model")), signature=signature, metadata=metadata,
-            pip_requirements=[tensorflow, f"keras=={keras.__version__}"],
-        )  # fmt: skip
-        client.log_artifacts(run_id, str(Path(tmp, "mlflow_model")), "mlflow_model")
+        local = Path(tmp, layout.MODEL_ARCHIVE)
+        storage.download(storage.normalize(archive_url), local)
+        for path, folder in save_models(local, Path(tmp)).items():
+            client.log_artifacts(run_id, str(folder), path)
+    retrying(client.set_tag, run_id, MODEL_TAG, archive_url)
+    result.model = True
+    result.model_uri = model_uri

@@ -14,10 +14,9 @@ import os
 from typing import Any
 
 from brevpipe.integrations import mirror, mlflow_store
-from brevpipe.integrations.tracking import default_tracking_uri
 from brevpipe.io import storage
 from brevpipe.jobs.job import JobStatus, now
-from brevpipe.jobs.layout import JobBucket
+from brevpipe.jobs.layout import JobBucket, default_tracking_uri
 from brevpipe.jobs.records import JobRecord, JobRegistryError
 
 

@@ -16,12 +16,12 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from brevpipe.integrations import mirror, mlflow_store
 from brevpipe.io import storage
 from brevpipe.jobs.job import Job, NullTracker, Tracker, now
+from brevpipe.jobs.layout import default_tracking_uri
 
 log = logging.getLogger("brevpipe")
 
@@ -36,12 +36,6 @@ OPEN_AFTER_S = 30.0
 # requests give up sooner unless the user set MLflow's variable.
 HTTP_RETRIES = "2"
 RETRY_MAX_S = 30.0  # the longest wait between two tries of a store that failed
-
-
-def default_tracking_uri(job_root: str) -> str:
-    """``sqlite:///<parent of the job root>/mlflow.db``; the current folder for remote roots."""
-    base = Path(job_root).parent if storage.is_local(job_root) else Path.cwd()
-    return f"sqlite:///{base.resolve() / 'mlflow.db'}"
 
 
 def tracking_uri_for(uri: str | None, job_root: str) -> str:

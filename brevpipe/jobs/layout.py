@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from brevpipe.io import storage
 
@@ -31,6 +32,13 @@ PREDICTIONS = "predictions.csv"
 MODEL_ARCHIVE = "saved_model.tar.gz"
 SWEEPS = "sweeps"  # under the root, beside the job buckets
 NOT_JOBS = frozenset({SWEEPS})  # folders of a root that are no job buckets
+
+
+def default_tracking_uri(job_root: str) -> str:
+    """The MLflow store of a job root's jobs unless ``tracking.uri`` names one:
+    ``sqlite:///<parent of the job root>/mlflow.db``; the current folder for remote roots."""
+    base = Path(job_root).parent if storage.is_local(job_root) else Path.cwd()
+    return f"sqlite:///{base.resolve() / 'mlflow.db'}"
 
 
 def sweep_record(root: str, sweep_id: str) -> str:

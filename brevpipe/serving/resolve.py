@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from brevpipe.config.settings import DEFAULT_JOB_ROOT
 from brevpipe.errors import ConfigError
 from brevpipe.io import storage
-from brevpipe.jobs.layout import MODEL_ARCHIVE, JobBucket
+from brevpipe.jobs.layout import MODEL_ARCHIVE, JobBucket, default_tracking_uri
 from brevpipe.jobs.liveness import temp_prefix
 
 if TYPE_CHECKING:
@@ -110,8 +110,6 @@ def _archive_from_mlflow(uri: str, job_root: str, tracking_uri: str | None) -> s
     parse_mlflow_uri(uri)  # a malformed URI fails before MLflow is imported
 
     from mlflow import MlflowClient
-
-    from brevpipe.integrations.tracking import default_tracking_uri
 
     tracking_uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                     or default_tracking_uri(storage.normalize(job_root)))  # fmt: skip
