@@ -57,6 +57,9 @@ an HTTP prediction service (FastAPI): /predict, /tasks, /health,
     Command("jobs", "<action> ...", """\
 the job registry: list, show, stop, archive, unarchive,
 statistics, sync (brevpipe jobs --help)"""),
+    Command("models", "<action> ...", """\
+registered models in MLflow: list, show, promote (an alias
+behind gates), register (brevpipe models --help)"""),
     Command("ui", "[--root URL ...]", """\
 a local web dashboard over job roots: watch, compare, debug
 and launch jobs (http://127.0.0.1:8765; brevpipe ui --help)"""),

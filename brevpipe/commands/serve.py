@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve /docs and /openapi.json without a token")
     common.add_model_options(parser, "MLflow store for runs:/ and models:/ URIs (default as for "
                       "brevpipe predict)")  # fmt: skip
+    parser.add_argument("--reload-alias", type=float, metavar="SECONDS",
+                        help="with MODEL models:/NAME@ALIAS: check the alias every SECONDS and "
+                             "serve the version it moves to, without a restart")  # fmt: skip
     parser.add_argument("--make-token", action="store_true",
                         help="print a bearer token signed with the secret, and exit")
     parser.add_argument("--expires-in", type=int, default=3600, metavar="SECONDS",
@@ -79,8 +82,22 @@ def main(argv: list[str]) -> int:
         app = create_app(common.load_model(args), secret, args.max_batch, args.max_bytes,
                          args.workers_threads, args.max_pending, args.max_pixels,
                          args.public_docs)  # fmt: skip
+        watcher = None
+        if args.reload_alias is not None:
+            from brevpipe.serving.reload import AliasWatcher
+
+            watcher = AliasWatcher(app.state.service, args.model, args.reload_alias,
+                                   args.job_root, args.tracking_uri)  # fmt: skip
     except BrevpipeError as exc:
         return common.error(COMMAND, exc)
-    common.say(COMMAND, f"{args.model} at http://{args.host}:{args.port} (docs: /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    source = app.state.service.predictor.source
+    version = f" (version {source['version']})" if "version" in source else ""
+    common.say(COMMAND, f"{args.model}{version} at http://{args.host}:{args.port} (docs: /docs)")
+    if watcher is not None:
+        watcher.start()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        if watcher is not None:
+            watcher.stop()
     return 0

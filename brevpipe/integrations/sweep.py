@@ -129,6 +129,7 @@ class MlflowSweepCallback(Callback):
             "experiment_id": experiment_id,
             "run_id": run.info.run_id,
             "objective": str(config.sweep.objective),
+            "register": config.tracking.get("register"),
             "direction": str(config.sweep.direction),
             "sweep_dir": str(hydra_cfg.sweep.dir),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -153,6 +154,20 @@ class MlflowSweepCallback(Callback):
             summarize(storage.read_json(url))
         except Exception as exc:  # noqa: BLE001
             log.warning("could not summarise the sweep in MLflow: %s", exc)
+
+
+def register_best(client: Any, name: str, best: Any) -> dict[str, Any]:
+    """Register the sweep's best trial (``tracking.register``); its output.json records it."""
+    from brevpipe.integrations.registry import register_run
+
+    url = layout.JobBucket(str(best["bucket"])).output
+    output = storage.read_json(url)
+    entry = register_run(client, name, str(best["run_id"]), output)
+    output.setdefault("mlflow", {})["registry"] = entry
+    storage.write_json(url, output)
+    log.info("sweep: best trial %s registered as %s version %s (@%s)", best["job_id"], name,
+             entry["version"], entry["alias"])  # fmt: skip
+    return entry
 
 
 def summarize(record: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +206,9 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         client.log_metric(parent, f"best/{objective}", float(best[objective]))
         client.set_tag(parent, "brevpipe.best_job_id", str(best["job_id"]))
         client.set_tag(parent, "brevpipe.best_run_id", str(best["run_id"]))
+        if record.get("register") and best["status"] == "FINISHED":
+            summary["registered"] = register_best(client, str(record["register"]), best)
+            client.set_tag(parent, "brevpipe.registered", summary["registered"]["uri"])
     with tempfile.TemporaryDirectory(prefix="brevpipe-sweep-") as tmp:
         table.to_csv(Path(tmp, "sweep_children.csv"), index=False)
         Path(tmp, "sweep_summary.json").write_text(json.dumps(summary, indent=2))

@@ -18,9 +18,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from brevpipe.integrations import mirror, mlflow_store
+from brevpipe.integrations import mirror, mlflow_store, registry
 from brevpipe.io import storage
-from brevpipe.jobs.job import Job, NullTracker, Tracker, now
+from brevpipe.jobs.job import Job, JobStatus, NullTracker, Tracker, now
 from brevpipe.jobs.layout import default_tracking_uri
 
 log = logging.getLogger("brevpipe")
@@ -54,12 +54,14 @@ class MlflowTracker:
     background thread while the job runs and by a replay of its output.json at the end."""
 
     def __init__(
-        self, job: Job, uri: str, experiment: str, parent: dict[str, Any] | None = None
-    ) -> None:
+        self, job: Job, uri: str, experiment: str, parent: dict[str, Any] | None = None,
+        register: str | None = None,
+    ) -> None:  # fmt: skip
         self.job = job
         self.uri = uri
         self.experiment = experiment
         self.parent = parent or {}
+        self.register = register
         self.client: Any = None
         self.run_id: str | None = None
         self.error: str | None = None
@@ -197,7 +199,33 @@ class MlflowTracker:
                 log.warning("MLflow mirror: %s", note)
             job.mlflow.pop("pending", None)
             job.mlflow.pop("error", None)
+            self._register(client, job, result.run_id)
+        if self.register and "registry" not in job.mlflow and job.status == JobStatus.COMPLETED:
+            job.mlflow["registry"] = {"name": self.register, "error": self.error}
         job.write_output()
+
+    def _register(self, client: Any, job: Job, run_id: str) -> None:
+        """``tracking.register``: the job's model as a new version (a sweep's trials wait for
+        the sweep's end, which registers the best). A failure never fails the job: output.json
+        says why and ``brevpipe models register`` retries."""
+        if not self.register or job.status != JobStatus.COMPLETED:
+            return
+        if job.extra.get("sweep"):
+            job.mlflow["registry"] = {"name": self.register, "deferred": "sweep"}
+            return
+        try:
+            job.mlflow["registry"] = registry.register_run(client, self.register, run_id,
+                                                           job.to_output())  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - registering never fails the job
+            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+            job.mlflow["registry"] = {"name": self.register, "error": reason}
+            log.warning("registering the model of job %s as %r failed (%s); once the registry "
+                        "answers, run: brevpipe models register %s --root %s", job.id,
+                        self.register, reason, job.id, job.root)  # fmt: skip
+        else:
+            entry = job.mlflow["registry"]
+            log.info("model registered: %s version %s (@%s)", entry["name"], entry["version"],
+                     entry["alias"])  # fmt: skip
 
 
 @dataclass
@@ -209,11 +237,14 @@ class TrackingSettings:
 
     Settings:
     ``enabled``: mirror each job into MLflow (false: no tracking)
+    ``register``: register the exported model as a new version of this registered model, alias
+    candidate (a sweep: its best trial, when it ends); null: no registration
     """
 
     enabled: bool = True
     uri: str | None = None
     experiment: str | None = None
+    register: str | None = None
 
     def tracker(self, job: Job, parent: dict[str, Any] | None = None) -> Tracker:
         """The job's mirror (what the runner calls: it knows no MLflow)."""
@@ -229,4 +260,7 @@ def make_tracker(
     uri = tracking_uri_for(tracking.get("uri"), job.root)
     if parent and parent.get("tracking_uri") not in (None, uri):
         parent = None  # the sweep's run lives in another store
-    return MlflowTracker(job, uri, tracking.get("experiment") or job.pipeline, parent)
+    register = tracking.get("register")
+    if register is not None:
+        registry.check_name(register)  # before the job starts
+    return MlflowTracker(job, uri, tracking.get("experiment") or job.pipeline, parent, register)

@@ -192,8 +192,10 @@ def _add_service_routes(app: FastAPI, service: ModelService, secured: Secured) -
     @app.get("/model", tags=["service"], dependencies=secured, responses=problems(401))
     def model() -> dict[str, Any]:
         """The model's metadata (model.json of its archive): classes, input shape,
-        preprocessing."""
-        return service.predictor.metadata
+        preprocessing; and ``source``: the MODEL it was loaded from and, for a registered
+        model, its ``name``, ``version`` (the one served now) and ``alias``."""
+        predictor = service.predictor
+        return {**predictor.metadata, "source": predictor.source}
 
 
 def _add_predict_routes(app: FastAPI, service: ModelService, secured: Secured, max_batch: int,

@@ -33,6 +33,7 @@ class Predictor:
     def __init__(self, model: Any, metadata: dict[str, Any]) -> None:
         self.model = model
         self.metadata = metadata
+        self.source: dict[str, Any] = {}  # which model this is (set by resolve_model)
         self.classes: list[str] = list(metadata["classes"])
         preprocessing = dict(metadata["preprocessing"])
         self.loader = ImageLoader.from_record(preprocessing)

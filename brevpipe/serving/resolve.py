@@ -37,10 +37,39 @@ MODEL_HELP = (
 def resolve_model(
     model: str, job_root: str = DEFAULT_JOB_ROOT, tracking_uri: str | None = None
 ) -> Predictor:
-    """The :class:`Predictor` for MODEL (archive URL, job bucket, job id or MLflow URI)."""
+    """The :class:`Predictor` for MODEL (archive URL, job bucket, job id or MLflow URI); its
+    ``source`` says which model that was (for a registered model: its name and version)."""
     from brevpipe.serving.predictor import load_predictor
 
-    return load_predictor(model_archive_url(model, job_root, tracking_uri))
+    source: dict[str, Any] = {"model": model}
+    if model.startswith(("runs:/", "models:/")):
+        source.update(registered_version(model, job_root, tracking_uri))
+        model = f"runs:/{source['run_id']}/mlflow_model"  # the version looked up, once
+    predictor = load_predictor(model_archive_url(model, job_root, tracking_uri))
+    predictor.source = source
+    return predictor
+
+
+def registered_version(
+    uri: str, job_root: str = DEFAULT_JOB_ROOT, tracking_uri: str | None = None
+) -> dict[str, Any]:
+    """``{run_id}`` of an MLflow model URI, with ``name`` and ``version`` (and ``alias``) for a
+    registered model: the version an alias or ``latest`` means now."""
+    kind, name, ref = parse_mlflow_uri(uri)
+    client, store = _client(job_root, tracking_uri)
+    if kind == "run":
+        return {"run_id": name}
+    version = _version_of(client, uri, store)
+    found = {"run_id": version.run_id, "name": name, "version": int(version.version)}
+    return {**found, "alias": ref} if kind == "alias" else found
+
+
+def _client(job_root: str, tracking_uri: str | None) -> tuple[Any, str]:
+    from mlflow import MlflowClient
+
+    store = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+             or default_tracking_uri(storage.normalize(job_root)))  # fmt: skip
+    return MlflowClient(tracking_uri=store, registry_uri=store), store
 
 
 def model_archive_url(
@@ -108,12 +137,7 @@ def _archive_of_job_id(job_id: str, root: str) -> str:
 
 def _archive_from_mlflow(uri: str, job_root: str, tracking_uri: str | None) -> str:
     parse_mlflow_uri(uri)  # a malformed URI fails before MLflow is imported
-
-    from mlflow import MlflowClient
-
-    tracking_uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                    or default_tracking_uri(storage.normalize(job_root)))  # fmt: skip
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client, tracking_uri = _client(job_root, tracking_uri)
     run_id = _run_id_of(client, uri, tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -168,9 +192,18 @@ def parse_mlflow_uri(uri: str) -> tuple[str, str, str]:
 
 def _run_id_of(client: Any, uri: str, tracking_uri: str) -> str:
     """The run id of ``runs:/<id>/...`` or of a registered model version ``models:/...``."""
-    kind, name, ref = parse_mlflow_uri(uri)
+    kind, name, _ = parse_mlflow_uri(uri)
     if kind == "run":
         return name
+    version = _version_of(client, uri, tracking_uri)
+    if not version.run_id:
+        raise ConfigError(f"{uri} was not registered from an MLflow run: give the archive URL.")
+    return version.run_id
+
+
+def _version_of(client: Any, uri: str, tracking_uri: str) -> Any:
+    """The registered model version ``models:/<name>/<version|latest>`` or ``@alias`` means."""
+    kind, name, ref = parse_mlflow_uri(uri)
     try:
         if kind == "alias":
             version = client.get_model_version_by_alias(name, ref)
@@ -183,8 +216,6 @@ def _run_id_of(client: Any, uri: str, tracking_uri: str) -> str:
             version = client.get_model_version(name, ref)
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"{uri}: no such registered model version in {tracking_uri} ("
-                          f"{type(exc).__name__}); pass --tracking-uri or check the name."
-                          ) from None  # fmt: skip
-    if not version.run_id:
-        raise ConfigError(f"{uri} was not registered from an MLflow run: give the archive URL.")
-    return version.run_id
+                          f"{type(exc).__name__}); pass --tracking-uri or check the name "
+                          "(brevpipe models show NAME).") from None  # fmt: skip
+    return version

@@ -49,19 +49,23 @@ class ModelService:
         max_pending: int = MAX_PENDING_TASKS,
         max_pixels: int = MAX_PIXELS,
     ) -> None:
-        import tensorflow as tf
-
-        if predictor.metadata.get("task") == "segmentation":
-            raise ConfigError("this is a segmentation model: the service returns class scores "
-                              "per image; serve a classification model.")  # fmt: skip
-        self.predictor = predictor
         self._model_lock = threading.Lock()
         self._tasks_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
         self.max_pending = int(max_pending)
         self.max_pixels = int(max_pixels)
         self.tasks: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._active = self._prepare(predictor)
         self.executor = ThreadPoolExecutor(max(1, task_threads), thread_name_prefix="brevpipe-task")
+
+    def _prepare(self, predictor: Predictor) -> tuple[Predictor, Any]:
+        """The predictor with its traced decoder, warmed on one image."""
+        import numpy as np
+        import tensorflow as tf
+
+        if predictor.metadata.get("task") == "segmentation":
+            raise ConfigError("this is a segmentation model: the service returns class scores "
+                              "per image; serve a classification model.")  # fmt: skip
         loader = predictor.loader
 
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
@@ -70,14 +74,24 @@ class ModelService:
             # augmentation), normalize
             return loader.normalize(loader.decode(data))
 
-        self._decode = decode
-        self._decode.get_concrete_function()  # trace once, now
-        import numpy as np
+        decode.get_concrete_function()  # trace once, now
+        with self._model_lock:
+            predictor.predict(np.zeros((1, *loader.output_shape), np.float32))  # warm the model
+        return predictor, decode
 
-        self.predict_batch(np.zeros((1, *loader.output_shape), np.float32))  # warm the model
+    @property
+    def predictor(self) -> Predictor:
+        return self._active[0]
 
-    def decode(self, name: str, data: bytes) -> np.ndarray:
-        """One image as the model sees it; a :class:`DataError` naming it if it does not decode."""
+    def swap(self, predictor: Predictor) -> None:
+        """Serve ``predictor`` from now on (a moved alias): it is loaded and warmed first, then
+        replaces the model in one step; a request under way finishes with the model it began
+        with."""
+        self._active = self._prepare(predictor)
+
+    def decode(self, name: str, data: bytes, decoder: Any = None) -> np.ndarray:
+        """One image as the model sees it; a :class:`DataError` naming it if it does not decode.
+        ``decoder``: the active model's unless given."""
         from brevpipe.data.decode import error_text
 
         if not data:
@@ -85,7 +99,7 @@ class ModelService:
         self._check_pixels(name, data)
         try:
             with self._decode_slots:
-                return self._decode(data).numpy()
+                return (decoder or self._active[1])(data).numpy()
         except Exception as exc:  # noqa: BLE001 - any decode failure makes the image unusable
             reason = error_text(getattr(exc, "message", None) or str(exc) or "")
             if reason == "cannot decode":  # graph-mode errors keep their detail in the log
@@ -110,19 +124,20 @@ class ModelService:
             raise DataError(f"image {name!r} is {width}x{height} pixels, over the limit of "
                             f"{self.max_pixels} (--max-pixels): send a smaller image.")  # fmt: skip
 
-    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+    def predict_batch(self, images: np.ndarray, predictor: Predictor | None = None) -> np.ndarray:
         """Scores for preprocessed images; the model is called by one thread at a time."""
         with self._model_lock:
-            return self.predictor.predict(images)
+            return (predictor or self.predictor).predict(images)
 
     def predict(self, images: Sequence[tuple[str, bytes]]) -> list[dict[str, Any]]:
         """``[{name, predicted, scores: {class: score}}]`` for ``(name, encoded bytes)`` pairs."""
         import numpy as np
 
-        batch = np.stack([self.decode(name, data) for name, data in images])
-        scores = self.predict_batch(batch)
-        decided = self.predictor.decide(scores)
-        classes = self.predictor.classes
+        predictor, decoder = self._active  # one model for the whole request
+        batch = np.stack([self.decode(name, data, decoder) for name, data in images])
+        scores = self.predict_batch(batch, predictor)
+        decided = predictor.decide(scores)
+        classes = predictor.classes
         return [
             {"name": name, "predicted": label,
              "scores": {c: float(v) for c, v in zip(classes, row, strict=True)}}
