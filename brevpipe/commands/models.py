@@ -229,7 +229,7 @@ def _print_show(info: dict[str, Any]) -> None:
         table = _table("test reports", "version", "job", "at", "dataset", "metrics")
         for number, r in reports:
             metrics = ", ".join(f"{k} {_number(v)}" for k, v in sorted(r["metrics"].items())
-                                if k.startswith("test/"))  # fmt: skip
+                                if k.startswith("test/") and k.count("/") == 1)  # fmt: skip
             table.add_row(str(number), str(r.get("job_id"))[:8], str(r.get("at")),
                           str(r.get("dataset") or "-"), metrics or "-")  # fmt: skip
         console.print(table)

@@ -177,6 +177,7 @@ def _builtins(registry: Registry) -> None:
         "generic": ("split_samples", "export"),
         "classification": ("find_samples", "train", "evaluate", "preview", "report"),
         "segmentation": ("find_samples", "train", "evaluate", "report"),
+        "testing": ("load_model", "report"),
     }.items():  # fmt: skip
         for name in names:
             public = name if module == "generic" else f"{module}.{name}"

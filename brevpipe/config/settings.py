@@ -85,8 +85,19 @@ class RerunSettings:
 
 
 @dataclass
+class TestSettings:
+    """What ``pipeline=test`` evaluates (a test report: no training). ``model``: an archive URL,
+    a job bucket, a job id under ``job.root``, or an MLflow model URI
+    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...``) in ``tracking.uri``'s
+    store."""
+
+    model: Optional[str] = None
+
+
+@dataclass
 class BrevpipeSettings:
-    """brevpipe's own settings: the root seed, the job, storage, runtime, sweep and rerun."""
+    """brevpipe's own settings: the root seed, the job, storage, runtime, sweep, rerun and the
+    model a test report evaluates."""
 
     seed: int = 42  # the root seed: every stage and component derives its own from it
     job: JobSettings = field(default_factory=JobSettings)
@@ -94,6 +105,7 @@ class BrevpipeSettings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     sweep: SweepSettings = field(default_factory=SweepSettings)
     rerun: RerunSettings = field(default_factory=RerunSettings)
+    test: TestSettings = field(default_factory=TestSettings)
 
 
 # The whole config: brevpipe's settings, one node per config group (the kinds table's groups,

@@ -95,8 +95,9 @@ class StageContext:
         self._job.write_output()
 
     def set_section(self, key: str, value: dict[str, Any]) -> None:
-        """Fill an output.json section (``samples``, ``model``) from this stage."""
-        setattr(self._job, key, value)
+        """Fill an output.json section (``samples``, ``model``, or one of its own) from this
+        stage."""
+        _set_section(self._job, key, value)
         self.recorded.setdefault("sections", {})[key] = value
 
     def add_skipped(self, urls: list[str]) -> None:
@@ -112,4 +113,14 @@ class StageContext:
             self._job.add_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
         self._job.add_metrics(recorded.get("metrics", {}))
         for key, value in recorded.get("sections", {}).items():
-            setattr(self._job, key, value)
+            _set_section(self._job, key, value)
+
+
+SECTIONS = ("samples", "dataset", "model")  # the Job's own; others go to its extra sections
+
+
+def _set_section(job: Job, key: str, value: dict[str, Any]) -> None:
+    if key in SECTIONS:
+        setattr(job, key, value)
+    else:
+        job.extra[key] = value

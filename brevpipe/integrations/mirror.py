@@ -190,6 +190,8 @@ def sync_job(
     if final and status:
         _sync_artifacts(client, run, bucket, result)
         _sync_model(client, run, output, bucket, result)
+        if status == "FINISHED":
+            _link_test_report(client, run_id, output, result)
         if run.info.status != status or not run.info.end_time:
             end = _millis(job.get("end"))
             retrying(client.set_terminated, run_id, status, end_time=end)
@@ -253,6 +255,23 @@ def _sync_dataset(client: Any, run: Any, output: dict[str, Any]) -> None:
                       profile=json.dumps({"num_rows": record.get("count")}))  # fmt: skip
     retrying(client.log_inputs, run.info.run_id, datasets=[
         DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+
+
+def _link_test_report(client: Any, run_id: str, output: dict[str, Any],
+                      result: SyncResult) -> None:  # fmt: skip
+    """A test job (``pipeline=test``) of a registered version: listed under that version."""
+    from brevpipe.integrations.registry import NAME, link_test_report
+
+    tested = output.get("tested_model") or {}
+    name, version = tested.get("name"), tested.get("version")
+    if not isinstance(name, str) or not NAME.fullmatch(name) or not isinstance(version, int):
+        return
+    try:
+        link_test_report(client, name, version, output, run_id)
+    except Exception as exc:  # noqa: BLE001 - the run is complete without the link
+        result.notes.append(f"test report not linked to {name} version {version}: {exc}")
+        return
+    retrying(client.set_tag, run_id, "brevpipe.tested_model", f"models:/{name}/{version}")
 
 
 def _artifact_files(bucket: str) -> tuple[Any, str, dict[str, str]]:

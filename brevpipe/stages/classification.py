@@ -173,7 +173,7 @@ def report(
                           for purpose in split_samples["purpose"].unique()])  # fmt: skip
     image_loader = ImageLoader(**{**job_loader.metadata(), "rescale": "none"})
     images = _atlases(ctx, readable, _read_back(predictions), classes, image_loader, atlas_size)
-    if storage.exists(preview["url"]):
+    if preview.get("url") and storage.exists(preview["url"]):
         images["First augmented training batch"] = storage.read_bytes(preview["url"])
     metrics = common.report_metrics(evaluation, history)
     return common.publish_report(ctx, split_samples, specs, images, pivot, metrics)
