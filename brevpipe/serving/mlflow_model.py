@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import tarfile
 import warnings
 from collections.abc import Sequence
@@ -157,18 +158,35 @@ def save_models(archive: Path, folder: Path) -> dict[str, Path]:
         ),  # fmt: skip
     }
     saved = {}
+    # MLflow copies the archive into each model with a progress bar per copy: noise in a job's
+    # console (a user who set the variable keeps theirs)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # a segmentation model scores pixels: no table of class scores per image
     kinds = ((ARRAYS, "arrays"),) if segmentation else ((IMAGES, "images"), (ARRAYS, "arrays"))
     for path, inputs in kinds:
         saved[path] = folder / path
+        # "models from code": MLflow keeps this file and runs it to load the model; nothing
+        # is pickled
+        code = folder / f"{path}.py"
+        code.write_text(MODEL_CODE.format(inputs=inputs))
         with warnings.catch_warnings():  # an example image would have to run the model here
             warnings.filterwarnings("ignore", ".*An input example was not provided")
             mlflow.pyfunc.save_model(
-                str(saved[path]), python_model=BrevpipeModel(inputs),
+                str(saved[path]), python_model=str(code),
                 artifacts={ARCHIVE_KEY: str(archive)}, signature=signatures[path],
                 pip_requirements=requirements(), metadata={**kept, "inputs": inputs},
             )  # fmt: skip
     return saved
+
+
+MODEL_CODE = """\
+# brevpipe's model for MLflow (brevpipe.serving.mlflow_model): loading it needs brevpipe.
+import mlflow.models
+
+from brevpipe.serving.mlflow_model import BrevpipeModel
+
+mlflow.models.set_model(BrevpipeModel({inputs!r}))
+"""
 
 
 def _model_json(archive: Path) -> dict[str, Any]:
