@@ -86,7 +86,7 @@ def test_tags_and_digest_are_recorded_listed_and_filtered(tiny_config, tmp_path:
     assert [r.id for r in list_jobs(root, tags=["line3"])] == [tagged.id]
     assert [r.id for r in list_jobs(root, tags=["line3", "other"])] == []
     assert [r.id for r in list_jobs(root, dataset=digest[:6])] == [tagged.id]
-    assert storage.read_json(plain.output_url)["dataset"]["digest"] != digest  # another seed: another split
+    assert storage.read_json(plain.output_url)["dataset"]["digest"] != digest  # another seed
     listed = subprocess.run(
         [sys.executable, "-m", "brevpipe", "jobs", "list", "--root", root, "--tag", "night-shift",
          "--format", "json"], capture_output=True, text=True, check=True,

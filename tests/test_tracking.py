@@ -147,12 +147,22 @@ def test_optuna_sweep_three_trials(tmp_path: Path) -> None:
 
 
 def test_joblib_launcher_two_workers(tmp_path: Path) -> None:
-    sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2")
+    """With tracking.register, only the sweep's best trial is registered, at the sweep's end."""
+    sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
+          "tracking.register=swept")  # fmt: skip
     outputs = outputs_under(tmp_path / "jobs")
     assert sorted(o["seed"] for o in outputs) == [1, 2]
     assert {o["job"]["status"] for o in outputs} == {"completed"}
-    _, parent, children = parent_and_children(tmp_path)
+    client, parent, children = parent_and_children(tmp_path)
     assert len(children) == 2 and parent.info.status == "FINISHED"
+    best = parent.data.tags["brevpipe.best_job_id"]
+    [version] = client.search_model_versions("name='swept'")
+    assert version.tags["brevpipe.job_id"] == best and parent.data.tags["brevpipe.registered"] \
+        == f"models:/swept/{version.version}"  # fmt: skip
+    registry = {o["job"]["id"]: o["mlflow"]["registry"] for o in outputs}
+    assert registry[best]["version"] == int(version.version)
+    assert [r for job, r in registry.items() if job != best] == [{"name": "swept",
+                                                                  "deferred": "sweep"}]
 
 
 @pytest.mark.ray

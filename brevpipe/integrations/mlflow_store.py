@@ -51,7 +51,7 @@ def open_client(uri: str) -> Any:
     from mlflow import MlflowClient
 
     if not uri.startswith("sqlite:///"):
-        return MlflowClient(tracking_uri=uri)
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
     from filelock import FileLock
 
     path = Path(uri.removeprefix("sqlite:///"))
@@ -59,7 +59,7 @@ def open_client(uri: str) -> Any:
     with FileLock(f"{path}.lock", timeout=300):  # the client creates the store
         if not path.exists():
             _copy_empty_store(path)
-        client = MlflowClient(tracking_uri=uri)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         retrying(client.search_experiments, max_results=1)
     return client
 

@@ -25,6 +25,7 @@ from brevpipe.integrations import mlflow_store
 from brevpipe.jobs.tags import tags_of
 
 CANDIDATE = "candidate"
+MODEL_PATHS = ("mlflow_model", "mlflow_model_arrays")  # serving.mlflow_model's IMAGES, ARRAYS
 PROMOTION_TAG = "brevpipe.promotion."
 TEST_REPORT_TAG = "brevpipe.test_report."
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -89,9 +90,15 @@ def version_tags(output: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def model_path(output: dict[str, Any]) -> str:
+    """The run's model to register: the image-in one (a segmentation model has only arrays)."""
+    recorded = str((output.get("mlflow") or {}).get("model_uri") or "").rsplit("/", 1)[-1]
+    return recorded if recorded in MODEL_PATHS else MODEL_PATHS[0]
+
+
 def register_run(client: Any, name: str, run_id: str, output: dict[str, Any]) -> dict[str, Any]:
-    """Register the run's ``mlflow_model`` as a version of ``name`` (once per job: a second
-    call finds the first version) and move ``candidate`` to it."""
+    """Register the run's model (:func:`model_path`) as a version of ``name`` (once per job: a
+    second call finds the first version) and move ``candidate`` to it."""
     from mlflow.exceptions import MlflowException
 
     check_name(name)
@@ -109,7 +116,7 @@ def register_run(client: Any, name: str, run_id: str, output: dict[str, Any]) ->
                 raise
         run = mlflow_store.retrying(client.get_run, run_id)
         version = mlflow_store.retrying(
-            client.create_model_version, name, f"{run.info.artifact_uri}/mlflow_model",
+            client.create_model_version, name, f"{run.info.artifact_uri}/{model_path(output)}",
             run_id=run_id, tags=version_tags(output),
             description=f"brevpipe job {job_id}",
         )  # fmt: skip

@@ -175,7 +175,8 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    client = MlflowClient(tracking_uri=record["tracking_uri"],
+                          registry_uri=record["tracking_uri"])
     parent, objective = record["run_id"], record["objective"]
     children = client.search_runs(
         [record["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
