@@ -150,13 +150,16 @@ def test_a_dataset_with_classes_the_model_lacks_is_refused(store: dict, tmp_path
 
 
 def test_registration_failing_at_export_completes_the_job_and_is_retried(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, caplog
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     output = train(tmp_path, "trainer.epochs=1", f"tracking.uri={dead}")
     assert output["job"]["status"] == "completed"
     assert output["mlflow"]["registry"]["name"] == "parts"
-    assert "Connection refused" in output["mlflow"]["registry"]["error"]
+    assert output["mlflow"]["registry"]["error"] and "version" not in output["mlflow"]["registry"]
+    hint = f"brevpipe models register {output['job']['id']} --root {tmp_path / 'jobs'} " \
+           f"--tracking-uri {dead}"  # fmt: skip
+    assert hint in caplog.text
 
     uri = f"sqlite:///{tmp_path / 'later.db'}"
     job_id, root = output["job"]["id"], str(tmp_path / "jobs")
@@ -170,6 +173,25 @@ def test_registration_failing_at_export_completes_the_job_and_is_retried(
     assert len(client.search_model_versions("name='parts'")) == 1
 
 
+def test_registering_again_moves_no_alias_and_a_job_without_a_model_is_refused(
+    store: dict, capsys
+) -> None:
+    client = MlflowClient(tracking_uri=store["uri"], registry_uri=store["uri"])
+    first = store["first"]["job"]["id"]
+    before = client.get_registered_model("parts").aliases
+    code, out, err = cli(capsys, "register", first, "--root", store["root"])  # the job's store
+    assert code == 0 and "registered as parts version 1 " in out, err
+    assert client.get_registered_model("parts").aliases == before  # candidate stays on 2
+    # a test job (no export) with tracking.register: the job completes, nothing is registered
+    output = train(store["folder"], "pipeline=test", "test.model=models:/parts/2",
+                   "dataset.samples_per_class=4")  # fmt: skip
+    assert output["job"]["status"] == "completed"
+    assert "has no exported model" in output["mlflow"]["registry"]["error"]
+    assert len(client.search_model_versions("name='parts'")) == 2
+    code, _, err = cli(capsys, "show", "parts'--", "--tracking-uri", store["uri"])
+    assert code == 1 and "is not a model name" in err
+
+
 def serve_mlflow_model(model_uri: str, tracking_uri: str, log: Path) -> tuple[subprocess.Popen,
                                                                                 str]:  # fmt: skip
     """``mlflow models serve`` of ``model_uri`` on a free port, once it answers."""
@@ -178,7 +200,7 @@ def serve_mlflow_model(model_uri: str, tracking_uri: str, log: Path) -> tuple[su
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
          "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
         # MLflow starts uvicorn by name: the venv's bin first, as an activated venv has it
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri,
              "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip

@@ -210,19 +210,17 @@ def test_corrupt_jpeg_is_named_or_skipped(job, predictor, image_folder, capsys) 
 
 @pytest.mark.slow
 def test_mlflow_uris_lead_to_the_jobs_archive(job, predictor, tmp_path, capsys) -> None:
-    import mlflow
     from mlflow import MlflowClient
 
     uri = f"runs:/{job.run_id}/mlflow_model"
     assert model_archive_url(uri, tracking_uri=job.tracking_uri) == job.archive
-    # a registered version of the run's model
-    mlflow.set_tracking_uri(job.tracking_uri)
-    mlflow.set_registry_uri(job.tracking_uri)
-    try:
-        version = mlflow.register_model(uri, "tiny-shapes")
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    # a registered version of the run's model (a client of its own: mlflow.set_registry_uri
+    # would leave MLFLOW_REGISTRY_URI set for every later test and subprocess)
+    client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
+    client.create_registered_model("tiny-shapes")
+    run = client.get_run(job.run_id)
+    version = client.create_model_version("tiny-shapes", f"{run.info.artifact_uri}/mlflow_model",
+                                          run_id=job.run_id)  # fmt: skip
     for name in (f"models:/tiny-shapes/{version.version}", "models:/tiny-shapes/latest"):
         assert model_archive_url(name, tracking_uri=job.tracking_uri) == job.archive
 

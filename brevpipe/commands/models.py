@@ -14,16 +14,18 @@ from collections.abc import Callable
 from typing import Any
 
 from brevpipe.errors import BrevpipeError
+from brevpipe.integrations import registry
+from brevpipe.integrations.sync import store_for, sync_record
 from brevpipe.io import storage
-from brevpipe.jobs.layout import default_tracking_uri
-from brevpipe.jobs.records import DEFAULT_ROOT
+from brevpipe.jobs.layout import JobBucket, default_tracking_uri
+from brevpipe.jobs.records import DEFAULT_ROOT, get_job
 
 EPILOG = """\
 examples:
   brevpipe models list
   brevpipe models show parts_classifier                versions, aliases, metrics, promotions
   brevpipe models promote parts_classifier @candidate --alias champion \\
-      --require devel/accuracy>=0.95 --than champion
+      --require 'devel/accuracy>=0.95' --than champion
   brevpipe models promote parts_classifier 3 --alias champion
   brevpipe models register <job id> --name parts_classifier   (retry a failed registration)
 """
@@ -53,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("version", nargs="?", default=None,
                          help="a version number or @alias (default @candidate)")
     promote.add_argument("--alias", required=True, help="the alias to move, such as champion")
-    promote.add_argument("--require", action="append", default=[], metavar="METRIC>=X",
-                         help="a metric threshold the version must meet (repeatable)")
+    promote.add_argument("--require", action="append", default=[], metavar="'METRIC>=X'",
+                         help="a metric threshold the version must meet (repeatable; quote it: "
+                              "the shell reads > as a redirection)")  # fmt: skip
     promote.add_argument("--than", metavar="ALIAS",
                          help="the version's key metric must beat the one ALIAS holds")
     promote.add_argument("--by", help="who promotes (default: the user name)")
@@ -77,15 +80,16 @@ def main(argv: list[str]) -> int:
         parser.print_help(sys.stderr)
         return 2
     root = storage.normalize(getattr(args, "root", None) or DEFAULT_ROOT)
-    uri = (getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
-           or default_tracking_uri(root))  # fmt: skip
     as_json = getattr(args, "format", "table") == "json"
-    from brevpipe.integrations.registry import open_registry
-
     try:
-        result = HANDLERS[args.action](args, open_registry(uri), root, uri)
+        uri = store_of(args, root)
+        result = HANDLERS[args.action](args, registry.open_registry(uri), root, uri)
     except BrevpipeError as exc:
         print(f"brevpipe models: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - MLflow's and the store's errors: one line
+        reason = (str(exc).splitlines() or [""])[0][:300]
+        print(f"brevpipe models: error: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
     if as_json:
         print(json.dumps(result, indent=2, default=str))
@@ -94,11 +98,41 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def store_of(args: argparse.Namespace, root: str) -> str:
+    """The MLflow store: --tracking-uri, else (registering a job) the job's own, else
+    $MLFLOW_TRACKING_URI, else the root's sqlite:///mlflow.db."""
+    if explicit := getattr(args, "tracking_uri", None):
+        return str(explicit)
+    if args.action == "register":
+        return store_for(get_job(root, args.job), root, None)
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
+
+
+def _all(search: Callable[..., Any], *args: Any) -> list[Any]:
+    """Every page of an MLflow search."""
+    found, token = [], None
+    while True:
+        page = search(*args, max_results=1000 if search.__name__.endswith("models") else 10000,
+                      page_token=token)  # fmt: skip
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _versions(client: Any, name: str) -> list[Any]:
+    return _all(client.search_model_versions, f"name='{registry.check_name(name)}'")
+
+
 # -- actions: each returns plain data ---------------------------------------------------------
 def _list(args: argparse.Namespace, client: Any, root: str, uri: str) -> list[dict[str, Any]]:
     rows = []
-    for model in client.search_registered_models():
-        versions = client.search_model_versions(f"name='{model.name}'")
+    for model in _all(client.search_registered_models):
+        if not registry.NAME.fullmatch(model.name):  # not one brevpipe made: its name is shown
+            rows.append({"name": model.name, "versions": None, "latest": None,
+                         "aliases": {}, "updated": _time(model.last_updated_timestamp)})
+            continue
+        versions = _versions(client, model.name)
         rows.append({"name": model.name, "versions": len(versions),
                      "latest": max((int(v.version) for v in versions), default=None),
                      "aliases": {a: int(v) for a, v in sorted(model.aliases.items())},
@@ -107,15 +141,12 @@ def _list(args: argparse.Namespace, client: Any, root: str, uri: str) -> list[di
 
 
 def _show(args: argparse.Namespace, client: Any, root: str, uri: str) -> dict[str, Any]:
-    from brevpipe.integrations import registry
-
     model = registry.get_model(client, args.name)
     by_version: dict[int, list[str]] = {}
     for alias, number in model.aliases.items():
         by_version.setdefault(int(number), []).append(alias)
     versions = []
-    for version in sorted(client.search_model_versions(f"name='{args.name}'"),
-                          key=lambda v: int(v.version)):  # fmt: skip
+    for version in sorted(_versions(client, args.name), key=lambda v: int(v.version)):
         tags = version.tags or {}
         key = tags.get("brevpipe.key_metric") or ""
         metrics = registry.version_metrics(client, version)
@@ -132,31 +163,26 @@ def _show(args: argparse.Namespace, client: Any, root: str, uri: str) -> dict[st
 
 
 def _promote(args: argparse.Namespace, client: Any, root: str, uri: str) -> dict[str, Any]:
-    from brevpipe.integrations.registry import Gate, promote
-
-    gates = [Gate.parse(text) for text in args.require]
-    return promote(client, args.name, args.version, args.alias, gates, args.than, args.by)
+    gates = [registry.Gate.parse(text) for text in args.require]
+    return registry.promote(client, args.name, args.version, args.alias, gates, args.than,
+                            args.by)  # fmt: skip
 
 
 def _register(args: argparse.Namespace, client: Any, root: str, uri: str) -> dict[str, Any]:
-    from brevpipe.integrations.registry import RegistryError, register_run
-    from brevpipe.integrations.sync import sync_record
-    from brevpipe.jobs.records import get_job
-
     record = get_job(root, args.job)
     output = record.output or {}
     name = args.name or ((output.get("mlflow") or {}).get("registry") or {}).get("name") or (
         (record.config.get("tracking") or {}).get("register"))
     if not name:
-        raise RegistryError(f"job {record.id} names no model to register: add --name NAME.")
+        raise registry.RegistryError(f"job {record.id} names no model: add --name NAME.")
     if record.status != "completed":
-        raise RegistryError(f"job {record.id} is {record.status}: only a completed job's model "
-                            "is registered.")  # fmt: skip
+        raise registry.RegistryError(f"job {record.id} is {record.status}: only a completed "
+                                     "job's model is registered.")  # fmt: skip
     synced = sync_record(record, root, uri)  # the run and its models first (idempotent)
-    output = storage.read_json(record.bucket.rstrip("/") + "/artifacts/output.json")
-    entry = register_run(client, str(name), synced["run_id"], output)
+    output = storage.read_json(JobBucket(record.bucket).output)
+    entry = registry.register_run(client, str(name), synced["run_id"], output)
     output.setdefault("mlflow", {})["registry"] = entry
-    storage.write_json(record.bucket.rstrip("/") + "/artifacts/output.json", output)
+    storage.write_json(JobBucket(record.bucket).output, output)
     return {"job_id": record.id, **entry}
 
 
@@ -201,7 +227,7 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
     table = _table(None, "name", "versions", "latest", "aliases", "updated")
     for row in rows:
         aliases = ", ".join(f"@{a}={v}" for a, v in row["aliases"].items()) or "-"
-        table.add_row(row["name"], str(row["versions"]), str(row["latest"]), aliases,
+        table.add_row(row["name"], str(row["versions"] or "-"), str(row["latest"] or "-"), aliases,
                       str(row["updated"] or "-"))  # fmt: skip
     _console().print(table)
 

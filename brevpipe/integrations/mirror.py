@@ -24,6 +24,7 @@ from typing import Any
 from brevpipe import __version__
 from brevpipe.config.compose import flatten
 from brevpipe.integrations.mlflow_store import ensure_experiment, is_busy, retrying
+from brevpipe.integrations.registry import NAME, link_test_report
 from brevpipe.io import storage
 from brevpipe.jobs import layout
 from brevpipe.jobs.details import dotted
@@ -260,8 +261,6 @@ def _sync_dataset(client: Any, run: Any, output: dict[str, Any]) -> None:
 def _link_test_report(client: Any, run_id: str, output: dict[str, Any],
                       result: SyncResult) -> None:  # fmt: skip
     """A test job (``pipeline=test``) of a registered version: listed under that version."""
-    from brevpipe.integrations.registry import NAME, link_test_report
-
     tested = output.get("tested_model") or {}
     name, version = tested.get("name"), tested.get("version")
     if not isinstance(name, str) or not NAME.fullmatch(name) or not isinstance(version, int):

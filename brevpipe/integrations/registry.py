@@ -16,6 +16,7 @@ import getpass
 import json
 import operator
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from brevpipe.jobs.tags import tags_of
 CANDIDATE = "candidate"
 MODEL_PATHS = ("mlflow_model", "mlflow_model_arrays")  # serving.mlflow_model's IMAGES, ARRAYS
 PROMOTION_TAG = "brevpipe.promotion."
+ARCHIVE_TAG = "brevpipe.archive_sha256"  # the exported archive a version stands for
 TEST_REPORT_TAG = "brevpipe.test_report."
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
@@ -87,6 +89,8 @@ def version_tags(output: dict[str, Any]) -> dict[str, str]:
         tags["brevpipe.key_metric_value"] = repr(float(value))
     if job_tags := tags_of(output):
         tags["brevpipe.tags"] = ",".join(job_tags)
+    if archive := (output.get("model") or {}).get("archive_sha256"):
+        tags[ARCHIVE_TAG] = str(archive)
     return tags
 
 
@@ -97,32 +101,46 @@ def model_path(output: dict[str, Any]) -> str:
 
 
 def register_run(client: Any, name: str, run_id: str, output: dict[str, Any]) -> dict[str, Any]:
-    """Register the run's model (:func:`model_path`) as a version of ``name`` (once per job: a
-    second call finds the first version) and move ``candidate`` to it."""
+    """Register the run's model (:func:`model_path`) as a version of ``name`` and move
+    ``candidate`` to it. Once per job and exported archive: a second call returns the version
+    the first made and moves no alias."""
     from mlflow.exceptions import MlflowException
 
     check_name(name)
     job_id = str((output.get("job") or {}).get("id"))
+    archive = str((output.get("model") or {}).get("archive_sha256") or "")
+    path = model_path(output)
+    if not archive or not mlflow_store.retrying(client.list_artifacts, run_id, path):
+        raise RegistryError(f"job {job_id} has no exported model in its MLflow run ({path}): "
+                            "only a job that ran its export stage registers a model.")
     existing = [v for v in mlflow_store.retrying(client.search_model_versions,
-                                                 f"run_id='{run_id}'")  # fmt: skip
-                if v.name == name and (v.tags or {}).get("brevpipe.job_id") == job_id]
+                                                 f"run_id='{check_id(run_id)}'")  # fmt: skip
+                if v.name == name and (v.tags or {}).get("brevpipe.job_id") == job_id
+                and (v.tags or {}).get(ARCHIVE_TAG) == archive]
     if existing:
         version = min(existing, key=lambda v: int(v.version))
-    else:
-        try:
-            mlflow_store.retrying(client.create_registered_model, name)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        run = mlflow_store.retrying(client.get_run, run_id)
-        version = mlflow_store.retrying(
-            client.create_model_version, name, f"{run.info.artifact_uri}/{model_path(output)}",
-            run_id=run_id, tags=version_tags(output),
-            description=f"brevpipe job {job_id}",
-        )  # fmt: skip
+        return {"name": name, "version": int(version.version), "alias": CANDIDATE,
+                "uri": f"models:/{name}/{version.version}"}  # fmt: skip
+    try:
+        mlflow_store.retrying(client.create_registered_model, name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    run = mlflow_store.retrying(client.get_run, run_id)
+    version = mlflow_store.retrying(
+        client.create_model_version, name, f"{run.info.artifact_uri}/{path}", run_id=run_id,
+        tags=version_tags(output), description=f"brevpipe job {job_id}",
+    )  # fmt: skip
     mlflow_store.retrying(client.set_registered_model_alias, name, CANDIDATE, version.version)
     return {"name": name, "version": int(version.version), "alias": CANDIDATE,
             "uri": f"models:/{name}/{version.version}"}  # fmt: skip
+
+
+def check_id(run_id: str) -> str:
+    """An MLflow run id, safe inside a filter string."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(run_id)):
+        raise RegistryError(f"{str(run_id)[:80]!r} is not an MLflow run id.")
+    return run_id
 
 
 def get_model(client: Any, name: str) -> Any:
@@ -145,10 +163,10 @@ def find_version(client: Any, name: str, ref: str | None) -> Any:
     ref = ref or f"@{CANDIDATE}"
     try:
         if ref.startswith("@"):
-            return client.get_model_version_by_alias(name, ref[1:])
+            return mlflow_store.retrying(client.get_model_version_by_alias, name, ref[1:])
         if not ref.isdigit():
             raise RegistryError(f"{ref!r}: give a version number or @alias.")
-        return client.get_model_version(name, ref)
+        return mlflow_store.retrying(client.get_model_version, name, ref)
     except MlflowException:
         held = ", ".join(f"@{a}" for a in sorted(model.aliases)) or "none"
         raise RegistryError(f"model {name!r} has no version {ref} (aliases: {held}); brevpipe "
@@ -205,8 +223,7 @@ def promote(
             raise RegistryError(f"refused: version {version.version} has {gate.metric} "
                                 f"{value:.4g}, the gate is {gate}; alias {alias} not moved.")
         checked.append({"gate": str(gate), "value": value})
-    model = client.get_registered_model(name)
-    previous = model.aliases.get(alias)
+    previous = get_model(client, name).aliases.get(alias)
     if than:
         checked.append(_beats(client, name, version, metrics, than, alias))
     if previous is not None and int(previous) == int(version.version):
@@ -221,17 +238,15 @@ def promote(
                     or any(k == g.metric for g in require)},
         "gates": checked,
     }  # fmt: skip
-    number = 1 + max((int(k.removeprefix(PROMOTION_TAG)) for k in model.tags
-                      if k.startswith(PROMOTION_TAG) and k.removeprefix(PROMOTION_TAG).isdigit()),
-                     default=0)  # fmt: skip
-    client.set_registered_model_alias(name, alias, version.version)
+    # the log entry first, under a key no other promotion takes (time-ordered), then the alias:
+    # a failure to move it takes the entry back; nothing is half-moved
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+    key = f"{PROMOTION_TAG}{stamp}-{secrets.token_hex(3)}"
+    mlflow_store.retrying(client.set_registered_model_tag, name, key, json.dumps(record))
     try:
-        client.set_registered_model_tag(name, f"{PROMOTION_TAG}{number:05d}", json.dumps(record))
+        mlflow_store.retrying(client.set_registered_model_alias, name, alias, version.version)
     except Exception:
-        if previous is None:  # the log failed: the alias goes back where it was
-            client.delete_registered_model_alias(name, alias)
-        else:
-            client.set_registered_model_alias(name, alias, previous)
+        mlflow_store.retrying(client.delete_registered_model_tag, name, key)
         raise
     return {"name": name, "moved": True, "version": int(version.version), **record}
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from brevpipe.engine import cluster
 from brevpipe.errors import ConfigError
 from brevpipe.integrations.mlflow_store import ensure_experiment, open_client
+from brevpipe.integrations.registry import register_run
 from brevpipe.io import storage
 from brevpipe.jobs import layout
 
@@ -130,6 +131,7 @@ class MlflowSweepCallback(Callback):
             "run_id": run.info.run_id,
             "objective": str(config.sweep.objective),
             "register": config.tracking.get("register"),
+            "record_url": url,
             "direction": str(config.sweep.direction),
             "sweep_dir": str(hydra_cfg.sweep.dir),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -156,17 +158,27 @@ class MlflowSweepCallback(Callback):
             log.warning("could not summarise the sweep in MLflow: %s", exc)
 
 
-def register_best(client: Any, name: str, best: Any) -> dict[str, Any]:
-    """Register the sweep's best trial (``tracking.register``); its output.json records it."""
-    from brevpipe.integrations.registry import register_run
+def root_of(record: dict[str, Any]) -> str:
+    """The job root of a sweep: its record is ``<root>/sweeps/<id>.json``."""
+    return str(record.get("record_url") or "").rsplit("/", 2)[0]
 
-    url = layout.JobBucket(str(best["bucket"])).output
-    output = storage.read_json(url)
-    entry = register_run(client, name, str(best["run_id"]), output)
+
+def register_best(client: Any, record: dict[str, Any], best: Any) -> dict[str, Any]:
+    """Register the sweep's best trial (``tracking.register``); its output.json records it.
+    The trial's bucket comes from an MLflow tag: it must be a job of the sweep's own root."""
+    root, job_id = root_of(record), str(best["job_id"])
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", job_id):
+        raise ValueError(f"{job_id[:80]!r} is not a job id")
+    bucket = layout.JobBucket.of(root, job_id)
+    if not root or storage.normalize(str(best["bucket"])) != bucket.url:
+        raise ValueError(f"the best trial's bucket {best['bucket']!r} is not job {job_id} of "
+                         f"the sweep's root {root!r}")  # fmt: skip
+    output = storage.read_json(bucket.output)
+    entry = register_run(client, str(record["register"]), str(best["run_id"]), output)
     output.setdefault("mlflow", {})["registry"] = entry
-    storage.write_json(url, output)
-    log.info("sweep: best trial %s registered as %s version %s (@%s)", best["job_id"], name,
-             entry["version"], entry["alias"])  # fmt: skip
+    storage.write_json(bucket.output, output)
+    log.info("sweep: best trial %s registered as %s version %s (@%s)", job_id,
+             record["register"], entry["version"], entry["alias"])  # fmt: skip
     return entry
 
 
@@ -197,8 +209,8 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     scored = table.dropna(subset=[objective])
     summary: dict[str, Any] = {"objective": objective, "direction": record["direction"],
                                "children": len(table), "scored": len(scored)}  # fmt: skip
+    ascending = record["direction"].lower().startswith("min")
     if len(scored):
-        ascending = record["direction"].lower().startswith("min")
         best = scored.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
         summary.update(
             best_value=float(best[objective]), best_run_id=best["run_id"],
@@ -207,9 +219,18 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         client.log_metric(parent, f"best/{objective}", float(best[objective]))
         client.set_tag(parent, "brevpipe.best_job_id", str(best["job_id"]))
         client.set_tag(parent, "brevpipe.best_run_id", str(best["run_id"]))
-        if record.get("register") and best["status"] == "FINISHED":
-            summary["registered"] = register_best(client, str(record["register"]), best)
+    finished = scored[scored["status"] == "FINISHED"]
+    if record.get("register") and len(finished):
+        best = finished.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
+        try:
+            summary["registered"] = register_best(client, record, best)
             client.set_tag(parent, "brevpipe.registered", summary["registered"]["uri"])
+        except Exception as exc:  # noqa: BLE001 - the summary and the parent run end anyway
+            summary["registration_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("sweep: registering the best trial %s as %r failed (%s); once the "
+                        "registry answers, run: brevpipe models register %s --root %s "
+                        "--tracking-uri %s", best["job_id"], record["register"], exc,
+                        best["job_id"], root_of(record), record["tracking_uri"])  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="brevpipe-sweep-") as tmp:
         table.to_csv(Path(tmp, "sweep_children.csv"), index=False)
         Path(tmp, "sweep_summary.json").write_text(json.dumps(summary, indent=2))

@@ -43,6 +43,12 @@ def tracking_uri_for(uri: str | None, job_root: str) -> str:
     return uri or default_tracking_uri(job_root)
 
 
+def register_command(job: Job, uri: str) -> str:
+    """The command that registers this job's model later (into store ``uri``)."""
+    command = f"brevpipe models register {job.id} --root {job.root}"
+    return command if uri == default_tracking_uri(job.root) else f"{command} --tracking-uri {uri}"
+
+
 def sync_command(job: Job, uri: str) -> str:
     """The command that completes this job's mirror later (into store ``uri``)."""
     command = f"brevpipe jobs sync {job.id} --root {job.root}"
@@ -201,8 +207,14 @@ class MlflowTracker:
             job.mlflow.pop("error", None)
             self._register(client, job, result.run_id)
         if self.register and "registry" not in job.mlflow and job.status == JobStatus.COMPLETED:
-            job.mlflow["registry"] = {"name": self.register, "error": self.error}
+            self._registration_failed(job, str(self.error))
         job.write_output()
+
+    def _registration_failed(self, job: Job, reason: str) -> None:
+        job.mlflow["registry"] = {"name": self.register, "error": reason}
+        log.warning("registering the model of job %s as %r failed (%s); once the registry "
+                    "answers, run: %s", job.id, self.register, reason,
+                    register_command(job, self.uri))  # fmt: skip
 
     def _register(self, client: Any, job: Job, run_id: str) -> None:
         """``tracking.register``: the job's model as a new version (a sweep's trials wait for
@@ -210,18 +222,18 @@ class MlflowTracker:
         says why and ``brevpipe models register`` retries."""
         if not self.register or job.status != JobStatus.COMPLETED:
             return
-        if job.extra.get("sweep"):
+        if job.extra.get("sweep") and self.parent.get("run_id"):  # the sweep's end registers
             job.mlflow["registry"] = {"name": self.register, "deferred": "sweep"}
             return
         try:
             job.mlflow["registry"] = registry.register_run(client, self.register, run_id,
                                                            job.to_output())  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - registering never fails the job
-            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-            job.mlflow["registry"] = {"name": self.register, "error": reason}
-            log.warning("registering the model of job %s as %r failed (%s); once the registry "
-                        "answers, run: brevpipe models register %s --root %s", job.id,
-                        self.register, reason, job.id, job.root)  # fmt: skip
+            if isinstance(exc, registry.RegistryError):
+                reason = str(exc)
+            else:
+                reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+            self._registration_failed(job, reason)
         else:
             entry = job.mlflow["registry"]
             log.info("model registered: %s version %s (@%s)", entry["name"], entry["version"],

@@ -34,10 +34,12 @@ import mlflow.pyfunc
 
 from brevpipe import __version__
 from brevpipe.errors import DataError
+from brevpipe.serving.service import ModelService
 
 IMAGES, ARRAYS = "mlflow_model", "mlflow_model_arrays"  # artifact paths in the run
 ARCHIVE_KEY = "archive"
 IMAGE_COLUMN = "image"
+REQUIRES = f"brevpipe {__version__} beside MLflow (mlflow models serve --env-manager local)"
 
 
 class BrevpipeModel(mlflow.pyfunc.PythonModel):
@@ -57,7 +59,6 @@ class BrevpipeModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from brevpipe.serving.predictor import load_predictor
-        from brevpipe.serving.service import ModelService
 
         predictor = load_predictor(str(context.artifacts[ARCHIVE_KEY]))
         self._predictor = predictor
@@ -124,12 +125,15 @@ def _decoded(value: Any, index: int) -> bytes:
 
 
 def requirements() -> list[str]:
-    """What loading the model needs: brevpipe, TensorFlow and MLflow at this process's versions."""
+    """TensorFlow and MLflow at this process's versions. Not brevpipe itself, which the model's
+    code imports: it is not on PyPI, and an environment manager that installed a package of
+    that name from an index could install anyone's; serve with ``--env-manager local`` in an
+    environment that has brevpipe (the model's metadata says so)."""
     try:
         tensorflow = f"tensorflow-cpu=={version('tensorflow-cpu')}"
     except PackageNotFoundError:
         tensorflow = f"tensorflow=={version('tensorflow')}"
-    return [f"brevpipe=={__version__}", tensorflow, f"mlflow=={version('mlflow')}"]
+    return [tensorflow, f"mlflow=={version('mlflow')}"]
 
 
 def save_models(archive: Path, folder: Path) -> dict[str, Path]:
@@ -174,7 +178,8 @@ def save_models(archive: Path, folder: Path) -> dict[str, Path]:
             mlflow.pyfunc.save_model(
                 str(saved[path]), python_model=str(code),
                 artifacts={ARCHIVE_KEY: str(archive)}, signature=signatures[path],
-                pip_requirements=requirements(), metadata={**kept, "inputs": inputs},
+                pip_requirements=requirements(),
+                metadata={**kept, "inputs": inputs, "requires": REQUIRES},
             )  # fmt: skip
     return saved
 

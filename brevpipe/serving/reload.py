@@ -4,7 +4,7 @@ A thread asks the registry every SECONDS which version the alias holds; when it 
 version is loaded and warmed beside the one being served, then swapped in at once
 (:meth:`ModelService.swap`): no request is dropped, and each is answered by one model. A
 registry that does not answer, or a version that does not load, keeps the current model and is
-logged; the next poll tries again.
+logged; the next poll tries again (a version that did not load: once the alias moves on).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class AliasWatcher:
             raise ConfigError(f"--reload-alias {every_s:g}: give seconds above 0.")
         self.service, self.uri, self.every_s = service, uri, float(every_s)
         self.job_root, self.tracking_uri = job_root, tracking_uri
+        self._failed: int | None = None  # a version that did not load
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="alias-watcher", daemon=True)
 
@@ -42,15 +43,21 @@ class AliasWatcher:
         self._thread.join(timeout=5)
 
     def check(self) -> bool:
-        """One poll: swap in the version the alias holds now if it moved; whether it did."""
+        """One poll: swap in the version the alias holds now if it moved; whether it did. A
+        version that failed to load is not tried again until the alias moves on."""
         now = registered_version(self.uri, self.job_root, self.tracking_uri)
+        now.pop("archive_sha256", None)  # resolve_model checks it
         served = self.service.predictor.source.get("version")
-        if now.get("version") == served:
+        if now.get("version") in (served, self._failed):
             return False
-        predictor = resolve_model(f"models:/{now['name']}/{now['version']}", self.job_root,
-                                  self.tracking_uri)  # fmt: skip
-        predictor.source = {"model": self.uri, **now}
-        self.service.swap(predictor)
+        try:
+            predictor = resolve_model(f"models:/{now['name']}/{now['version']}", self.job_root,
+                                      self.tracking_uri)  # fmt: skip
+            predictor.source = {"model": self.uri, **now}
+            self.service.swap(predictor)
+        except Exception:
+            self._failed = now.get("version")
+            raise
         log.info("%s moved: now serving version %s (was %s)", self.uri, now["version"], served)
         return True
 

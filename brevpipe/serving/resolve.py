@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -45,7 +46,13 @@ def resolve_model(
     if model.startswith(("runs:/", "models:/")):
         source.update(registered_version(model, job_root, tracking_uri))
         model = f"runs:/{source['run_id']}/mlflow_model"  # the version looked up, once
-    predictor = load_predictor(model_archive_url(model, job_root, tracking_uri))
+    archive = model_archive_url(model, job_root, tracking_uri)
+    expected = source.pop("archive_sha256", None)
+    if expected and hashlib.sha256(storage.read_bytes(archive)).hexdigest() != expected:
+        raise ConfigError(f"{source['model']}: the archive at {archive} is not the one version "
+                          f"{source.get('version')} was registered with (its job was run again "
+                          "in place?); register that job again, or give another version.")
+    predictor = load_predictor(archive)
     predictor.source = source
     return predictor
 
@@ -60,7 +67,11 @@ def registered_version(
     if kind == "run":
         return {"run_id": name}
     version = _version_of(client, uri, store)
+    if not version.run_id:
+        raise ConfigError(f"{uri} was not registered from an MLflow run: give the archive URL.")
     found = {"run_id": version.run_id, "name": name, "version": int(version.version)}
+    if archive := (version.tags or {}).get("brevpipe.archive_sha256"):
+        found["archive_sha256"] = str(archive)
     return {**found, "alias": ref} if kind == "alias" else found
 
 
@@ -180,6 +191,9 @@ def parse_mlflow_uri(uri: str) -> tuple[str, str, str]:
             raise ConfigError(f"{uri}: write runs:/<run_id>/mlflow_model.")
         return "run", run_id, ""
     rest = uri.removeprefix("models:/").strip("/")
+    if any(c in rest for c in "'\"`\\") or not rest.isprintable():
+        raise ConfigError(f"{uri!r}: a model name has no quotes, backslashes or control "
+                          "characters.")  # fmt: skip
     name, _, alias = rest.partition("@")
     if name and alias:
         return "alias", name, alias
