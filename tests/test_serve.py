@@ -60,9 +60,9 @@ def url(job: TinyJob) -> Iterator[str]:
     """The service on a free 127.0.0.1 port, uvicorn in a background thread."""
     import uvicorn
 
-    from brevpipe.serving.predictor import load_predictor
+    from brevpipe.serving.resolve import resolve_model
 
-    app = create_app(load_predictor(job.archive), SECRET, max_batch=MAX_BATCH,
+    app = create_app(resolve_model(job.archive), SECRET, max_batch=MAX_BATCH,
                      max_bytes=MAX_BYTES)  # fmt: skip
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -120,6 +120,8 @@ def test_health_docs_and_model(url, headers, job) -> None:
     model = httpx.get(f"{url}/model", headers=headers).json()
     assert model["classes"] == ["circle", "square", "triangle"]
     assert model["job_id"] == job.job_id
+    assert model["source"] == {"model": job.archive}  # what is served (a registered version:
+    # its name, version and alias too, tests/test_model_registry.py)
 
 
 @pytest.mark.slow
