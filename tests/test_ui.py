@@ -63,8 +63,11 @@ def hostile_jobs(root: Path) -> dict[str, str]:
             "metrics": {"devel/accuracy": 0.5}}  # fmt: skip
     stringly = {**base, "metrics": {"devel/accuracy": "<i>1</i>"}}
     odd = {**base, "job": {**base["job"], "status": "running", "resumed": {"a": 1},
-                           "start": "2026-12-01T00:00:00"},  # a dict, a time without a zone
-           "config": {"trainer": "fast", "pipeline": {"key_metric": ["a"]}}}  # fmt: skip
+                           "start": "2026-12-01T00:00:00", "tags": ["<b>t</b>", 3]},
+           "config": {"trainer": "fast", "pipeline": {"key_metric": ["a"]}},
+           "dataset": {"digest": "<i>d</i>", "source": [1]}, "tested_model": {"job_id": 5,
+                                                                                "model": "<s>m"},
+           "mlflow": {"registry": {"name": "<b>reg</b>", "version": ["1"]}}}  # fmt: skip
     deep_config = {**base, "config": json.loads("[" * 700 + "]" * 700)}
     jobs = {"hostile-markup": json.dumps(base).encode(),
             "hostile-metric": json.dumps(stringly).encode(),
@@ -95,7 +98,7 @@ def jobs(work: Path) -> dict[str, str]:
     """A job, a sweep of two trials and a segmentation job, run for real, and the hostile
     records."""
     root = str(work / "jobs")
-    plain = run(tiny(work))
+    plain = run(tiny(work, "job.tags=[line3]"))
     trials = [run(tiny(work, f"seed={seed}"),
                   sweep={"id": SWEEP, "trial": trial, "overrides": [f"seed={seed}"]})
               for trial, seed in enumerate((1, 2))]  # fmt: skip
@@ -222,6 +225,9 @@ def test_the_job_page_shows_config_stages_curves_report_and_artifacts(watched, s
     watched.wait_for_selector(".chart svg, .chart canvas")
     text = watched.inner_text("main")
     assert "small_cnn" in text and "train" in text and "model/saved_model.tar.gz" in text
+    digest = json.loads((Path(jobs["root"]) / jobs["plain"] / "artifacts" / "output.json")
+                        .read_text())["dataset"]["digest"]  # fmt: skip
+    assert "line3" in text and f"data {digest} (48 images from" in text
     assert watched.locator("iframe.report").count() == 1
     shot(watched, "2-job")
 
@@ -334,6 +340,9 @@ def test_hostile_records_render_as_text_or_unknown(watched, server):
                    "hostile-odd", "hostile-deep-config"):
         response = watched.goto(f"{server}/jobs/{job_id}")
         assert response.status == 200, job_id
+    watched.goto(f"{server}/jobs/hostile-odd")  # its tags, registry and tested model: text
+    text = watched.inner_text("main")
+    assert "<b>reg</b>" in text and "<s>m" in text and "<b>t</b>" not in text
     assert watched.goto(f"{server}/jobs/hostile-markup/errors").status == 200
     assert watched.goto(f"{server}/jobs/hostile-metric/errors").status == 200
     watched.goto(f"{server}/compare?ids=hostile-markup,hostile-deep,hostile-deep-config")

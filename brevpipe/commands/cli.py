@@ -57,6 +57,9 @@ an HTTP prediction service (FastAPI): /predict, /tasks, /health,
     Command("jobs", "<action> ...", """\
 the job registry: list, show, stop, archive, unarchive,
 statistics, sync (brevpipe jobs --help)"""),
+    Command("sweep", "list|show|resume", """\
+the sweeps of a job root: their trials and best, and resuming
+one after a crash (brevpipe sweep --help)"""),
     Command("models", "<action> ...", """\
 registered models in MLflow: list, show, promote (an alias
 behind gates), register (brevpipe models --help)"""),

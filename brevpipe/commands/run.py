@@ -17,7 +17,9 @@ from omegaconf import DictConfig
 from brevpipe.commands import completion
 from brevpipe.config.compose import CONF_DIR
 from brevpipe.errors import BrevpipeError
-from brevpipe.integrations.sweep import job_root, parent_run, sweep_id
+from brevpipe.integrations.sweep import job_root, parent_run, sweep_id, use_storage_options
+from brevpipe.io import storage
+from brevpipe.jobs.layout import JobBucket
 
 log = logging.getLogger("brevpipe")
 
@@ -34,9 +36,15 @@ def _run_job(cfg: DictConfig) -> float | None:
     # a job of a sweep: its MLflow parent run, from the sweep's record in the job root
     parent, sweep = None, None
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        parent = parent_run(cfg, hydra_cfg)
         sweep = {"id": sweep_id(cwd, str(hydra_cfg.sweep.dir)), "trial": int(hydra_cfg.job.num),
                  "overrides": list(hydra_cfg.overrides.task)}  # fmt: skip
+        if cfg.job.id is None:  # the sweep's id and the trial's number: a resumed sweep's own
+            cfg.job.id = trial_job_id(sweep["id"], sweep["trial"])
+        use_storage_options(cfg)  # an S3 endpoint... before the job root is read
+        earlier = completed_trial(str(cfg.job.root), str(cfg.job.id), sweep)
+        if earlier is not None:
+            return earlier
+        parent = parent_run(cfg, hydra_cfg)
     try:
         job = run_job(cfg, choices=choices, parent=parent, sweep=sweep)
     except BrevpipeError as exc:
@@ -45,6 +53,31 @@ def _run_job(cfg: DictConfig) -> float | None:
     report(job)
     objective = cfg.get("sweep", {}).get("objective") or cfg.pipeline.get("key_metric")
     return job.metrics.get(objective) if objective else None
+
+
+def trial_job_id(sweep: str, trial: int) -> str:
+    """A trial's job id: the digest of its sweep's id and its number (``3fa2b1c4d5e6-t004``)."""
+    return f"{sweep.rsplit('-', 1)[-1]}-t{trial:03d}"
+
+
+def completed_trial(root: str, job_id: str, sweep: dict[str, Any]) -> float | None:
+    """The objective of this trial when an earlier run of its sweep completed it with the same
+    overrides (nothing is run again); None otherwise (an interrupted trial resumes)."""
+    try:
+        output = storage.read_json(JobBucket.of(root, job_id).output)
+    except Exception:  # noqa: BLE001 - no earlier run (or none readable): run the trial
+        return None
+    recorded = output.get("sweep") if isinstance(output, dict) else None
+    if (output.get("job") or {}).get("status") != "completed" or not isinstance(recorded, dict) \
+            or recorded.get("overrides") != sweep["overrides"]:  # fmt: skip
+        return None
+    config = output.get("config") or {}
+    objective = (config.get("sweep") or {}).get("objective") or \
+        (config.get("pipeline") or {}).get("key_metric")  # fmt: skip
+    value = (output.get("metrics") or {}).get(objective)
+    print(f"job {job_id} completed (trial {sweep['trial']}, reused from an earlier run of the "
+          f"sweep){f': {objective} {value:.4f}' if isinstance(value, float) else ''}")
+    return value if isinstance(value, float) else None
 
 
 def report(job: Any) -> None:

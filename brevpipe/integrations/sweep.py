@@ -1,8 +1,12 @@
-"""Sweeps in MLflow: one parent run per ``brevpipe run -m``, one nested child run per job.
+"""Sweeps: a record per ``brevpipe run -m`` and, in MLflow, one parent run per sweep with one
+nested child run per job.
 
-A Hydra callback (configured in ``conf/config.yaml`` under ``hydra.callbacks``) opens the
-parent run when the multirun starts and writes the sweep's record (tracking URI, experiment,
-parent run id, objective) to the job root, ``<job.root>/sweeps/<sweep id>.json``. Every job
+A Hydra callback (configured in ``conf/config.yaml`` under ``hydra.callbacks``) writes the
+sweep's record (its overrides, objective; with tracking, the MLflow parent run it opens) to the
+job root, ``<job.root>/sweeps/<sweep id>.json``; ``brevpipe sweep list|show|resume`` read it.
+A sweep started again with the same sweep folder (``brevpipe sweep resume``) finds its record
+and keeps its parent run; its trials' job ids are its id and their numbers, so a completed
+trial is reused and an interrupted one resumes from its checkpoint. Every job
 reads it from there, whichever launcher runs the job and on whichever node (basic, joblib
 workers, a Ray cluster): the job root is the one thing driver and jobs share, never the
 driver's disk. The sweep id needs nothing from the driver either: each job computes it from
@@ -59,7 +63,7 @@ def record_url(config: DictConfig, hydra_cfg: Any) -> str:
                                sweep_id(cwd, str(hydra_cfg.sweep.dir)))  # fmt: skip
 
 
-def _use_storage_options(config: DictConfig) -> None:
+def use_storage_options(config: DictConfig) -> None:
     """The job's ``storage.options`` (an S3 endpoint...) before touching the job root."""
     node = config.get("storage")
     settings = OmegaConf.to_container(node, resolve=True) if node is not None else {}
@@ -68,15 +72,8 @@ def _use_storage_options(config: DictConfig) -> None:
 
 
 def tracks_sweep(config: DictConfig) -> bool:
-    """Tracking is on, and this process may open the sweep's parent run: not a worker other
-    than the chief of a multi-worker job (each worker runs the same ``brevpipe run -m``)."""
-    if not (config.get("tracking") or {}).get("enabled", False):
-        return False
-    try:
-        role = cluster.role_of(config)
-    except ConfigError:  # no or a bad TF_CONFIG: every job of the sweep fails with its error
-        return True
-    return role is None or role.is_chief
+    """Tracking is on, and this process may open the sweep's parent run (:func:`writes_sweep`)."""
+    return bool((config.get("tracking") or {}).get("enabled", False)) and writes_sweep(config)
 
 
 def parent_run(config: DictConfig, hydra_cfg: Any) -> dict[str, Any] | None:
@@ -86,7 +83,7 @@ def parent_run(config: DictConfig, hydra_cfg: Any) -> dict[str, Any] | None:
         return None
     url = record_url(config, hydra_cfg)
     try:
-        _use_storage_options(config)
+        use_storage_options(config)
         record = storage.read_json(url)
     except Exception as exc:  # noqa: BLE001 - the job runs anyway, its run not nested
         log.warning(
@@ -98,64 +95,113 @@ def parent_run(config: DictConfig, hydra_cfg: Any) -> dict[str, Any] | None:
     return record
 
 
+def writes_sweep(config: DictConfig) -> bool:
+    """Whether this process keeps the sweep's record: not a worker other than the chief of a
+    multi-worker job (each worker runs the same ``brevpipe run -m``)."""
+    try:
+        role = cluster.role_of(config)
+    except ConfigError:
+        return True
+    return role is None or role.is_chief
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_record(config: DictConfig, hydra_cfg: Any, url: str) -> dict[str, Any]:
+    """A sweep's record: what ``brevpipe sweep list|show|resume`` read, and (with tracking) its
+    MLflow parent run. ``overrides`` and ``hydra_overrides`` rerun the same sweep."""
+    hydra_overrides = [o for o in hydra_cfg.overrides.hydra
+                       if not str(o).startswith("hydra.sweep.dir=")]  # fmt: skip
+    return {
+        "sweep_id": url.rsplit("/", 1)[-1].removesuffix(".json"),
+        "record_url": url,
+        "objective": str(config.sweep.objective),
+        "direction": str(config.sweep.direction),
+        "register": config.tracking.get("register"),
+        "sweep_dir": str(hydra_cfg.sweep.dir),
+        "cwd": str(hydra_cfg.runtime.cwd),
+        "overrides": [str(o) for o in hydra_cfg.overrides.task],
+        "hydra_overrides": [str(o) for o in hydra_overrides],
+        "sweeper": str((hydra_cfg.get("sweeper") or {}).get("_target_") or ""),
+        "created": _now(),
+    }
+
+
 class MlflowSweepCallback(Callback):
-    """Opens and summarises the MLflow parent run of a sweep (``tracking=none``: nothing)."""
+    """Writes the sweep's record (``<job root>/sweeps/<id>.json``) and opens and summarises its
+    MLflow parent run (``tracking=none``: the record only). A sweep whose record exists is one
+    resumed (``brevpipe sweep resume``): it keeps its record and its parent run."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not tracks_sweep(config):
+        if not writes_sweep(config):
             return
-        from brevpipe.integrations.tracking import tracking_uri_for
-
         hydra_cfg = config.hydra
         url = record_url(config, hydra_cfg)
-        root = job_root(str(config.job.root), str(hydra_cfg.runtime.cwd))
-        uri = tracking_uri_for(config.tracking.get("uri"), root)
         try:
-            client = open_client(uri)
-            experiment_id = ensure_experiment(client, config.tracking.get("experiment")
-                                              or config.pipeline.name, uri)  # fmt: skip
-            run = client.create_run(
-                experiment_id,
-                run_name=f"sweep-{Path(str(hydra_cfg.sweep.dir)).name}",
-                tags={"brevpipe.sweep": "true", "brevpipe.pipeline": str(config.pipeline.name),
-                      "brevpipe.sweep_overrides": " ".join(hydra_cfg.overrides.task),
-                      "brevpipe.sweep_record": url},
-            )  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - the sweep goes on without its parent run
-            log.warning("MLflow parent run for the sweep failed at %s: %s", uri, exc)
-            return
-        record = {
-            "sweep_id": url.rsplit("/", 1)[-1].removesuffix(".json"),
-            "tracking_uri": uri,
-            "experiment_id": experiment_id,
-            "run_id": run.info.run_id,
-            "objective": str(config.sweep.objective),
-            "register": config.tracking.get("register"),
-            "record_url": url,
-            "direction": str(config.sweep.direction),
-            "sweep_dir": str(hydra_cfg.sweep.dir),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+            use_storage_options(config)
+            record = storage.read_json(url) if storage.exists(url) else None
+        except Exception as exc:  # noqa: BLE001 - an unreadable record: a new one replaces it
+            log.warning("sweep record %s cannot be read (%s): writing a new one", url, exc)
+            record = None
+        if record is None:
+            record = new_record(config, hydra_cfg, url)
+        else:
+            record["resumed"] = [*record.get("resumed", []), _now()]
+            record.pop("ended", None)
+            log.info("sweep %s resumed: its completed trials are reused", record["sweep_id"])
+        if tracks_sweep(config):
+            _open_parent_run(record, config, hydra_cfg, url)
         try:
-            _use_storage_options(config)
             storage.write_json(url, record)
         except Exception as exc:  # noqa: BLE001 - the jobs will warn that they are not nested
             log.warning("cannot write the sweep record %s: %s", url, exc)
-            client.set_terminated(run.info.run_id, "FAILED")
-            return
-        log.info("sweep: MLflow parent run %s (%s), record %s", run.info.run_id, uri, url)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not tracks_sweep(config):
+        if not writes_sweep(config):
             return
         url = record_url(config, config.hydra)
         try:
-            _use_storage_options(config)
-            if not storage.exists(url):  # no parent run (the start warned)
+            use_storage_options(config)
+            if not storage.exists(url):  # the start warned
                 return
-            summarize(storage.read_json(url))
+            record = storage.read_json(url)
+            if tracks_sweep(config) and record.get("run_id"):
+                summarize(record)
+            storage.write_json(url, {**record, "ended": _now()})
         except Exception as exc:  # noqa: BLE001
-            log.warning("could not summarise the sweep in MLflow: %s", exc)
+            log.warning("could not summarise the sweep: %s", exc)
+
+
+def _open_parent_run(record: dict[str, Any], config: DictConfig, hydra_cfg: Any,
+                     url: str) -> None:  # fmt: skip
+    """The sweep's MLflow parent run into ``record``: the one it has (a resumed sweep, marked
+    running again), else a new one."""
+    from brevpipe.integrations.tracking import tracking_uri_for
+
+    root = job_root(str(config.job.root), str(hydra_cfg.runtime.cwd))
+    uri = tracking_uri_for(config.tracking.get("uri"), root)
+    try:
+        client = open_client(uri)
+        if record.get("run_id") and record.get("tracking_uri") == uri:
+            client.update_run(str(record["run_id"]), status="RUNNING")
+            return
+        experiment_id = ensure_experiment(client, config.tracking.get("experiment")
+                                          or config.pipeline.name, uri)  # fmt: skip
+        run = client.create_run(
+            experiment_id,
+            run_name=f"sweep-{Path(str(hydra_cfg.sweep.dir)).name}",
+            tags={"brevpipe.sweep": "true", "brevpipe.pipeline": str(config.pipeline.name),
+                  "brevpipe.sweep_overrides": " ".join(hydra_cfg.overrides.task),
+                  "brevpipe.sweep_record": url},
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the sweep goes on without its parent run
+        log.warning("MLflow parent run for the sweep failed at %s: %s", uri, exc)
+        return
+    record.update({"tracking_uri": uri, "experiment_id": experiment_id,
+                   "run_id": run.info.run_id})  # fmt: skip
+    log.info("sweep: MLflow parent run %s (%s), record %s", run.info.run_id, uri, url)
 
 
 def root_of(record: dict[str, Any]) -> str:

@@ -86,6 +86,8 @@ class MlflowTracker:
             self.job.mlflow["overrides"] = self.parent.get("overrides", "")
         self.job.listeners.append(self)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
+        # the job's last lines name its run; MLflow's own "View run" line would repeat it
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._thread = threading.Thread(target=storage.carried(self._work), name="mlflow-mirror",
                                         daemon=True)
         self._thread.start()

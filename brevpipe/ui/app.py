@@ -145,7 +145,8 @@ def create_app(roots: list[str], guard: safety.Guard, state_dir: Path,
                       config=pages.config_tables(record), stages=pages.stages(record),
                       curves=training_curves(history) if history else None, note=note,
                       files=files, has_report=any(f["path"] == "report.html" for f in files),
-                      mlflow=pages.mlflow_link(record), error=record.job.get("error"))
+                      mlflow=pages.mlflow_link(record), error=record.job.get("error"),
+                      lineage=pages.lineage(record))
 
     @app.get("/jobs/{job_id}/status", response_class=HTMLResponse)
     def status(request: Request, job_id: str) -> Response:

@@ -55,6 +55,7 @@ def row(listed: Listed) -> dict[str, Any]:
         return {"id": listed.id, "short": listed.id[:24], "root": listed.root, "name": "",
                 "pipeline": "", "status": "unknown", "progress": "", "archived": False,
                 "start": "", "duration_s": None, "metric_name": "", "metric": None, "tags": [],
+                "dataset": "",
                 "sweep": None, "event": event_name(listed.id),
                 "problem": f"the record cannot be shown ({type(exc).__name__})"}  # fmt: skip
 
@@ -63,8 +64,8 @@ def _row(listed: Listed) -> dict[str, Any]:
     record = listed.record
     name, value = record.key_metric
     choices = (record.output or {}).get("choices")
-    tags = [f"{k}={v}" for k, v in sorted(choices.items()) if k in ("model", "dataset")] \
-        if isinstance(choices, dict) else []  # fmt: skip
+    tags = [*record.tags, *([f"{k}={v}" for k, v in sorted(choices.items())
+                             if k in ("model", "dataset")] if isinstance(choices, dict) else [])]
     return {
         "id": record.id, "short": record.id[:8] if len(record.id) > 24 else record.id,
         "root": listed.root,
@@ -72,7 +73,8 @@ def _row(listed: Listed) -> dict[str, Any]:
         "status": record.status, "progress": progress(record), "archived": record.archived,
         "start": record.job.get("start") or "", "duration_s": record.duration_s,
         "metric_name": name or "", "metric": number(value),
-        "tags": tags, "sweep": sweep_of(record), "problem": record.problem,
+        "tags": tags, "dataset": record.dataset_digest or "", "sweep": sweep_of(record),
+        "problem": record.problem,
         "event": event_name(record.id),
     }  # fmt: skip
 
@@ -97,7 +99,7 @@ def jobs_page(listed: list[Listed], params: dict[str, str]) -> dict[str, Any]:
         and (not pipeline or r["pipeline"] == pipeline)
         and (not sweep or (r["sweep"] or {}).get("id") == sweep)
         and (not text or text in " ".join([r["id"], r["name"], r["pipeline"], r["status"],
-                                           *r["tags"]]).lower())
+                                           r["dataset"], *r["tags"]]).lower())
     ]  # fmt: skip
     sweeps: dict[str, dict[str, Any]] = {}
     if not sweep:  # one row per sweep, where its first trial would be
@@ -182,3 +184,26 @@ def mlflow_link(record: JobRecord) -> dict[str, str] | None:
                                                                                "https://")) else ""
     return {"run_id": mlflow["run_id"], "uri": uri, "link": link,
             "experiment": str(mlflow.get("experiment") or "")}  # fmt: skip
+
+
+def lineage(record: JobRecord) -> dict[str, Any]:
+    """What the job page says of the job's data and models: its tags, its dataset digest, the
+    model version it registered and the model it tested (plain values; a broken record's
+    parts are left out)."""
+    output = record.output or {}
+    dataset = output.get("dataset") if isinstance(output.get("dataset"), dict) else {}
+    registry = (output.get("mlflow") or {}).get("registry") if isinstance(
+        output.get("mlflow"), dict) else None  # fmt: skip
+    tested = output.get("tested_model") if isinstance(output.get("tested_model"), dict) else {}
+    return {
+        "tags": record.tags,
+        "dataset": record.dataset_digest,
+        "count": number(dataset.get("count")),
+        "source": ", ".join(str(s) for s in (dataset.get("source") or [])[:3]
+                            if isinstance(s, str)),
+        "registered": {k: str(registry[k]) for k in ("name", "version", "alias", "error",
+                                                     "deferred") if k in registry}
+        if isinstance(registry, dict) else {},
+        "tested": {k: str(tested[k]) for k in ("model", "name", "version", "job_id")
+                   if k in tested},
+    }  # fmt: skip

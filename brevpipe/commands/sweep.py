@@ -1,0 +1,186 @@
+"""``brevpipe sweep``: the sweeps of a job root: list, show, resume.
+
+Reading sweeps is :mod:`brevpipe.jobs.sweeps`; a resumed sweep is ``brevpipe run -m`` again
+with the sweep's recorded overrides and sweep folder, from the folder it started in: the same
+sweep id, record, MLflow parent run and trial job ids (:mod:`brevpipe.integrations.sweep`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from brevpipe.errors import BrevpipeError, ConfigError
+from brevpipe.io import storage
+from brevpipe.jobs.records import DEFAULT_ROOT
+from brevpipe.jobs.sweeps import Sweep, get_sweep, list_sweeps
+
+EPILOG = """\
+examples:
+  brevpipe sweep list                       the sweeps of ./jobs, newest first
+  brevpipe sweep show <id>                  trials: status, overrides, objective; the best
+  brevpipe sweep resume <id>                run again the trials that did not complete
+  brevpipe sweep resume s3://bucket/jobs/sweeps/<id>.json
+"""
+# what a resumed sweep may set of Hydra's own settings (a record comes from a bucket: no
+# callbacks, no other plugin, no _target_ of any kind)
+HYDRA_ALLOWED = ("hydra/launcher=", "hydra/sweeper=", "hydra.launcher.", "hydra.sweeper.",
+                 "hydra.mode=")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=argparse.SUPPRESS, metavar="URL",
+                        help=f"job root (default {DEFAULT_ROOT})")
+    common.add_argument("--format", choices=("table", "json"), default=argparse.SUPPRESS,
+                        help="output format (default table)")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="brevpipe sweep", parents=[common], epilog=EPILOG,
+        description="Sweeps (brevpipe run -m): their trials, the best so far, resuming one.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("list", parents=[common], help="one row per sweep")
+    for action, text in (("show", "the trials of a sweep and its best"),
+                         ("resume", "run the trials that did not complete")):  # fmt: skip
+        sub = actions.add_parser(action, parents=[common], help=text)
+        sub.add_argument("sweep", help="a sweep id (or a unique prefix), or its record's URL")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``brevpipe sweep ...``; exit code 0 ok, 1 error, 2 usage."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    if not args.action:
+        parser.print_help(sys.stderr)
+        return 2
+    root = storage.normalize(getattr(args, "root", None) or DEFAULT_ROOT)
+    as_json = getattr(args, "format", "table") == "json"
+    try:
+        if args.action == "list":
+            sweeps = list_sweeps(root)
+            _print(as_json, [s.summary() for s in sweeps], _table_of_sweeps, root)
+            return 0
+        sweep = get_sweep(root, args.sweep)
+        if args.action == "show":
+            _print(as_json, {**sweep.summary(), "trials": sweep.rows()}, _show, root)
+            return 0
+        return resume(sweep)
+    except BrevpipeError as exc:
+        print(f"brevpipe sweep: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def resume_arguments(sweep: Sweep) -> tuple[str, list[str]]:
+    """The folder to start in and the ``brevpipe run`` arguments that run ``sweep`` again,
+    checked: the config still composes with registered components only, and the record asks
+    nothing of Hydra but its launcher and sweeper."""
+    from brevpipe.config.components import check_names
+    from brevpipe.config.compose import compose
+
+    record = sweep.record
+    if "optuna" in str(record.get("sweeper") or "").lower():
+        raise ConfigError(f"sweep {sweep.id} is an Optuna sweep: its study was kept in the "
+                          "sweeper's memory and cannot continue; run the sweep again.")
+    if sweep.status == "running":
+        raise ConfigError(f"sweep {sweep.id} has trials running: resume it once they end "
+                          "(brevpipe jobs stop stops one).")  # fmt: skip
+    overrides, hydra = record.get("overrides"), record.get("hydra_overrides")
+    cwd, folder = record.get("cwd"), record.get("sweep_dir")
+    if not (isinstance(overrides, list) and isinstance(hydra, list)
+            and all(isinstance(o, str) for o in [*overrides, *hydra])
+            and isinstance(cwd, str) and isinstance(folder, str)):  # fmt: skip
+        raise ConfigError(f"sweep {sweep.id}'s record has no overrides to run again (a record "
+                          "written before brevpipe kept them): run the sweep again.")
+    refused = [o for o in hydra if not o.startswith(HYDRA_ALLOWED)] + \
+        [o for o in overrides if "_target_" in o.split("=", 1)[0] or o.startswith("hydra")]
+    if refused:
+        raise ConfigError(f"sweep {sweep.id}'s record asks for {refused[0]!r}: a resumed sweep "
+                          "sets only the config and Hydra's launcher and sweeper.")
+    if not Path(cwd).is_dir():
+        raise ConfigError(f"sweep {sweep.id} started in {cwd}, which is not a folder here: "
+                          "resume it on the machine it ran on.")  # fmt: skip
+    first = [_first_value(o) for o in overrides]
+    try:
+        check_names(_plain(compose(first)))
+    except BrevpipeError as exc:
+        raise ConfigError(f"sweep {sweep.id} no longer composes: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Hydra's errors: an override that no longer fits
+        reason = str(exc).split("\n")[0]
+        raise ConfigError(f"sweep {sweep.id} no longer composes: {reason}") from None
+    return cwd, ["-m", *hydra, *overrides, f"hydra.sweep.dir={folder}"]
+
+
+def _first_value(override: str) -> str:
+    """``key=a,b,c`` -> ``key=a``: one trial's override, to check the config composes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    [parsed] = OverridesParser.create().parse_overrides([override])
+    if not parsed.is_sweep_override():
+        return override
+    value = next(iter(parsed.sweep_string_iterator()))
+    return f"{parsed.get_key_element()}={value}"
+
+
+def _plain(cfg: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def resume(sweep: Sweep) -> int:
+    """Run ``sweep`` again from the folder it started in: completed trials are reused,
+    interrupted ones resume from their checkpoints, the rest run."""
+    from brevpipe.commands import run
+
+    cwd, arguments = resume_arguments(sweep)
+    done = sum(t.status == "completed" for t in sweep.trials)
+    print(f"sweep {sweep.id}: resuming in {cwd} ({done} of {len(sweep.trials)} trials "
+          "completed so far)")  # fmt: skip
+    os.chdir(cwd)
+    return run.main(arguments)
+
+
+# -- printing ---------------------------------------------------------------------------------
+def _print(as_json: bool, data: Any, printer: Any, root: str) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        printer(data, root)
+
+
+def _value(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.4f}"
+
+
+def _table_of_sweeps(rows: list[dict[str, Any]], root: str) -> None:
+    if not rows:
+        print(f"no sweeps in {root} (brevpipe run -m ... makes one)")
+        return
+    print(f"{'sweep':<32} {'status':<12} {'trials':>6} {'done':>5}  {'best':>8}  objective")
+    for row in rows:
+        best = (row["best"] or {}).get("value")
+        print(f"{row['id'][:32]:<32} {row['status']:<12} {row['trials']:>6} "
+              f"{row['completed']:>5}  {_value(best):>8}  {row['objective']}")
+
+
+def _show(info: dict[str, Any], root: str) -> None:
+    print(f"sweep {info['id']}  {info['status']}  ({info['completed']} of {info['trials']} "
+          f"trials completed; {info['objective']}, {info['direction']})")  # fmt: skip
+    print(f"  overrides  {' '.join(info['overrides'])}")
+    if info["resumed"]:
+        print(f"  resumed    {', '.join(info['resumed'])}")
+    print(f"{'trial':>5}  {'job':<20} {'status':<10} {'epochs':>6}  {'objective':>9}  overrides")
+    for row in info["trials"]:
+        print(f"{row['trial']:>5}  {row['job_id'][:20]:<20} {row['status']:<10} "
+              f"{row['epochs']:>6}  {_value(row['objective']):>9}  {row['overrides']}")
+    if best := info["best"]:
+        print(f"best: trial {best['trial']} (job {best['job_id']}) with {_value(best['value'])}")
