@@ -63,17 +63,19 @@ def hostile_jobs(root: Path) -> dict[str, str]:
             "metrics": {"devel/accuracy": 0.5}}  # fmt: skip
     stringly = {**base, "metrics": {"devel/accuracy": "<i>1</i>"}}
     odd = {**base, "job": {**base["job"], "status": "running", "resumed": {"a": 1},
-                           "start": "2026-12-01T00:00:00", "tags": ["<b>t</b>", 3]},
-           "config": {"trainer": "fast", "pipeline": {"key_metric": ["a"]}},
-           "dataset": {"digest": "<i>d</i>", "source": [1]}, "tested_model": {"job_id": 5,
-                                                                                "model": "<s>m"},
-           "mlflow": {"registry": {"name": "<b>reg</b>", "version": ["1"]}}}  # fmt: skip
+                           "start": "2026-12-01T00:00:00"},  # a dict, a time without a zone
+           "config": {"trainer": "fast", "pipeline": {"key_metric": ["a"]}}}  # fmt: skip
+    lineage = {**base, "job": {**base["job"], "tags": ["<b>t</b>", 3]},
+               "dataset": {"digest": "<i>d</i>", "source": [1]},
+               "tested_model": {"job_id": 5, "model": "<s>m"},
+               "mlflow": {"registry": {"name": "<b>reg</b>", "version": ["1"]}}}  # fmt: skip
     deep_config = {**base, "config": json.loads("[" * 700 + "]" * 700)}
     jobs = {"hostile-markup": json.dumps(base).encode(),
             "hostile-metric": json.dumps(stringly).encode(),
             "hostile-broken": b'{"job": {"status": "runn',
             "hostile-deep": b"[" * 100_000 + b"]" * 100_000,
             "hostile-odd": json.dumps(odd).encode(),
+            "hostile-lineage": json.dumps(lineage).encode(),
             "hostile-deep-config": json.dumps(deep_config).encode(),
             "hostile-\nline": json.dumps(base).encode()}  # fmt: skip
     for job_id, content in jobs.items():
@@ -337,10 +339,10 @@ def test_hostile_records_render_as_text_or_unknown(watched, server):
     assert "unknown: artifacts/output.json is nested too deeply" in text
     assert "'metrics' holds values that are not numbers" in text
     for job_id in ("hostile-markup", "hostile-metric", "hostile-broken", "hostile-deep",
-                   "hostile-odd", "hostile-deep-config"):
+                   "hostile-odd", "hostile-deep-config", "hostile-lineage"):
         response = watched.goto(f"{server}/jobs/{job_id}")
         assert response.status == 200, job_id
-    watched.goto(f"{server}/jobs/hostile-odd")  # its tags, registry and tested model: text
+    watched.goto(f"{server}/jobs/hostile-lineage")  # its tags, registry, tested model: text
     text = watched.inner_text("main")
     assert "<b>reg</b>" in text and "<s>m" in text and "<b>t</b>" not in text
     assert watched.goto(f"{server}/jobs/hostile-markup/errors").status == 200

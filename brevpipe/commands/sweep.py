@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from brevpipe.config.components import check_names
+from brevpipe.config.compose import compose
 from brevpipe.errors import BrevpipeError, ConfigError
 from brevpipe.io import storage
 from brevpipe.jobs.records import DEFAULT_ROOT
@@ -83,9 +85,6 @@ def resume_arguments(sweep: Sweep) -> tuple[str, list[str]]:
     """The folder to start in and the ``brevpipe run`` arguments that run ``sweep`` again,
     checked: the config still composes with registered components only, and the record asks
     nothing of Hydra but its launcher and sweeper."""
-    from brevpipe.config.components import check_names
-    from brevpipe.config.compose import compose
-
     record = sweep.record
     if "optuna" in str(record.get("sweeper") or "").lower():
         raise ConfigError(f"sweep {sweep.id} is an Optuna sweep: its study was kept in the "
