@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from brevpipe.commands import sweep as sweep_command
+from brevpipe.integrations.sweep import sweep_id
 from tests.conftest import tiny_overrides
 
 GRID = ["seed=1,2", "trainer.epochs=12", "runtime.heartbeat_s=1"]  # a killed trial: lost in 3 s
@@ -103,34 +105,60 @@ def test_a_grid_sweep_killed_and_resumed_equals_an_uninterrupted_one(
     assert code == 0 and "ended" in out.splitlines()[0] and "best: trial" in out
 
 
-def write_record(root: Path, sweep_id: str, **fields: object) -> None:
-    record = {"sweep_id": sweep_id, "objective": "devel/accuracy", "direction": "maximize",
-              "cwd": str(root.parent), "sweep_dir": "multirun/x", "overrides": ["seed=1,2"],
+def write_record(root: Path, **fields: object) -> str:
+    """A sweep record under ``root`` that leads back to its sweep; returns its id."""
+    record = {"objective": "devel/accuracy", "direction": "maximize", "cwd": str(root.parent),
+              "sweep_dir": "multirun/x", "overrides": ["seed=1,2"],
               "hydra_overrides": ["hydra.mode=MULTIRUN"], "sweeper": "", "created": "2026",
               **fields}  # fmt: skip
+    sweep = str(record.pop("sweep_id", None) or sweep_id(str(root.parent), "multirun/x"))
     (root / "sweeps").mkdir(parents=True, exist_ok=True)
-    (root / "sweeps" / f"{sweep_id}.json").write_text(json.dumps(record))
+    (root / "sweeps" / f"{sweep}.json").write_text(json.dumps({"sweep_id": sweep, **record}))
+    return sweep
 
 
 @pytest.mark.parametrize(("fields", "message"), [
     ({"overrides": ["model=nope"]}, "no longer composes: "),
     ({"overrides": ["trainer.epochs=[1,2]"]}, "no longer composes: "),
+    ({"overrides": ["model=glob(*)"]}, "no longer composes: "),
+    ({"overrides": ["seed=1,"]}, "no longer composes: "),
     ({"hydra_overrides": ["hydra.callbacks.x._target_=os.system"]}, "asks for 'hydra.callbacks"),
+    ({"hydra_overrides": ["hydra/launcher=ray", "hydra.launcher.ray.init.address=ray://x"]},
+     "asks for 'hydra.launcher.ray.init.address"),
     ({"overrides": ["+model._target_=os.system"]}, "asks for '+model._target_"),
+    ({"overrides": ["+dataset.x={_target_:pathlib.Path.write_text,_args_:[/tmp/brevpipe-hostile-marker,y]}"]},
+     "asks for '+dataset.x={_target_"),
+    ({"overrides": ["job.name=${oc.env:HOME}"]}, "asks for 'job.name=${oc.env:HOME}'"),
+    ({"overrides": ["+hydra.searchpath=[file:///tmp]"]}, "asks for '+hydra.searchpath"),
     ({"sweeper": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"},
      "is an Optuna sweep"),
     ({"cwd": "/nowhere/at/all"}, "which is not a folder here"),
+    ({"sweep_dir": "../elsewhere"}, "is not a plain relative path"),
+    ({"sweep_id": "another-sweep"}, "does not lead back to it"),
     ({"overrides": "seed=1"}, "has no overrides to run again"),
+    ({"running": {"host": socket.gethostname(), "pid": os.getpid()}}, "is still running here"),
+    ({"running": {"host": "elsewhere.example", "pid": 1}}, "if it no longer runs, add --force"),
 ])  # fmt: skip
 def test_a_sweep_that_cannot_resume_is_one_line_and_starts_nothing(
     tmp_path: Path, capsys, fields: dict, message: str
 ) -> None:
     root = tmp_path / "jobs"
-    write_record(root, "bad-sweep", **fields)
-    code, _, err = cli(capsys, "resume", "bad-sweep", "--root", str(root))
+    name = write_record(root, **fields)
+    code, _, err = cli(capsys, "resume", name, "--root", str(root))
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in root.iterdir()) == ["sweeps"]  # no job started
-    assert not (tmp_path / "multirun").exists()
+    assert not (tmp_path / "multirun").exists() and not Path("/tmp/brevpipe-hostile-marker").exists()
+
+
+def test_another_sweep_in_the_folder_of_one_is_refused_before_it_starts(tmp_path: Path) -> None:
+    write_record(tmp_path / "jobs")  # seed=1,2 in multirun/x, started in tmp_path
+    other = subprocess.run(
+        [sys.executable, "-m", "brevpipe", "run", "-m", *tiny_overrides(tmp_path), "seed=3,4",
+         "hydra.sweep.dir=multirun/x"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert other.returncode != 0
+    assert "already holds sweep" in other.stderr + other.stdout
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == ["sweeps"]
 
 
 def test_unknown_sweeps_and_records_are_named(tmp_path: Path, capsys) -> None:

@@ -66,7 +66,7 @@ def hostile_jobs(root: Path) -> dict[str, str]:
                            "start": "2026-12-01T00:00:00"},  # a dict, a time without a zone
            "config": {"trainer": "fast", "pipeline": {"key_metric": ["a"]}}}  # fmt: skip
     lineage = {**base, "job": {**base["job"], "tags": ["<b>t</b>", 3]},
-               "dataset": {"digest": "<i>d</i>", "source": [1]},
+               "dataset": {"digest": "<i>d</i>", "source": 5, "count": "x"},
                "tested_model": {"job_id": 5, "model": "<s>m"},
                "mlflow": {"registry": {"name": "<b>reg</b>", "version": ["1"]}}}  # fmt: skip
     deep_config = {**base, "config": json.loads("[" * 700 + "]" * 700)}
@@ -76,6 +76,8 @@ def hostile_jobs(root: Path) -> dict[str, str]:
             "hostile-deep": b"[" * 100_000 + b"]" * 100_000,
             "hostile-odd": json.dumps(odd).encode(),
             "hostile-lineage": json.dumps(lineage).encode(),
+            "hostile-dataset": json.dumps({**base, "dataset": "x", "mlflow": [1],
+                                           "tested_model": "y"}).encode(),
             "hostile-deep-config": json.dumps(deep_config).encode(),
             "hostile-\nline": json.dumps(base).encode()}  # fmt: skip
     for job_id, content in jobs.items():
@@ -339,7 +341,7 @@ def test_hostile_records_render_as_text_or_unknown(watched, server):
     assert "unknown: artifacts/output.json is nested too deeply" in text
     assert "'metrics' holds values that are not numbers" in text
     for job_id in ("hostile-markup", "hostile-metric", "hostile-broken", "hostile-deep",
-                   "hostile-odd", "hostile-deep-config", "hostile-lineage"):
+                   "hostile-odd", "hostile-deep-config", "hostile-lineage", "hostile-dataset"):
         response = watched.goto(f"{server}/jobs/{job_id}")
         assert response.status == 200, job_id
     watched.goto(f"{server}/jobs/hostile-lineage")  # its tags, registry, tested model: text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 from typing import Any
 
@@ -14,10 +15,17 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from brevpipe import __version__
 from brevpipe.commands import completion
-from brevpipe.config.compose import CONF_DIR
+from brevpipe.config.compose import CONF_DIR, redact
 from brevpipe.errors import BrevpipeError
-from brevpipe.integrations.sweep import job_root, parent_run, sweep_id, use_storage_options
+from brevpipe.integrations.sweep import (
+    check_same_sweep,
+    job_root,
+    parent_run,
+    sweep_id,
+    use_storage_options,
+)
 from brevpipe.io import storage
 from brevpipe.jobs.layout import JobBucket
 
@@ -38,12 +46,19 @@ def _run_job(cfg: DictConfig) -> float | None:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         sweep = {"id": sweep_id(cwd, str(hydra_cfg.sweep.dir)), "trial": int(hydra_cfg.job.num),
                  "overrides": list(hydra_cfg.overrides.task)}  # fmt: skip
-        if cfg.job.id is None:  # the sweep's id and the trial's number: a resumed sweep's own
+        # the sweep's id and the trial's number: a resumed sweep's own (a multi-worker trial,
+        # whose workers each run the sweep, keeps a job of its own: it cannot resume)
+        if cfg.job.id is None and "TF_CONFIG" not in os.environ:
             cfg.job.id = trial_job_id(sweep["id"], sweep["trial"])
-        use_storage_options(cfg)  # an S3 endpoint... before the job root is read
-        earlier = completed_trial(str(cfg.job.root), str(cfg.job.id), sweep)
-        if earlier is not None:
-            return earlier
+            use_storage_options(cfg)  # an S3 endpoint... before the job root is read
+            try:
+                check_same_sweep(cfg, hydra_cfg)
+            except BrevpipeError as exc:
+                log.error("error: %s", exc)
+                sys.exit(1)
+            earlier = completed_trial(cfg, sweep)
+            if earlier is not None:
+                return earlier[0]
         parent = parent_run(cfg, hydra_cfg)
     try:
         job = run_job(cfg, choices=choices, parent=parent, sweep=sweep)
@@ -60,24 +75,28 @@ def trial_job_id(sweep: str, trial: int) -> str:
     return f"{sweep.rsplit('-', 1)[-1]}-t{trial:03d}"
 
 
-def completed_trial(root: str, job_id: str, sweep: dict[str, Any]) -> float | None:
-    """The objective of this trial when an earlier run of its sweep completed it with the same
-    overrides (nothing is run again); None otherwise (an interrupted trial resumes)."""
+def completed_trial(cfg: DictConfig, sweep: dict[str, Any]) -> tuple[float | None] | None:
+    """``(objective,)`` of this trial when an earlier run of its sweep completed it with the
+    same config and brevpipe version (nothing is run again); None otherwise (an interrupted
+    trial resumes, a changed one runs)."""
+    from brevpipe.engine.runner import resolve_config
+
+    job_id = str(cfg.job.id)
     try:
-        output = storage.read_json(JobBucket.of(root, job_id).output)
+        output = storage.read_json(JobBucket.of(str(cfg.job.root), job_id).output)
     except Exception:  # noqa: BLE001 - no earlier run (or none readable): run the trial
         return None
-    recorded = output.get("sweep") if isinstance(output, dict) else None
-    if (output.get("job") or {}).get("status") != "completed" or not isinstance(recorded, dict) \
-            or recorded.get("overrides") != sweep["overrides"]:  # fmt: skip
+    job = output.get("job") if isinstance(output, dict) else None
+    if not isinstance(job, dict) or job.get("status") != "completed" \
+            or job.get("brevpipe_version") != __version__ \
+            or output.get("config") != redact(resolve_config(cfg)):  # fmt: skip
         return None
-    config = output.get("config") or {}
-    objective = (config.get("sweep") or {}).get("objective") or \
-        (config.get("pipeline") or {}).get("key_metric")  # fmt: skip
+    objective = cfg.get("sweep", {}).get("objective") or cfg.pipeline.get("key_metric")
     value = (output.get("metrics") or {}).get(objective)
+    value = float(value) if isinstance(value, int | float) else None
     print(f"job {job_id} completed (trial {sweep['trial']}, reused from an earlier run of the "
-          f"sweep){f': {objective} {value:.4f}' if isinstance(value, float) else ''}")
-    return value if isinstance(value, float) else None
+          f"sweep){f': {objective} {value:.4f}' if value is not None else ''}")
+    return (value,)
 
 
 def report(job: Any) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from brevpipe.config.components import check_names
+from brevpipe.config.components import check_registered
 from brevpipe.config.compose import compose
 from brevpipe.errors import BrevpipeError, ConfigError
 from brevpipe.io import storage
@@ -28,10 +30,18 @@ examples:
   brevpipe sweep resume <id>                run again the trials that did not complete
   brevpipe sweep resume s3://bucket/jobs/sweeps/<id>.json
 """
-# what a resumed sweep may set of Hydra's own settings (a record comes from a bucket: no
-# callbacks, no other plugin, no _target_ of any kind)
-HYDRA_ALLOWED = ("hydra/launcher=", "hydra/sweeper=", "hydra.launcher.", "hydra.sweeper.",
-                 "hydra.mode=")  # fmt: skip
+# A record comes from a bucket: a resumed sweep runs only what these allow. Hydra's own
+# settings: the basic, joblib or Ray launcher with numbers of workers, no other Hydra setting
+# (no callbacks, search path, Ray address); the config: no _target_, no mapping, no
+# interpolation (${oc.env:...} would copy a variable into the bucket), and only registered
+# components in the composed config (as a rerun).
+HYDRA_ALLOWED = re.compile(
+    r"hydra\.mode=MULTIRUN|hydra/launcher=(basic|joblib|ray)|hydra/sweeper=basic"
+    r"|hydra\.launcher\.n_jobs=\d{1,4}|\+?hydra\.launcher\.ray\.init\.num_[cg]pus=\d{1,4}"
+    r"|\+?hydra\.launcher\.ray\.init\.include_dashboard=(true|false)"
+)
+FORBIDDEN = ("_target_", "${", "{")
+SWEEP_DIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,200}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                          ("resume", "run the trials that did not complete")):  # fmt: skip
         sub = actions.add_parser(action, parents=[common], help=text)
         sub.add_argument("sweep", help="a sweep id (or a unique prefix), or its record's URL")
+    resume_parser = actions.choices["resume"]
+    resume_parser.add_argument("--force", action="store_true",
+                               help="resume although the record says its sweep runs on another "
+                                    "machine (you know it does not)")  # fmt: skip
     return parser
 
 
@@ -75,23 +89,23 @@ def main(argv: list[str]) -> int:
         if args.action == "show":
             _print(as_json, {**sweep.summary(), "trials": sweep.rows()}, _show, root)
             return 0
-        return resume(sweep)
+        return resume(sweep, force=args.force)
     except BrevpipeError as exc:
         print(f"brevpipe sweep: error: {exc}", file=sys.stderr)
         return 1
 
 
-def resume_arguments(sweep: Sweep) -> tuple[str, list[str]]:
+def resume_arguments(sweep: Sweep, force: bool = False) -> tuple[str, list[str]]:
     """The folder to start in and the ``brevpipe run`` arguments that run ``sweep`` again,
-    checked: the config still composes with registered components only, and the record asks
-    nothing of Hydra but its launcher and sweeper."""
+    checked: the record asks only for what :data:`HYDRA_ALLOWED` and :data:`FORBIDDEN` allow,
+    it names this sweep, the config still composes with registered components only, and no
+    other process runs the sweep."""
+    from brevpipe.integrations.sweep import sweep_id
+
     record = sweep.record
     if "optuna" in str(record.get("sweeper") or "").lower():
         raise ConfigError(f"sweep {sweep.id} is an Optuna sweep: its study was kept in the "
                           "sweeper's memory and cannot continue; run the sweep again.")
-    if sweep.status == "running":
-        raise ConfigError(f"sweep {sweep.id} has trials running: resume it once they end "
-                          "(brevpipe jobs stop stops one).")  # fmt: skip
     overrides, hydra = record.get("overrides"), record.get("hydra_overrides")
     cwd, folder = record.get("cwd"), record.get("sweep_dir")
     if not (isinstance(overrides, list) and isinstance(hydra, list)
@@ -99,23 +113,56 @@ def resume_arguments(sweep: Sweep) -> tuple[str, list[str]]:
             and isinstance(cwd, str) and isinstance(folder, str)):  # fmt: skip
         raise ConfigError(f"sweep {sweep.id}'s record has no overrides to run again (a record "
                           "written before brevpipe kept them): run the sweep again.")
-    refused = [o for o in hydra if not o.startswith(HYDRA_ALLOWED)] + \
-        [o for o in overrides if "_target_" in o.split("=", 1)[0] or o.startswith("hydra")]
+    refused = [o for o in hydra if not HYDRA_ALLOWED.fullmatch(o)] + \
+        [o for o in overrides if any(word in o for word in FORBIDDEN)
+         or o.lstrip("+~").startswith("hydra")]
     if refused:
-        raise ConfigError(f"sweep {sweep.id}'s record asks for {refused[0]!r}: a resumed sweep "
-                          "sets only the config and Hydra's launcher and sweeper.")
+        raise ConfigError(f"sweep {sweep.id}'s record asks for {refused[0][:120]!r}: a resumed "
+                          "sweep sets only plain config values and Hydra's basic, joblib or Ray "
+                          "launcher; run such a sweep again yourself.")  # fmt: skip
+    if not SWEEP_DIR.fullmatch(folder) or ".." in folder.split("/"):
+        raise ConfigError(f"sweep {sweep.id}'s folder {folder[:120]!r} is not a plain relative "
+                          "path: run the sweep again.")  # fmt: skip
     if not Path(cwd).is_dir():
         raise ConfigError(f"sweep {sweep.id} started in {cwd}, which is not a folder here: "
                           "resume it on the machine it ran on.")  # fmt: skip
-    first = [_first_value(o) for o in overrides]
+    if sweep_id(cwd, folder) != sweep.id:
+        raise ConfigError(f"sweep {sweep.id}'s record does not lead back to it (its folder and "
+                          "start folder make another sweep): run the sweep again.")
+    _check_not_running(sweep, force)
     try:
-        check_names(_plain(compose(first)))
+        first = [_first_value(o) for o in overrides]
+        check_registered(_plain(compose(first)))
     except BrevpipeError as exc:
         raise ConfigError(f"sweep {sweep.id} no longer composes: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Hydra's errors: an override that no longer fits
         reason = str(exc).split("\n")[0]
         raise ConfigError(f"sweep {sweep.id} no longer composes: {reason}") from None
     return cwd, ["-m", *hydra, *overrides, f"hydra.sweep.dir={folder}"]
+
+
+def _check_not_running(sweep: Sweep, force: bool) -> None:
+    """Refuse a sweep whose trials run, or whose driver (``brevpipe run -m``) still runs: on
+    this machine, its process is alive; on another, the record cannot tell (``--force``)."""
+    if sweep.status == "running":
+        raise ConfigError(f"sweep {sweep.id} has trials running: resume it once they end "
+                          "(brevpipe jobs stop stops one).")  # fmt: skip
+    driver = sweep.record.get("running")
+    if not isinstance(driver, dict):
+        return
+    if driver.get("host") != socket.gethostname():
+        if not force:
+            raise ConfigError(f"sweep {sweep.id} was started on {str(driver.get('host'))[:80]} "
+                              "and has not ended there: if it no longer runs, add --force.")
+        return
+    try:
+        os.kill(int(driver.get("pid")), 0)  # no signal: is it alive
+    except (ProcessLookupError, TypeError, ValueError):
+        return
+    except PermissionError:  # alive, another user's
+        pass
+    raise ConfigError(f"sweep {sweep.id} is still running here (process {driver.get('pid')}): "
+                      "resume it once it ends.")  # fmt: skip
 
 
 def _first_value(override: str) -> str:
@@ -135,12 +182,12 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def resume(sweep: Sweep) -> int:
+def resume(sweep: Sweep, force: bool = False) -> int:
     """Run ``sweep`` again from the folder it started in: completed trials are reused,
     interrupted ones resume from their checkpoints, the rest run."""
     from brevpipe.commands import run
 
-    cwd, arguments = resume_arguments(sweep)
+    cwd, arguments = resume_arguments(sweep, force)
     done = sum(t.status == "completed" for t in sweep.trials)
     print(f"sweep {sweep.id}: resuming in {cwd} ({done} of {len(sweep.trials)} trials "
           "completed so far)")  # fmt: skip

@@ -20,7 +20,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,50 @@ def writes_sweep(config: DictConfig) -> bool:
     return role is None or role.is_chief
 
 
+def other_sweep(record: dict[str, Any], fresh: dict[str, Any]) -> str | None:
+    """Why the sweep ``fresh`` describes is not the one of ``record`` (the same sweep folder,
+    other overrides), or None: a record from before brevpipe kept overrides is anyone's."""
+    keys = ("overrides", "cwd", "sweep_dir")
+    if "overrides" not in record or [record.get(k) for k in keys] == [fresh[k] for k in keys]:
+        return None
+    return folder_taken(record, fresh["sweep_dir"])
+
+
+def folder_taken(record: dict[str, Any], folder: str) -> str:
+    return (f"the sweep folder {folder} already holds sweep {record.get('sweep_id')} with other "
+            f"overrides ({' '.join(map(str, record.get('overrides') or []))[:200]}): give this "
+            "sweep a folder of its own (hydra.sweep.dir=...), or resume that one (brevpipe "
+            f"sweep resume {record.get('sweep_id')})")
+
+
+def check_same_sweep(config: DictConfig, hydra_cfg: Any) -> None:
+    """In a trial: refuse to run into another sweep's jobs (a sweep folder used again): this
+    trial's overrides must be one combination of the record's."""
+    url = record_url(config, hydra_cfg)
+    try:
+        record = storage.read_json(url) if storage.exists(url) else None
+    except Exception:  # noqa: BLE001 - no record to compare with: the trial runs
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("overrides"), list):
+        return
+    swept = _values(record["overrides"])
+    trial = {key: values[0] for key, values in _values(hydra_cfg.overrides.task).items()}
+    if any(key not in trial or trial[key] not in values for key, values in swept.items()):
+        raise ConfigError(folder_taken(record, str(hydra_cfg.sweep.dir)))
+
+
+def _values(overrides: Any) -> dict[str, list[str]]:
+    """``{key: the values it takes}`` of Hydra overrides (a sweep's: several)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    found = {}
+    for override in OverridesParser.create().parse_overrides([str(o) for o in overrides]):
+        key = override.get_key_element()
+        found[key] = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                      else [override.get_value_element_as_str()])  # fmt: skip
+    return found
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -145,12 +191,17 @@ class MlflowSweepCallback(Callback):
         except Exception as exc:  # noqa: BLE001 - an unreadable record: a new one replaces it
             log.warning("sweep record %s cannot be read (%s): writing a new one", url, exc)
             record = None
+        fresh = new_record(config, hydra_cfg, url)
         if record is None:
-            record = new_record(config, hydra_cfg, url)
+            record = fresh
+        elif (problem := other_sweep(record, fresh)) is not None:
+            log.error("error: %s", problem)  # each trial refuses to run (Hydra goes on)
+            return
         else:
             record["resumed"] = [*record.get("resumed", []), _now()]
             record.pop("ended", None)
             log.info("sweep %s resumed: its completed trials are reused", record["sweep_id"])
+        record["running"] = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
         if tracks_sweep(config):
             _open_parent_run(record, config, hydra_cfg, url)
         try:
@@ -169,6 +220,7 @@ class MlflowSweepCallback(Callback):
             record = storage.read_json(url)
             if tracks_sweep(config) and record.get("run_id"):
                 summarize(record)
+            record.pop("running", None)
             storage.write_json(url, {**record, "ended": _now()})
         except Exception as exc:  # noqa: BLE001
             log.warning("could not summarise the sweep: %s", exc)

@@ -77,7 +77,8 @@ class JobRecord:
     @property
     def dataset_digest(self) -> str | None:
         """The digest of the data the job used (output.json's ``dataset.digest``), if any."""
-        digest = ((self.output or {}).get("dataset") or {}).get("digest")
+        dataset = (self.output or {}).get("dataset")
+        digest = dataset.get("digest") if isinstance(dataset, dict) else None
         return digest if isinstance(digest, str) else None
 
     @property

@@ -33,7 +33,8 @@ def check_tags(value: Any) -> list[str]:
 
 def tags_of(output: dict[str, Any]) -> list[str]:
     """The tags an output.json records (an older or a broken one: none)."""
-    tags = (output.get("job") or {}).get("tags")
+    job = output.get("job")
+    tags = job.get("tags") if isinstance(job, dict) else None
     if not isinstance(tags, list):
         return []
     return [t for t in tags if isinstance(t, str) and TAG.fullmatch(t)]

@@ -192,15 +192,15 @@ def lineage(record: JobRecord) -> dict[str, Any]:
     parts are left out)."""
     output = record.output or {}
     dataset = output.get("dataset") if isinstance(output.get("dataset"), dict) else {}
-    registry = (output.get("mlflow") or {}).get("registry") if isinstance(
-        output.get("mlflow"), dict) else None  # fmt: skip
+    mlflow = output.get("mlflow") if isinstance(output.get("mlflow"), dict) else {}
+    registry = mlflow.get("registry")
     tested = output.get("tested_model") if isinstance(output.get("tested_model"), dict) else {}
+    sources = dataset.get("source") if isinstance(dataset.get("source"), list) else []
     return {
         "tags": record.tags,
         "dataset": record.dataset_digest,
         "count": number(dataset.get("count")),
-        "source": ", ".join(str(s) for s in (dataset.get("source") or [])[:3]
-                            if isinstance(s, str)),
+        "source": ", ".join(s for s in sources[:3] if isinstance(s, str)),
         "registered": {k: str(registry[k]) for k in ("name", "version", "alias", "error",
                                                      "deferred") if k in registry}
         if isinstance(registry, dict) else {},
