@@ -18,6 +18,7 @@ from brevpipe.commands import sweep as sweep_command
 from brevpipe.integrations.sweep import sweep_id
 from tests.conftest import tiny_overrides
 
+MARKER = "/tmp/brevpipe-hostile-marker"  # what a hostile record would write
 GRID = ["seed=1,2", "trainer.epochs=12", "runtime.heartbeat_s=1"]  # a killed trial: lost in 3 s
 
 
@@ -126,7 +127,7 @@ def write_record(root: Path, **fields: object) -> str:
     ({"hydra_overrides": ["hydra/launcher=ray", "hydra.launcher.ray.init.address=ray://x"]},
      "asks for 'hydra.launcher.ray.init.address"),
     ({"overrides": ["+model._target_=os.system"]}, "asks for '+model._target_"),
-    ({"overrides": ["+dataset.x={_target_:pathlib.Path.write_text,_args_:[/tmp/brevpipe-hostile-marker,y]}"]},
+    ({"overrides": [f"+dataset.x={{_target_:pathlib.Path.write_text,_args_:[{MARKER},y]}}"]},
      "asks for '+dataset.x={_target_"),
     ({"overrides": ["job.name=${oc.env:HOME}"]}, "asks for 'job.name=${oc.env:HOME}'"),
     ({"overrides": ["+hydra.searchpath=[file:///tmp]"]}, "asks for '+hydra.searchpath"),
@@ -147,7 +148,7 @@ def test_a_sweep_that_cannot_resume_is_one_line_and_starts_nothing(
     code, _, err = cli(capsys, "resume", name, "--root", str(root))
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in root.iterdir()) == ["sweeps"]  # no job started
-    assert not (tmp_path / "multirun").exists() and not Path("/tmp/brevpipe-hostile-marker").exists()
+    assert not (tmp_path / "multirun").exists() and not Path(MARKER).exists()
 
 
 def test_another_sweep_in_the_folder_of_one_is_refused_before_it_starts(tmp_path: Path) -> None:
