@@ -1,8 +1,9 @@
 """brevpipe's model as an MLflow model any MLflow tool can load and serve.
 
-Two pyfunc models are logged with each job's run, both holding the exported archive
-(``saved_model.tar.gz``: the SavedModel and ``model.json``), so no code runs from a pickle of
-the network itself and nothing depends on Keras at load time:
+Two pyfunc models are logged with each job's run, both "models from code" (MLflow keeps a
+three-line file that builds :class:`BrevpipeModel`: nothing is pickled) holding the exported
+archive (``saved_model.tar.gz``: the SavedModel and ``model.json``), so nothing depends on Keras
+at load time:
 
 - ``mlflow_model`` takes **images**: encoded file bytes (a column ``image`` of a DataFrame, a
   list, or one ``bytes``), or base64 text in JSON (``mlflow models serve`` decodes the
