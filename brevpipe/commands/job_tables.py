@@ -64,7 +64,7 @@ def _table(title: str | None, *columns: str, keep: dict[str, int] | None = None)
 
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "running": "cyan", "stopped": "yellow",
-                UNKNOWN: "magenta"}  # fmt: skip
+                "pruned": "blue", UNKNOWN: "magenta"}  # fmt: skip
 
 
 def print_list(records: list[JobRecord], root: str) -> None:

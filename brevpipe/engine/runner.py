@@ -8,7 +8,7 @@ import inspect
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -28,7 +28,7 @@ from brevpipe.io import cache as data_cache
 from brevpipe.io import storage
 from brevpipe.io.artifacts import load_output, save_output
 from brevpipe.jobs import control
-from brevpipe.jobs.job import Job, NullTracker
+from brevpipe.jobs.job import Job, JobListener, NullTracker
 from brevpipe.jobs.liveness import Heartbeat, Terminated, clean_stale_temp, raise_if_signalled
 from brevpipe.jobs.tags import check_tags
 
@@ -156,18 +156,19 @@ def _stop_requested(job: Job, session: str | None) -> bool:
 
 def run_job(
     cfg: DictConfig, choices: dict[str, str] | None = None, parent: dict[str, Any] | None = None,
-    sweep: dict[str, Any] | None = None,
+    sweep: dict[str, Any] | None = None, listeners: Sequence[JobListener] = (),
 ) -> Job:  # fmt: skip
     """Compose-and-run entry point used by the CLI and the tests; ``parent`` is the MLflow
     run of the sweep this job belongs to, ``sweep`` the sweep's id, this trial's number and
-    overrides (output.json's ``sweep``). The job's storage settings and data cache hold in a
+    overrides (output.json's ``sweep``); ``listeners`` get the job's metrics after its
+    tracker (a sweep's pruning reporter). The job's storage settings and data cache hold in a
     context of its own: jobs run side by side in one process (threads, a notebook, the
     dashboard) do not see each other's, and the caller's are as they were."""
-    return contextvars.copy_context().run(_run_job, cfg, choices, parent, sweep)
+    return contextvars.copy_context().run(_run_job, cfg, choices, parent, sweep, listeners)
 
 
 def _run_job(cfg: DictConfig, choices: dict[str, str] | None, parent: dict[str, Any] | None,
-             sweep: dict[str, Any] | None) -> Job:  # fmt: skip
+             sweep: dict[str, Any] | None, listeners: Sequence[JobListener]) -> Job:  # fmt: skip
     plain = resolve_config(cfg)
     check_names(plain)  # before any job bucket or MLflow run exists
     check_tags(plain["job"].get("tags"))
@@ -193,11 +194,15 @@ def _run_job(cfg: DictConfig, choices: dict[str, str] | None, parent: dict[str, 
     try:
         heartbeat.start()
         tracker.start()
+        job.listeners.extend(listeners)
         verbose = runtime["verbose"]
         configure_tensorflow(bool(runtime["deterministic"]),
                              role is not None, notices=verbose == "debug")  # fmt: skip
         run_stages(job, pipeline, verbose)
         job.complete()
+        tracker.finish(job)
+    except control.TrialPruned as exc:  # a sweep's pruner ended the trial: not a failure
+        job.prune(str(exc))
         tracker.finish(job)
     except KeyboardInterrupt as exc:
         if isinstance(exc, control.StopRequested):

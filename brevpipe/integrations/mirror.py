@@ -41,6 +41,7 @@ RUN_STATUS = {
     JobStatus.COMPLETED: "FINISHED",
     JobStatus.FAILED: "FAILED",
     JobStatus.STOPPED: "KILLED",
+    JobStatus.PRUNED: "KILLED",  # with the tag brevpipe.pruned: a pruned trial did not fail
 }
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 DIGEST = re.compile(r"[0-9a-f]{8,64}")
@@ -76,6 +77,8 @@ def run_tags(output: dict[str, Any], bucket: str) -> dict[str, str]:
         tags.update({f"brevpipe.tag.{tag}": "true" for tag in job_tags})
     if digest := dataset_digest(output):
         tags["brevpipe.dataset"] = digest
+    if job.get("status") == JobStatus.PRUNED:
+        tags["brevpipe.pruned"] = "true"
     mlflow = output.get("mlflow") or {}
     if mlflow.get("parent_run_id"):  # a job of a sweep: nested under the sweep's run
         tags["mlflow.parentRunId"] = str(mlflow["parent_run_id"])

@@ -28,6 +28,12 @@ class StopRequested(KeyboardInterrupt):
     """
 
 
+class TrialPruned(KeyboardInterrupt):
+    """Raised at the end of an epoch when a sweep's pruner ends this trial: the runner ends the
+    job as ``pruned`` (MLflow ``KILLED``, tag ``brevpipe.pruned``) and returns it; like
+    :class:`StopRequested`, nothing catching ``Exception`` swallows it."""
+
+
 def who() -> str:
     """``user@host`` of this process (for the markers ``brevpipe jobs`` writes)."""
     try:

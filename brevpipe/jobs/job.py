@@ -40,6 +40,7 @@ class JobStatus(str, Enum):  # enum.StrEnum is Python 3.11+; this behaves the sa
     COMPLETED = "completed"
     FAILED = "failed"
     STOPPED = "stopped"
+    PRUNED = "pruned"  # a sweep's trial its pruner ended early (not a failure)
 
 
 # What a listing shows besides a job's own status (brevpipe jobs list).
@@ -207,6 +208,11 @@ class Job:
         self.error = reason
         self._finish(JobStatus.STOPPED)
 
+    def prune(self, reason: str) -> None:
+        """End as ``pruned``: a sweep's pruner stopped this trial at the end of an epoch."""
+        self.error = reason
+        self._finish(JobStatus.PRUNED)
+
     def _finish(self, status: JobStatus) -> None:
         self.status = status
         self.end_time = now()
@@ -257,7 +263,7 @@ class Job:
         try:
             storage.write_json(self.output_url, self.to_output())
         except DiskFullError as exc:
-            if self.status not in (JobStatus.FAILED, JobStatus.STOPPED):
+            if self.status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.PRUNED):
                 raise
             logging.getLogger("brevpipe").warning(
                 "output.json of job %s keeps its last complete version: %s", self.id, exc)

@@ -195,12 +195,12 @@ class Trainer:
                 self.compile(model, steps, task)
         start = checkpoint.restore(model) if checkpoint is not None else 0
         callbacks = [stop] if stop is not None else []
+        if checkpoint is not None:  # first: an epoch's end that stops the job (a pruned trial)
+            callbacks.append(checkpoint.callback())  # keeps that epoch
         if on_epoch is not None:
             for row in checkpoint.history if start else []:
                 on_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
             callbacks.append(job_callback(on_epoch))
-        if checkpoint is not None:
-            callbacks.append(checkpoint.callback())
         if self.early_stopping:
             callbacks.append(keras.callbacks.EarlyStopping(**dict(self.early_stopping)))
         callbacks += list(self.callbacks)  # after the checkpoint: a failing one loses nothing

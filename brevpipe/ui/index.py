@@ -16,7 +16,8 @@ from brevpipe.jobs.job import JobStatus
 from brevpipe.jobs.records import JobRecord, job_ids, load_jobs
 
 log = logging.getLogger("brevpipe.ui")
-ENDED = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value})
+ENDED = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value,
+                   JobStatus.PRUNED.value})
 
 
 @dataclass
