@@ -139,7 +139,7 @@ def test_optuna_sweep_three_trials(tmp_path: Path) -> None:
     assert len(outputs) == 3
     learning_rates = {o["config"]["trainer"]["lr"] for o in outputs}
     assert len(learning_rates) == 3 and all(1e-4 <= lr <= 1e-2 for lr in learning_rates)
-    assert "Best parameters" in done.stdout + done.stderr
+    assert "best value" in done.stdout + done.stderr
     best = max(o["metrics"]["devel/accuracy"] for o in outputs)
     _, parent, children = parent_and_children(tmp_path)
     assert len(children) == 3

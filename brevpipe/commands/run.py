@@ -19,6 +19,7 @@ from brevpipe import __version__
 from brevpipe.commands import completion
 from brevpipe.config.compose import CONF_DIR, redact
 from brevpipe.errors import BrevpipeError
+from brevpipe.integrations.search import is_optuna_sweep, pruner_name
 from brevpipe.integrations.sweep import (
     check_same_sweep,
     job_root,
@@ -42,7 +43,7 @@ def _run_job(cfg: DictConfig) -> float | None:
     cwd = hydra_cfg.runtime.cwd  # where brevpipe was started (a launcher may run us elsewhere)
     cfg.job.root = job_root(str(cfg.job.root), cwd)  # as the sweep's callback sees it
     # a job of a sweep: its MLflow parent run, from the sweep's record in the job root
-    parent, sweep = None, None
+    parent, sweep, reporter = None, None, None
     if hydra_cfg.mode == RunMode.MULTIRUN:
         sweep = {"id": sweep_id(cwd, str(hydra_cfg.sweep.dir)), "trial": int(hydra_cfg.job.num),
                  "overrides": list(hydra_cfg.overrides.task)}  # fmt: skip
@@ -56,15 +57,21 @@ def _run_job(cfg: DictConfig) -> float | None:
             except BrevpipeError as exc:
                 log.error("error: %s", exc)
                 sys.exit(1)
+            reporter = trial_reporter(cfg, hydra_cfg, sweep["trial"])
             earlier = completed_trial(cfg, sweep)
             if earlier is not None:
+                if earlier[1] == "pruned" and reporter is not None:
+                    reporter.tell_pruned()
                 return earlier[0]
         parent = parent_run(cfg, hydra_cfg)
     try:
-        job = run_job(cfg, choices=choices, parent=parent, sweep=sweep)
+        job = run_job(cfg, choices=choices, parent=parent, sweep=sweep,
+                      listeners=[reporter] if reporter else [])  # fmt: skip
     except BrevpipeError as exc:
         log.error("error: %s", exc)
         sys.exit(1)
+    if job.status == "pruned" and reporter is not None:
+        reporter.tell_pruned()
     report(job)
     objective = cfg.get("sweep", {}).get("objective") or cfg.pipeline.get("key_metric")
     return job.metrics.get(objective) if objective else None
@@ -75,10 +82,25 @@ def trial_job_id(sweep: str, trial: int) -> str:
     return f"{sweep.rsplit('-', 1)[-1]}-t{trial:03d}"
 
 
-def completed_trial(cfg: DictConfig, sweep: dict[str, Any]) -> tuple[float | None] | None:
-    """``(objective,)`` of this trial when an earlier run of its sweep completed it with the
-    same config and brevpipe version (nothing is run again); None otherwise (an interrupted
-    trial resumes, a changed one runs)."""
+def trial_reporter(cfg: DictConfig, hydra_cfg: Any, trial: int) -> Any:
+    """The pruning reporter of a trial of brevpipe's Optuna sweep with a pruner, else None;
+    a study that cannot be opened leaves the trial unpruned (with a warning)."""
+    if pruner_name(cfg) == "none" or not is_optuna_sweep(hydra_cfg):
+        return None
+    from brevpipe.integrations.pruning import TrialReporter  # Optuna: a pruned sweep's only
+
+    try:
+        return TrialReporter.for_trial(cfg, hydra_cfg, trial)
+    except Exception as exc:  # noqa: BLE001 - the trial runs, unpruned
+        log.warning("trial %d is not pruned: its Optuna study cannot be opened (%s: %s)", trial,
+                    type(exc).__name__, exc)  # fmt: skip
+        return None
+
+
+def completed_trial(cfg: DictConfig, sweep: dict[str, Any]) -> tuple[float | None, str] | None:
+    """``(objective, status)`` of this trial when an earlier run of its sweep completed (or
+    pruned) it with the same config and brevpipe version (nothing is run again); None
+    otherwise (an interrupted trial resumes, a changed one runs)."""
     from brevpipe.engine.runner import resolve_config
 
     job_id = str(cfg.job.id)
@@ -87,21 +109,24 @@ def completed_trial(cfg: DictConfig, sweep: dict[str, Any]) -> tuple[float | Non
     except Exception:  # noqa: BLE001 - no earlier run (or none readable): run the trial
         return None
     job = output.get("job") if isinstance(output, dict) else None
-    if not isinstance(job, dict) or job.get("status") != "completed" \
+    if not isinstance(job, dict) or job.get("status") not in ("completed", "pruned") \
             or job.get("brevpipe_version") != __version__ \
             or output.get("config") != redact(resolve_config(cfg)):  # fmt: skip
         return None
     objective = cfg.get("sweep", {}).get("objective") or cfg.pipeline.get("key_metric")
     value = (output.get("metrics") or {}).get(objective)
     value = float(value) if isinstance(value, int | float) else None
-    print(f"job {job_id} completed (trial {sweep['trial']}, reused from an earlier run of the "
+    status = str(job["status"])
+    print(f"job {job_id} {status} (trial {sweep['trial']}, reused from an earlier run of the "
           f"sweep){f': {objective} {value:.4f}' if value is not None else ''}")
-    return (value,)
+    return (value if status == "completed" else None, status)
 
 
 def report(job: Any) -> None:
     """The job's id, bucket, MLflow run and top-level metrics, for the console."""
     print(f"job {job.id} {job.status}")
+    if job.status == "pruned":
+        print(f"  pruned:  {job.error}")
     if worker := job.extra.get("worker"):  # a multi-worker job's process other than the chief
         print(f"  worker:  {worker}; the chief wrote the job (its bucket, its MLflow run)")
         return

@@ -19,6 +19,7 @@ from typing import Any
 from brevpipe.config.components import check_registered
 from brevpipe.config.compose import compose
 from brevpipe.errors import BrevpipeError, ConfigError
+from brevpipe.integrations.search import SWEEPER
 from brevpipe.io import storage
 from brevpipe.jobs.records import DEFAULT_ROOT
 from brevpipe.jobs.sweeps import Sweep, get_sweep, list_sweeps
@@ -36,11 +37,12 @@ examples:
 # interpolation (${oc.env:...} would copy a variable into the bucket), and only registered
 # components in the composed config (as a rerun).
 HYDRA_ALLOWED = re.compile(
-    r"hydra\.mode=MULTIRUN|hydra/launcher=(basic|joblib|ray)|hydra/sweeper=basic"
+    r"hydra\.mode=MULTIRUN|hydra/launcher=(basic|joblib|ray)|hydra/sweeper=(basic|brevpipe_optuna)"
+    r"|hydra\.sweeper\.(n_trials|n_jobs|sampler\.seed)=\d{1,9}"
     r"|hydra\.launcher\.n_jobs=\d{1,4}|\+?hydra\.launcher\.ray\.init\.num_[cg]pus=\d{1,4}"
     r"|\+?hydra\.launcher\.ray\.init\.include_dashboard=(true|false)"
 )
-FORBIDDEN = ("_target_", "${", "{")
+FORBIDDEN = ("_target_", "${", "{", "search.storage")  # a record names no study storage
 SWEEP_DIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,200}")
 
 
@@ -87,7 +89,7 @@ def main(argv: list[str]) -> int:
             return 0
         sweep = get_sweep(root, args.sweep)
         if args.action == "show":
-            _print(as_json, {**sweep.summary(), "trials": sweep.rows()}, _show, root)
+            _print(as_json, {**sweep.summary(), "rows": sweep.rows()}, _show, root)
             return 0
         return resume(sweep, force=args.force)
     except BrevpipeError as exc:
@@ -103,9 +105,11 @@ def resume_arguments(sweep: Sweep, force: bool = False) -> tuple[str, list[str]]
     from brevpipe.integrations.sweep import sweep_id
 
     record = sweep.record
-    if "optuna" in str(record.get("sweeper") or "").lower():
-        raise ConfigError(f"sweep {sweep.id} is an Optuna sweep: its study was kept in the "
-                          "sweeper's memory and cannot continue; run the sweep again.")
+    sweeper = str(record.get("sweeper") or "")
+    if "optuna" in sweeper.lower() and sweeper != SWEEPER:
+        raise ConfigError(f"sweep {sweep.id} ran with another Optuna sweeper ({sweeper[:80]}), "
+                          "which kept its study in memory: it cannot continue; run the sweep "
+                          "again (search=... picks brevpipe's, which resumes).")  # fmt: skip
     overrides, hydra = record.get("overrides"), record.get("hydra_overrides")
     cwd, folder = record.get("cwd"), record.get("sweep_dir")
     if not (isinstance(overrides, list) and isinstance(hydra, list)
@@ -211,22 +215,29 @@ def _table_of_sweeps(rows: list[dict[str, Any]], root: str) -> None:
     if not rows:
         print(f"no sweeps in {root} (brevpipe run -m ... makes one)")
         return
-    print(f"{'sweep':<32} {'status':<12} {'trials':>6} {'done':>5}  {'best':>8}  objective")
+    print(f"{'sweep':<32} {'status':<12} {'trials':>6} {'done':>5} {'pruned':>6}  {'best':>8}  "
+          "objective")  # fmt: skip
     for row in rows:
         best = (row["best"] or {}).get("value")
         print(f"{row['id'][:32]:<32} {row['status']:<12} {row['trials']:>6} "
-              f"{row['completed']:>5}  {_value(best):>8}  {row['objective']}")
+              f"{row['completed']:>5} {row['pruned']:>6}  {_value(best):>8}  {row['objective']}")
 
 
 def _show(info: dict[str, Any], root: str) -> None:
-    print(f"sweep {info['id']}  {info['status']}  ({info['completed']} of {info['trials']} "
-          f"trials completed; {info['objective']}, {info['direction']})")  # fmt: skip
+    rows = info["rows"]
+    print(f"sweep {info['id']}  {info['status']}  ({info['completed']} of {len(rows)} trials "
+          f"completed, {info['pruned']} pruned; {info['objective']}, {info['direction']})")
     print(f"  overrides  {' '.join(info['overrides'])}")
     if info["resumed"]:
         print(f"  resumed    {', '.join(info['resumed'])}")
-    print(f"{'trial':>5}  {'job':<20} {'status':<10} {'epochs':>6}  {'objective':>9}  overrides")
-    for row in info["trials"]:
+    print(f"{'trial':>5}  {'job':<20} {'status':<10} {'epochs':>7}  {'objective':>9}  values")
+    for row in rows:
+        epochs = f"{row['epochs']}/{row['planned_epochs'] or '?'}"
         print(f"{row['trial']:>5}  {row['job_id'][:20]:<20} {row['status']:<10} "
-              f"{row['epochs']:>6}  {_value(row['objective']):>9}  {row['overrides']}")
+              f"{epochs:>7}  {_value(row['objective']):>9}  {row['values']}")
     if best := info["best"]:
         print(f"best: trial {best['trial']} (job {best['job_id']}) with {_value(best['value'])}")
+    epochs = info["epochs"]
+    if info["pruned"] and epochs["planned"]:
+        print(f"pruning saved {epochs['saved']} of {epochs['planned']} epochs "
+              f"({epochs['saved'] / epochs['planned']:.0%})")

@@ -73,6 +73,25 @@ class SweepSettings:
 
 
 @dataclass
+class SearchSettings:
+    """How an Optuna sweep (``search=<space>``, brevpipe's sweeper) ends trials early.
+    ``pruner``: none, median or hyperband: each trial reports its per-epoch value of
+    ``sweep.objective`` (``devel/X`` is the epoch's ``val_X``, ``train/X`` its ``X``; or name it
+    in ``epoch_metric``) and stops at the end of an epoch where it falls behind; it ends as
+    ``pruned``. ``warmup_epochs``: epochs a trial always trains; ``startup_trials``: trials
+    that finish before any is pruned (median). ``storage``: the Optuna study's storage, an RDB
+    URL (``sqlite:///...``, ``postgresql://...``); null: Optuna's journal under the job root,
+    ``<job.root>/sweeps/<sweep id>.optuna/`` (local or ``s3://``), which every trial process
+    reaches and which a resumed sweep continues."""
+
+    pruner: str = "none"
+    warmup_epochs: int = 2
+    startup_trials: int = 2
+    epoch_metric: Optional[str] = None
+    storage: Optional[str] = None
+
+
+@dataclass
 class RerunSettings:
     """Set by ``brevpipe rerun URL`` (leave as is for a new job). ``allow_targets``:
     unregistered _target_s a rerun may build, by exact dotted name."""
@@ -96,14 +115,15 @@ class TestSettings:
 
 @dataclass
 class BrevpipeSettings:
-    """brevpipe's own settings: the root seed, the job, storage, runtime, sweep, rerun and the
-    model a test report evaluates."""
+    """brevpipe's own settings: the root seed, the job, storage, runtime, sweep, search
+    (pruning), rerun and the model a test report evaluates."""
 
     seed: int = 42  # the root seed: every stage and component derives its own from it
     job: JobSettings = field(default_factory=JobSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     sweep: SweepSettings = field(default_factory=SweepSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     rerun: RerunSettings = field(default_factory=RerunSettings)
     test: TestSettings = field(default_factory=TestSettings)
 

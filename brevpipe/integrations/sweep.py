@@ -34,6 +34,7 @@ from brevpipe.engine import cluster
 from brevpipe.errors import ConfigError
 from brevpipe.integrations.mlflow_store import ensure_experiment, open_client
 from brevpipe.integrations.registry import register_run
+from brevpipe.integrations.search import check_pruner
 from brevpipe.io import storage
 from brevpipe.jobs import layout
 
@@ -184,6 +185,11 @@ class MlflowSweepCallback(Callback):
         if not writes_sweep(config):
             return
         hydra_cfg = config.hydra
+        try:
+            check_pruner(config, hydra_cfg)
+        except ConfigError as exc:  # before any trial: Hydra catches only Exception here
+            log.error("error: %s", exc)
+            raise SystemExit(1) from None
         url = record_url(config, hydra_cfg)
         try:
             use_storage_options(config)
@@ -296,7 +302,9 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
             "run_id": run.info.run_id,
             "job_id": run.data.tags.get("brevpipe.job_id"),
             "overrides": run.data.tags.get("brevpipe.overrides", ""),
-            "status": run.info.status,
+            # a pruned trial's run is KILLED with a tag: it did not fail
+            "status": "PRUNED" if run.data.tags.get("brevpipe.pruned") == "true"
+            else run.info.status,
             objective: run.data.metrics.get(objective),
             "bucket": run.data.tags.get("brevpipe.bucket"),
         }
@@ -305,8 +313,11 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     table = pd.DataFrame(rows, columns=["run_id", "job_id", "overrides", "status", objective,
                                         "bucket"])  # fmt: skip
     scored = table.dropna(subset=[objective])
+    pruned = int((table["status"] == "PRUNED").sum())
     summary: dict[str, Any] = {"objective": objective, "direction": record["direction"],
-                               "children": len(table), "scored": len(scored)}  # fmt: skip
+                               "children": len(table), "scored": len(scored),
+                               "pruned": pruned}  # fmt: skip
+    client.log_metric(parent, "pruned_trials", pruned)
     ascending = record["direction"].lower().startswith("min")
     if len(scored):
         best = scored.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
@@ -333,6 +344,6 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         table.to_csv(Path(tmp, "sweep_children.csv"), index=False)
         Path(tmp, "sweep_summary.json").write_text(json.dumps(summary, indent=2))
         client.log_artifacts(parent, tmp)
-    failed = any(status != "FINISHED" for status in table["status"])
+    failed = any(status not in ("FINISHED", "PRUNED") for status in table["status"])
     client.set_terminated(parent, "FAILED" if failed or table.empty else "FINISHED")
     return summary

@@ -42,7 +42,7 @@ class Sweep:
         """``running`` (no end recorded), ``ended``, or ``interrupted`` (ended with trials
         that did not complete, or never ended and no trial is running)."""
         statuses = [t.status for t in self.trials]
-        if "ended" in self.record and all(s == "completed" for s in statuses):
+        if "ended" in self.record and all(s in ("completed", "pruned") for s in statuses):
             return "ended"
         if "running" in statuses and "ended" not in self.record:
             return "running"
@@ -61,17 +61,29 @@ class Sweep:
         return pick(scored, key=lambda t: self.value(t) or 0.0)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per trial: number, job, status, overrides, objective, epochs trained."""
+        """One row per trial: number, job, status, its own values (the overrides the sweep's
+        command line does not give every trial), objective, epochs trained and planned."""
+        shared = {unescaped(o) for o in self.record.get("overrides") or []}
         rows = []
         for trial in self.trials:
             output = trial.output or {}
+            overrides = [str(o) for o in (output.get("sweep") or {}).get("overrides") or []]
             rows.append({"trial": trial_number(trial), "job_id": trial.id,
                          "status": trial.status,
-                         "overrides": " ".join(map(str, (output.get("sweep") or {})
-                                                   .get("overrides") or [])),
+                         "values": " ".join(o for o in overrides
+                                            if unescaped(o) not in shared),
                          "objective": self.value(trial),
-                         "epochs": len(output.get("history") or [])})  # fmt: skip
+                         "epochs": len(output.get("history") or []),
+                         "planned_epochs": planned_epochs(output)})  # fmt: skip
         return rows
+
+    def epochs_saved(self) -> dict[str, int]:
+        """Epochs the pruned trials did not train, of all the epochs the trials planned."""
+        rows = self.rows()
+        planned = sum(r["planned_epochs"] or r["epochs"] for r in rows)
+        saved = sum(max(0, (r["planned_epochs"] or 0) - r["epochs"]) for r in rows
+                    if r["status"] == "pruned")  # fmt: skip
+        return {"saved": saved, "planned": planned}
 
     def summary(self) -> dict[str, Any]:
         best = self.best
@@ -80,11 +92,23 @@ class Sweep:
                 "ended": self.record.get("ended"), "resumed": self.record.get("resumed", []),
                 "objective": self.objective, "direction": "maximize" if self.maximize
                 else "minimize", "trials": len(self.trials),
-                "completed": statuses.count("completed"),
+                "completed": statuses.count("completed"), "pruned": statuses.count("pruned"),
+                "epochs": self.epochs_saved(),
                 "overrides": self.record.get("overrides", []),
                 "best": {"job_id": best.id, "trial": trial_number(best),
                          "value": self.value(best)} if best else None,
                 "mlflow_run": self.record.get("run_id")}  # fmt: skip
+
+
+def unescaped(override: Any) -> str:
+    """An override as the command line gave it (Hydra escapes ``:`` and ``=`` in a job's)."""
+    return str(override).replace("\\", "")
+
+
+def planned_epochs(output: dict[str, Any]) -> int | None:
+    """``trainer.epochs`` of a job's config (None when it has none)."""
+    epochs = ((output.get("config") or {}).get("trainer") or {}).get("epochs")
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def trial_number(record: JobRecord) -> int:
