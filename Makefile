@@ -80,6 +80,7 @@ bench: install  ## benchmarks: ratios against what users would write instead (tf
 	$(BIN)/python bench/data_cache.py
 	$(BIN)/python bench/job_overhead.py --sweep
 	$(BIN)/python bench/ui_listing.py
+	$(BIN)/python bench/sweep_pruning.py
 
 clean:  ## remove generated state (jobs, MLflow store, multirun folders), keep .venv
 	rm -rf jobs mlruns mlartifacts mlflow.db multirun outputs bench/results .pytest_cache \
