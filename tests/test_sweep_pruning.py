@@ -25,7 +25,8 @@ from tests.conftest import tiny_overrides
 
 # lr 1e-7 does not learn: its devel loss stays near ln(3) while lr 0.01's falls
 LAGGING = ["search=lr_dense_pruned", "trainer.lr=choice(0.01,1e-7)", "sweep.objective=devel/loss",
-           "sweep.direction=minimize", "search.startup_trials=1", "search.warmup_epochs=1"]
+           "sweep.direction=minimize", "search.epoch_metric=val_loss", "search.startup_trials=1",
+           "search.warmup_epochs=1"]
 
 
 def run_sweep(folder: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -45,7 +46,10 @@ def study_of(journal: str) -> optuna.Study:
 
 @pytest.mark.slow
 def test_a_lagging_trial_is_pruned_and_says_so_everywhere(tmp_path: Path, capsys) -> None:
-    done = run_sweep(tmp_path, *LAGGING, "hydra.sweeper.n_trials=5", "trainer.epochs=4")
+    """Trials two at a time on joblib's worker processes, each opening the study from the
+    journal under the job root."""
+    done = run_sweep(tmp_path, *LAGGING, "hydra.sweeper.n_trials=5", "trainer.epochs=4",
+                     "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     root = tmp_path / "jobs"
     outputs = {o["sweep"]["trial"]: o for o in map(json.loads, map(Path.read_text,
@@ -54,7 +58,7 @@ def test_a_lagging_trial_is_pruned_and_says_so_everywhere(tmp_path: Path, capsys
     lr = {n: o["config"]["trainer"]["lr"] for n, o in outputs.items()}
     status = {n: o["job"]["status"] for n, o in outputs.items()}
     first_good = min(n for n in lr if lr[n] == 0.01)
-    lagging = [n for n in lr if lr[n] == 1e-7 and n > first_good]
+    lagging = [n for n in lr if lr[n] == 1e-7 and n // 2 > first_good // 2]  # a later batch
     assert lagging, f"the sampler never picked the lagging lr after a good one: {lr}"
     assert all(status[n] == "pruned" for n in lagging), (lr, status)
     assert all(status[n] == "completed" for n in lr if lr[n] == 0.01), (lr, status)
@@ -63,12 +67,15 @@ def test_a_lagging_trial_is_pruned_and_says_so_everywhere(tmp_path: Path, capsys
         assert 1 <= len(output["history"]) < 4  # it stopped at the end of an epoch
         assert output["stages"]["train"]["status"] == "pruned"
         assert "pruned after epoch" in output["job"]["error"]
-        assert (root / output["job"]["id"] / "artifacts" / "stages" / "train").is_dir()
+        stage = root / output["job"]["id"] / "artifacts" / "stages" / "train"
+        assert (stage / "checkpoint").is_dir()  # the epochs it trained stay
     pruned_ids = sorted(outputs[n]["job"]["id"] for n in status if status[n] == "pruned")
 
     # the study: pruned, not failed; jobs list --status pruned
     journal = next((root / "sweeps").glob("*.optuna"))
-    states = {t.number: t.state for t in study_of(str(journal)).trials}
+    trials = study_of(str(journal)).trials
+    assert all(t.intermediate_values for t in trials)  # each worker reported its epochs
+    states = {t.number: t.state for t in trials}
     assert {n for n, s in states.items() if s == TrialState.PRUNED} == {
         n for n in status if status[n] == "pruned"}
     assert TrialState.FAIL not in states.values()
@@ -106,7 +113,7 @@ def test_an_optuna_sweep_on_s3_killed_and_resumed_finishes_its_trials_once(
     folder.mkdir()
     killed = subprocess.Popen(
         [sys.executable, "-m", "brevpipe", "run", "-m", *tiny_overrides(folder), f"job.root={root}",
-         "search=lr_dense", "hydra.sweeper.n_trials=3", "trainer.epochs=12",
+         "search=lr_dense", "hydra.sweeper.n_trials=3", "trainer.epochs=30",
          "runtime.heartbeat_s=1", "hydra.sweep.dir=multirun/s"],
         cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
@@ -123,9 +130,9 @@ def test_an_optuna_sweep_on_s3_killed_and_resumed_finishes_its_trials_once(
 
     deadline = time.monotonic() + 400
     while not ((found := outputs()).get(0, {}).get("job", {}).get("status") == "completed"
-               and len(found.get(1, {}).get("history", [])) >= 2):  # trial 1 mid-training
+               and len(found.get(1, {}).get("history", [])) >= 3):  # epoch 2 checkpointed
         assert killed.poll() is None and time.monotonic() < deadline, killed.stdout.read()
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(30)
     at_kill = outputs()
@@ -135,7 +142,13 @@ def test_an_optuna_sweep_on_s3_killed_and_resumed_finishes_its_trials_once(
     states = [t.state for t in study_of(f"s3://{journal}").trials]
     assert states[0] == TrialState.COMPLETE and states[1] == TrialState.RUNNING
 
-    time.sleep(3)  # trial 1's heartbeat goes stale: lost
+    while True:  # trial 1's heartbeat goes stale: lost, and the sweep interrupted
+        assert sweep_command.main(["list", "--root", root, "--format", "json"]) == 0
+        [listed] = json.loads(capsys.readouterr().out)
+        if listed["status"] == "interrupted":
+            break
+        assert time.monotonic() < deadline + 60, listed
+        time.sleep(0.5)
     resumed = subprocess.run([sys.executable, "-m", "brevpipe", "sweep", "resume", sweep,
                               "--root", root], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -147,7 +160,7 @@ def test_an_optuna_sweep_on_s3_killed_and_resumed_finishes_its_trials_once(
     assert after[1]["config"]["trainer"]["lr"] == at_kill[1]["config"]["trainer"]["lr"]
     trials = study_of(f"s3://{journal}").trials
     assert [t.number for t in trials] == [0, 1, 2]  # none asked twice
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert all(t.state == TrialState.COMPLETE for t in trials)  # no pruner here
     for trial in trials:
         job = after[trial.number]
         assert job["job"]["id"].endswith(f"-t00{trial.number}")
@@ -169,7 +182,8 @@ def test_the_journal_keeps_every_append_of_concurrent_writers_in_one_order(
     def write(writer: int) -> None:
         journal = FsspecJournal(url)
         for i in range(8):
-            journal.append_logs([{"writer": writer, "i": i}, {"writer": writer, "i": -i}])
+            journal.append_logs([{"op_code": 8, "worker_id": str(writer), "writer": writer,
+                                  "i": sign * i} for sign in (1, -1)])  # fmt: skip
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
     for thread in threads:
@@ -204,7 +218,9 @@ def test_an_optuna_study_in_the_journal_on_s3_is_shared_by_two_workers(s3_bucket
 @pytest.mark.parametrize(("args", "message"), [
     (["seed=1,2", "search.pruner=median"], "prunes the trials of an Optuna sweep"),
     (["search=lr_dense", "search.pruner=sometimes"], "search.pruner=sometimes is not a pruner"),
-    (["search=lr_dense_pruned", "sweep.objective=test/f1"], "has no value per epoch"),
+    (["search=lr_dense_pruned", "sweep.objective=test/f1", "search.epoch_metric=null"],
+     "has no value per epoch"),
+    (["search=lr_dense_pruned", "sweep.direction=minimize"], "which rises as trials do better"),
 ])  # fmt: skip
 def test_a_pruner_the_sweep_cannot_use_is_refused_before_any_trial(
     tmp_path: Path, args: list[str], message: str
@@ -212,3 +228,79 @@ def test_a_pruner_the_sweep_cannot_use_is_refused_before_any_trial(
     done = run_sweep(tmp_path, *args, timeout=300)
     assert done.returncode != 0 and message in done.stderr + done.stdout, done.stderr[-2000:]
     assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").glob("*/info.json"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["search=lr_dense", "search.storage=sqlite:///relative.db"], "give an absolute path"),
+    (["search=lr_dense", "search.storage=/tmp/study"], "is not an RDB URL"),
+    (["search=lr_dense", "job.root=memory://jobs"], "has no exclusive writes"),
+])  # fmt: skip
+def test_a_study_storage_the_trials_cannot_share_is_refused_before_any_trial(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = run_sweep(tmp_path, *args, timeout=300)
+    assert done.returncode != 0 and message in done.stderr + done.stdout, done.stderr[-2000:]
+    assert not list(tmp_path.glob("jobs/*/info.json"))
+
+
+def test_a_planted_trial_in_the_journal_is_refused_not_run(tmp_path: Path) -> None:
+    """A RUNNING trial whose parameter is not the search space's (an override that would
+    build a callback) stops the sweep before it launches anything."""
+    from brevpipe.integrations.optuna_storage import journal_url
+    from brevpipe.integrations.sweep import sweep_id
+
+    sweep = sweep_id(str(tmp_path), "multirun/s")
+    study = optuna.create_study(study_name=sweep, direction="maximize",
+                                storage=open_storage(journal_url(str(tmp_path / "jobs"), sweep)))
+    planted = study.ask({"+trainer.callbacks": optuna.distributions.CategoricalDistribution(
+        ["[{_target_:os.system,_args_:[touch /tmp/brevpipe-planted]}]"])})  # fmt: skip
+    planted.set_user_attr("brevpipe.sweep", sweep)
+    done = run_sweep(tmp_path, "search=lr_dense", "hydra.sweeper.n_trials=2", timeout=300)
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert "not the search space's" in done.stderr + done.stdout, done.stderr[-2000:]
+    assert not list(tmp_path.glob("jobs/*/info.json"))
+    assert not Path("/tmp/brevpipe-planted").exists()
+
+
+def test_a_resumed_trial_is_not_judged_again_on_the_epochs_it_replays(tmp_path: Path) -> None:
+    from brevpipe.integrations.pruning import TrialReporter
+    from brevpipe.jobs.control import TrialPruned
+
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "j")), direction="minimize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    good = study.ask()
+    for step in (1, 2):
+        good.report(0.1, step)
+    study.tell(good, 0.1)
+    lagging = study.ask()
+    lagging.report(5.0, 1)  # the epoch a killed job had reported
+    reporter = TrialReporter(study, lagging._trial_id, lagging.number, "val_loss", {1})
+    reporter.on_metrics({"val_loss": 5.0}, 1)  # replayed on resume: not judged again
+    with pytest.raises(TrialPruned, match="pruned after epoch 2"):
+        reporter.on_metrics({"val_loss": 4.0}, 2)
+
+
+def test_a_journal_object_that_is_not_a_batch_is_skipped_by_every_reader(tmp_path: Path) -> None:
+    url = str(tmp_path / "j")
+    FsspecJournal(url).append_logs([{"op_code": 0, "worker_id": "w", "study_name": "a"}])
+    (tmp_path / "j" / "0000000001.json").write_text("[" * 100_000)  # planted: deep, not JSON
+    (tmp_path / "j" / "0000000002.json").write_text('[{"op_code": 99, "worker_id": "w"}]')
+    FsspecJournal(url).append_logs([{"op_code": 1, "worker_id": "w", "study_id": 0}])
+    first, second = FsspecJournal(url).read_logs(0), FsspecJournal(url).read_logs(0)
+    assert first == second and [e["op_code"] for e in first] == [0, 1]
+
+
+def test_a_resumed_sweep_draws_new_suggestions_and_secrets_stay_out_of_records() -> None:
+    from brevpipe.config.compose import redact
+    from brevpipe.integrations.optuna_sweep import OptunaSweep, override_value
+
+    sweep = OptunaSweep({"_target_": "optuna.samplers.RandomSampler", "seed": 7}, "maximize",
+                        None, 4, 1, 0.0, None)  # fmt: skip
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    first = [optuna.create_study(sampler=sweep.sampler(n)).ask(space).params["x"]
+             for n in (0, 0, 3)]  # fmt: skip
+    assert first[0] == first[1] != first[2]  # seeded; a resumed study's sampler goes on
+    assert [override_value(v) for v in ("d,e", "[1,2]", "abc", 0.5)] == ["'d,e'", "[1,2]", "abc",
+                                                                          "0.5"]  # fmt: skip
+    assert redact({"search": {"storage": "postgresql://user:pw@db/optuna"}}) == {
+        "search": {"storage": "postgresql://user:***@db/optuna"}}

@@ -61,7 +61,7 @@ def test_a_grid_sweep_killed_and_resumed_equals_an_uninterrupted_one(
     root = killed_dir / "jobs"
     deadline = time.monotonic() + 300
     while not ((found := outputs(root)).get(0, {}).get("job", {}).get("status") == "completed"
-               and len(found.get(1, {}).get("history", [])) >= 2):  # trial 1 mid-training
+               and len(found.get(1, {}).get("history", [])) >= 3):  # epoch 2 checkpointed
         assert killed.poll() is None and time.monotonic() < deadline, killed.stdout.read()
         time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)  # the launcher and its job, without a word

@@ -182,7 +182,7 @@ def test_a_sweeps_summary_picks_its_best_trial_by_direction(
     tmp_path: Path, direction: str, best: float
 ) -> None:
     """sweep.direction=minimize ranks a loss the other way round (a real sqlite store)."""
-    from brevpipe.integrations.sweep import summarize
+    from brevpipe.integrations.sweep_summary import summarize
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

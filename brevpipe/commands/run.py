@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 
 from brevpipe import __version__
 from brevpipe.commands import completion
-from brevpipe.config.compose import CONF_DIR, redact
+from brevpipe.config.compose import CONF_DIR, redact, redact_url
 from brevpipe.errors import BrevpipeError
-from brevpipe.integrations.search import is_optuna_sweep, pruner_name
+from brevpipe.integrations.search import PRUNED, is_optuna_sweep, pruner_name
 from brevpipe.integrations.sweep import (
     check_same_sweep,
     job_root,
@@ -33,8 +33,8 @@ from brevpipe.jobs.layout import JobBucket
 log = logging.getLogger("brevpipe")
 
 
-def _run_job(cfg: DictConfig) -> float | None:
-    """The Hydra task: run one job; return its key metric (for sweepers)."""
+def _run_job(cfg: DictConfig) -> float | str | None:
+    """The Hydra task: run one job; return its key metric (for sweepers), or ``"pruned"``."""
     from brevpipe.engine.runner import run_job
 
     hydra_cfg = HydraConfig.get()
@@ -46,23 +46,26 @@ def _run_job(cfg: DictConfig) -> float | None:
     parent, sweep, reporter = None, None, None
     if hydra_cfg.mode == RunMode.MULTIRUN:
         sweep = {"id": sweep_id(cwd, str(hydra_cfg.sweep.dir)), "trial": int(hydra_cfg.job.num),
-                 "overrides": list(hydra_cfg.overrides.task)}  # fmt: skip
+                 "overrides": [redact_url(o) for o in hydra_cfg.overrides.task]}  # fmt: skip
         # the sweep's id and the trial's number: a resumed sweep's own (a multi-worker trial,
         # whose workers each run the sweep, keeps a job of its own: it cannot resume)
         if cfg.job.id is None and "TF_CONFIG" not in os.environ:
             cfg.job.id = trial_job_id(sweep["id"], sweep["trial"])
             use_storage_options(cfg)  # an S3 endpoint... before the job root is read
             try:
-                check_same_sweep(cfg, hydra_cfg)
+                if not is_optuna_sweep(hydra_cfg):  # Optuna's study checks its own trials
+                    check_same_sweep(cfg, hydra_cfg)
             except BrevpipeError as exc:
                 log.error("error: %s", exc)
                 sys.exit(1)
             reporter = trial_reporter(cfg, hydra_cfg, sweep["trial"])
             earlier = completed_trial(cfg, sweep)
             if earlier is not None:
-                if earlier[1] == "pruned" and reporter is not None:
+                if earlier[1] != "pruned":
+                    return earlier[0]
+                if reporter is not None:
                     reporter.tell_pruned()
-                return earlier[0]
+                return PRUNED
         parent = parent_run(cfg, hydra_cfg)
     try:
         job = run_job(cfg, choices=choices, parent=parent, sweep=sweep,
@@ -70,9 +73,11 @@ def _run_job(cfg: DictConfig) -> float | None:
     except BrevpipeError as exc:
         log.error("error: %s", exc)
         sys.exit(1)
-    if job.status == "pruned" and reporter is not None:
-        reporter.tell_pruned()
     report(job)
+    if job.status == "pruned":  # the sweeper tells the study too, if this could not
+        if reporter is not None:
+            reporter.tell_pruned()
+        return PRUNED
     objective = cfg.get("sweep", {}).get("objective") or cfg.pipeline.get("key_metric")
     return job.metrics.get(objective) if objective else None
 

@@ -38,11 +38,13 @@ examples:
 # components in the composed config (as a rerun).
 HYDRA_ALLOWED = re.compile(
     r"hydra\.mode=MULTIRUN|hydra/launcher=(basic|joblib|ray)|hydra/sweeper=(basic|brevpipe_optuna)"
-    r"|hydra\.sweeper\.(n_trials|n_jobs|sampler\.seed)=\d{1,9}"
+    r"|hydra\.sweeper\.(n_trials|n_jobs)=\d{1,4}|hydra\.sweeper\.sampler\.seed=\d{1,9}"
+    r"|hydra\.sweeper\.max_failure_rate=(0|1|0?\.\d{1,4}|1\.0)"
     r"|hydra\.launcher\.n_jobs=\d{1,4}|\+?hydra\.launcher\.ray\.init\.num_[cg]pus=\d{1,4}"
     r"|\+?hydra\.launcher\.ray\.init\.include_dashboard=(true|false)"
 )
-FORBIDDEN = ("_target_", "${", "{", "search.storage")  # a record names no study storage
+# no study storage (an RDB URL) and no redacted secret (***) in a record resumed as it is
+FORBIDDEN = ("_target_", "${", "{", "search.storage", "***")
 SWEEP_DIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,200}")
 
 
@@ -122,8 +124,11 @@ def resume_arguments(sweep: Sweep, force: bool = False) -> tuple[str, list[str]]
          or o.lstrip("+~").startswith("hydra")]
     if refused:
         raise ConfigError(f"sweep {sweep.id}'s record asks for {refused[0][:120]!r}: a resumed "
-                          "sweep sets only plain config values and Hydra's basic, joblib or Ray "
-                          "launcher; run such a sweep again yourself.")  # fmt: skip
+                          "sweep sets only plain config values (no study storage, no redacted "
+                          "secret) and Hydra's basic, joblib or Ray launcher and its sweeper "
+                          "counts; run it again yourself from its folder, brevpipe run -m ... "
+                          f"hydra.sweep.dir={str(folder)[:120]} in {str(cwd)[:120]}, and it "
+                          "continues.")  # fmt: skip
     if not SWEEP_DIR.fullmatch(folder) or ".." in folder.split("/"):
         raise ConfigError(f"sweep {sweep.id}'s folder {folder[:120]!r} is not a plain relative "
                           "path: run the sweep again.")  # fmt: skip
@@ -176,6 +181,8 @@ def _first_value(override: str) -> str:
     [parsed] = OverridesParser.create().parse_overrides([override])
     if not parsed.is_sweep_override():
         return override
+    if parsed.is_interval_sweep():
+        return f"{parsed.get_key_element()}={parsed.value().start}"
     value = next(iter(parsed.sweep_string_iterator()))
     return f"{parsed.get_key_element()}={value}"
 

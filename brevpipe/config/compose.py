@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ REPO_DIR = PACKAGE_DIR.parent
 CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else REPO_DIR / "conf"
 
 REDACTED = "***"
+URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]+@")  # scheme://user:PASSWORD@
 SECRET_KEY_PATTERNS = ("*secret*", "*key*", "*token*", "*password*", "*credential*")
 # Keys that match the patterns above but hold no secret.
 NOT_SECRET_KEYS = frozenset({"cache_key", "key_metric", "monitor_key", "sort_key"})
@@ -31,7 +33,8 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact(obj: Any) -> Any:
-    """A copy of a plain config tree with the values of secret-looking keys replaced."""
+    """A copy of a plain config tree with the values of secret-looking keys replaced, and the
+    passwords of URLs (``postgresql://user:secret@host/db``)."""
     if isinstance(obj, Mapping):
         return {
             k: (REDACTED if is_secret_key(str(k)) and v is not None else redact(v))
@@ -39,7 +42,12 @@ def redact(obj: Any) -> Any:
         }
     if isinstance(obj, list | tuple):
         return [redact(v) for v in obj]
-    return obj
+    return redact_url(obj) if isinstance(obj, str) else obj
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it replaced."""
+    return URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
 
 
 def flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

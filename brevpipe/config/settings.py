@@ -79,7 +79,7 @@ class SearchSettings:
     ``sweep.objective`` (``devel/X`` is the epoch's ``val_X``, ``train/X`` its ``X``; or name it
     in ``epoch_metric``) and stops at the end of an epoch where it falls behind; it ends as
     ``pruned``. ``warmup_epochs``: epochs a trial always trains; ``startup_trials``: trials
-    that finish before any is pruned (median). ``storage``: the Optuna study's storage, an RDB
+    that complete before any is pruned (median). ``storage``: the Optuna study's storage, an RDB
     URL (``sqlite:///...``, ``postgresql://...``); null: Optuna's journal under the job root,
     ``<job.root>/sweeps/<sweep id>.optuna/`` (local or ``s3://``), which every trial process
     reaches and which a resumed sweep continues."""

@@ -187,6 +187,8 @@ def sync_job(
     missing_tags = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
     for key, value in missing_tags.items():
         retrying(client.set_tag, run_id, key, value)
+    if "brevpipe.pruned" in run.data.tags and "brevpipe.pruned" not in tags:  # resumed since
+        retrying(client.delete_tag, run_id, "brevpipe.pruned")
     _sync_params(client, run, output, result)
     _sync_metrics(client, run_id, output, result)
     _sync_dataset(client, run, output)

@@ -11,27 +11,39 @@ one order of the same entries.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import tempfile
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import BaseJournalBackend, JournalStorage
 
-from brevpipe.errors import ConfigError
+from brevpipe.errors import ConfigError, StorageError
+from brevpipe.integrations.search import EXCLUSIVE_REMOTE, is_rdb_url
 from brevpipe.io import storage
 
-RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+log = logging.getLogger("brevpipe")
+
 NAME_DIGITS = 10
-EXCLUSIVE_REMOTE = ("s3", "s3a")  # file systems whose exclusive create brevpipe relies on
+MAX_BATCH_BYTES = 4 * 2**20  # Optuna writes a trial's few entries at once: kilobytes
+MAX_OP_CODE = 10  # optuna.storages.journal's operations: CREATE_STUDY (0) .. DISCARD_TRIALS
+CREATE_ATTEMPTS = 50
+_CHECKED: set[str] = set()  # the S3 journals whose exclusive writes this process checked
 
 
 class FsspecJournal(BaseJournalBackend):
     """Optuna's journal as numbered, immutable objects under ``url`` (a local folder or an
-    ``s3://`` prefix). Thread-safe; process-safe through exclusive creation."""
+    ``s3://`` prefix). Thread-safe; process-safe through exclusive creation. The objects come
+    from a bucket: one that is not a batch of journal entries (too large, not JSON, not a list
+    of entries) is skipped with a warning, the same way by every reader."""
 
     def __init__(self, url: str) -> None:
         self.url = storage.normalize(url)
@@ -45,40 +57,38 @@ class FsspecJournal(BaseJournalBackend):
         self._logs: list[dict[str, Any]] = []
         self._objects = 0  # the entries read so far came from objects 0 .. _objects-1
         self._lock = threading.Lock()
+        if not storage.is_local(self.url):
+            check_exclusive(self.url)
 
     def _name(self, number: int) -> str:
         return storage.join(self.url, f"{number:0{NAME_DIGITS}d}.json")
 
     def _catch_up(self) -> None:
         """Read the objects written since the last call (all of them at first)."""
-        while True:
-            names = self._listed_from(self._objects)
-            if not names:
-                return
-            blobs = storage.cat_many(names)
-            for name in names:
-                blob = blobs[name]
-                if isinstance(blob, BaseException):
-                    raise blob
-                batch = json.loads(blob)
-                if not isinstance(batch, list):
-                    raise ValueError(f"{name} is not an Optuna journal batch")
-                self._logs.extend(batch)
-                self._objects += 1
+        names = self._listed_from(self._objects)
+        blobs = storage.cat_many(list(names)) if names else {}
+        for name, size in names.items():
+            blob = blobs[name]
+            if isinstance(blob, BaseException):
+                raise blob
+            self._logs.extend(journal_batch(name, blob, size))
+            self._objects += 1
 
-    def _listed_from(self, first: int) -> list[str]:
-        """The consecutive object names from ``first`` on that exist now."""
+    def _listed_from(self, first: int) -> dict[str, int]:
+        """The consecutive objects from ``first`` on that exist now, with their sizes."""
         fs, path = storage.get_fs(self.url)
         try:
             fs.invalidate_cache(path)
-            found = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+            listed = storage.call(fs, self.url, "ls", path, detail=True)
         except FileNotFoundError:
-            return []
-        names, number = [], first
-        while f"{number:0{NAME_DIGITS}d}.json" in found:
-            names.append(self._name(number))
+            return {}
+        sizes = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+                 for e in listed}  # fmt: skip
+        found, number = {}, first
+        while (name := f"{number:0{NAME_DIGITS}d}.json") in sizes:
+            found[self._name(number)] = sizes[name]
             number += 1
-        return names
+        return found
 
     def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
         with self._lock:
@@ -89,29 +99,95 @@ class FsspecJournal(BaseJournalBackend):
         data = json.dumps(logs).encode()
         with self._lock:
             self._catch_up()
-            while not self._create(self._name(self._objects), data):
+            for attempt in range(CREATE_ATTEMPTS):
+                if self._create(self._name(self._objects), data):
+                    return
+                time.sleep(min(1.0, 0.01 * 2**attempt))
                 self._catch_up()  # another process took that number: read it, try the next
+            raise StorageError(f"could not append to the Optuna journal {self.url} in "
+                               f"{CREATE_ATTEMPTS} attempts: too many writers at once")
 
     def _create(self, url: str, data: bytes) -> bool:
         """Create ``url`` with ``data`` unless it exists; whether this call created it."""
         if storage.is_local(url):
-            folder = Path(url).parent
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", delete=False) as tmp:
-                tmp.write(data)
-            try:
-                os.link(tmp.name, url)  # atomic and exclusive: readers never see half a batch
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(tmp.name)
-            return True
+            return create_local(url, data)
         fs, path = storage.get_fs(url)
         try:
             storage.call(fs, url, "pipe_file", path, data, mode="create")
         except FileExistsError:
             return False
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:  # S3's 409: another conditional write to it in flight
+                return False
+            raise
         return True
+
+
+def journal_batch(name: str, blob: bytes, size: int) -> list[dict[str, Any]]:
+    """The entries of one journal object; none (with a warning) when it is not a batch."""
+    problem = None
+    if size > MAX_BATCH_BYTES:
+        problem = f"{size:,} bytes, more than {MAX_BATCH_BYTES:,}"
+    else:
+        try:
+            batch = json.loads(blob)
+        except (ValueError, RecursionError) as exc:
+            batch, problem = None, f"not JSON ({type(exc).__name__})"
+        if problem is None and not (isinstance(batch, list) and all(
+                isinstance(e, dict) and type(e.get("op_code")) is int
+                and 0 <= e["op_code"] <= MAX_OP_CODE and isinstance(e.get("worker_id"), str)
+                for e in batch)):  # fmt: skip
+            problem = "not a list of Optuna journal entries"
+    if problem is None:
+        return batch
+    log.warning("Optuna journal object %s skipped: %s", name, problem)
+    return []
+
+
+def create_local(url: str, data: bytes) -> bool:
+    """Create the local file ``url`` with ``data`` unless it exists, atomically: the data is
+    written and synced beside it, then hard-linked to its name (which fails if it exists)."""
+    folder = Path(url).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", delete=False) as tmp:
+        tmp.write(data)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.chmod(tmp.name, 0o644)  # others who may read the job root may read the journal
+    try:
+        os.link(tmp.name, url)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise ConfigError(f"the job root's file system does not take hard links ({exc}), which "
+                          "an Optuna journal needs: give the study an RDB URL, "
+                          "search.storage=sqlite:////absolute/path/study.db") from None
+    finally:
+        os.unlink(tmp.name)
+    return True
+
+
+def check_exclusive(url: str) -> None:
+    """Refuse an S3 endpoint that ignores ``If-None-Match`` (some S3-compatible stores): the
+    journal would lose entries. Checked once per process and URL."""
+    if url in _CHECKED:
+        return
+    probe = storage.join(url, f".exclusive-{uuid.uuid4().hex}")
+    fs, path = storage.get_fs(probe)
+    storage.call(fs, probe, "pipe_file", path, b"1", mode="create")
+    try:
+        storage.call(fs, probe, "pipe_file", path, b"2", mode="create")
+    except OSError as exc:
+        if not isinstance(exc, FileExistsError) and exc.errno != errno.EBUSY:
+            raise
+        _CHECKED.add(url)
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            storage.call(fs, probe, "rm_file", path)
+    raise ConfigError(f"the store of {url} overwrote an object created with If-None-Match: an "
+                      "Optuna journal there would lose entries; give the study an RDB URL, "
+                      "search.storage=postgresql://...")
 
 
 def journal_url(root: str, sweep_id: str) -> str:
@@ -121,6 +197,6 @@ def journal_url(root: str, sweep_id: str) -> str:
 
 def open_storage(url: str) -> BaseStorage:
     """An Optuna storage from ``url``: an RDB URL, or a journal folder (local or s3://)."""
-    if url.split(":", 1)[0].split("+", 1)[0] in RDB_SCHEMES:
-        return RDBStorage(url, heartbeat_interval=None)
+    if is_rdb_url(url):
+        return RDBStorage(url)
     return JournalStorage(FsspecJournal(url))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import (
     BaseDistribution,
@@ -32,19 +34,20 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from brevpipe.config.compose import redact_url
 from brevpipe.errors import ConfigError
 from brevpipe.integrations.optuna_storage import journal_url, open_storage
-from brevpipe.integrations.search import PRUNERS
+from brevpipe.integrations.search import PRUNED, PRUNERS
 from brevpipe.integrations.sweep import job_root, sweep_id, use_storage_options
 
 log = logging.getLogger("brevpipe")
 
 Batch = list[tuple[int, list[str]]]  # (trial number, its overrides) of trials to launch
-Space = tuple[dict[str, BaseDistribution], dict[str, str]]  # distributions, fixed values
-
-
+Space = tuple[dict[str, BaseDistribution], dict[str, str]]  # distributions, fixed overrides
+SWEEP_ATTR = "brevpipe.sweep"  # the user attribute naming the sweep a trial belongs to
+PLAIN_TEXT = re.compile(r"[\w./:+ -]*")  # a choice's text that needs no quotes
 
 def make_pruner(search: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     """The pruner ``search.pruner`` names (none, median, hyperband)."""
@@ -70,10 +73,10 @@ def study_location(config: DictConfig, hydra_cfg: Any) -> tuple[str, str]:
     return str(url), str(hydra_cfg.sweeper.get("study_name") or sweep)
 
 
-def distribution(override: Override) -> BaseDistribution | str:
-    """An Optuna distribution for a sweep override; the value of a plain one."""
+def distribution(override: Override) -> BaseDistribution | None:
+    """An Optuna distribution for a sweep override; None for a plain one."""
     if not override.is_sweep_override():
-        return override.get_value_element_as_str()
+        return None
     value = override.value()
     if override.is_choice_sweep() or (isinstance(value, RangeSweep) and value.shuffle):
         return CategoricalDistribution(list(override.sweep_iterator(Transformer.encode)))
@@ -92,8 +95,8 @@ def distribution(override: Override) -> BaseDistribution | str:
 
 
 def search_space(params: Mapping[str, Any] | None, arguments: Sequence[str]) -> Space:
-    """``(distributions, fixed values)`` of ``hydra.sweeper.params`` and the command line's
-    overrides (which win)."""
+    """``(distributions, fixed overrides)`` of ``hydra.sweeper.params`` and the command line's
+    overrides (which win); a fixed one is kept as written (``~key``, ``+key=...``)."""
     lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
     space: dict[str, BaseDistribution] = {}
     fixed: dict[str, str] = {}
@@ -101,34 +104,79 @@ def search_space(params: Mapping[str, Any] | None, arguments: Sequence[str]) -> 
         key, found = override.get_key_element(), distribution(override)
         space.pop(key, None)
         fixed.pop(key, None)
-        if isinstance(found, BaseDistribution):
-            space[key] = found
+        if found is None:
+            fixed[key] = override.input_line
         else:
-            fixed[key] = found
+            space[key] = found
     return space, fixed
 
 
+def checked_params(number: int, params: Mapping[str, Any],
+                   space: Mapping[str, BaseDistribution]) -> dict[str, Any]:  # fmt: skip
+    """A trial's parameters, refused unless they are exactly the search space's names with
+    values inside it: a study's storage is a bucket's objects, and its values become the
+    trial's Hydra overrides."""
+    if set(params) != set(space):
+        raise ConfigError(f"Optuna trial {number} has parameters {sorted(params)[:10]}, not the "
+                          f"search space's {sorted(space)}: the study is not this sweep's (give "
+                          "the sweep a folder of its own, hydra.sweep.dir=...)")  # fmt: skip
+    for key, value in params.items():
+        dist = space[key]
+        if isinstance(dist, CategoricalDistribution):
+            ok = value in dist.choices
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and \
+                math.isfinite(value) and dist.low <= value <= dist.high  # fmt: skip
+        if not ok:
+            raise ConfigError(f"Optuna trial {number}'s {key}={str(value)[:80]!r} is not in the "
+                              "search space: the study was changed; give the sweep a folder "
+                              "of its own (hydra.sweep.dir=...)")  # fmt: skip
+    return dict(params)
+
+
+def override_value(value: Any) -> str:
+    """A parameter's value as in a Hydra override: a choice's text (Hydra's encoding, where a
+    list stays ``[1,2]``), quoted when the grammar would read it as something else."""
+    text = str(value)
+    if not isinstance(value, str) or text.startswith(("[", "{")) or PLAIN_TEXT.fullmatch(text):
+        return text
+    if "'" in text or "\\" in text:
+        raise ConfigError(f"the choice {text[:80]!r} has a quote or a backslash: the Optuna "
+                          "sweeper cannot pass it as an override; pick values without them")
+    return f"'{text}'"
+
+
 class OptunaSweep:
-    """The sweeper's work (the Hydra plugin, ``hydra_plugins.brevpipe_optuna``, delegates)."""
+    """The sweeper's work (the Hydra plugin, ``hydra_plugins.brevpipe_optuna``, delegates).
+    ``sampler`` is its config: instantiated here, reseeded for a resumed sweep."""
 
     def __init__(self, sampler: Any, direction: str, study_name: str | None, n_trials: int,
                  n_jobs: int, max_failure_rate: float,
                  params: Mapping[str, Any] | None) -> None:  # fmt: skip
-        self.sampler = sampler
+        self.sampler_config = sampler
         self.direction = str(direction)
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
         self.max_failure_rate = float(max_failure_rate)
         self.params = params
         self.config: DictConfig | None = None
-        self.objective = ""
+        self.objective, self.sweep_id = "", ""
         self.launcher: Any = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:  # fmt: skip
         self.config = config
         self.objective = str((config.get("sweep") or {}).get("objective"))
+        self.sweep_id = sweep_id(str(config.hydra.runtime.cwd), str(config.hydra.sweep.dir))
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
+
+    def sampler(self, trials: int) -> optuna.samplers.BaseSampler:
+        """The sampler; a study that has ``trials`` already gets its seed plus that many, or
+        a resumed sweep would draw its first suggestions again."""
+        seed = self.sampler_config.get("seed")
+        if trials and isinstance(seed, int):
+            return instantiate(self.sampler_config, seed=seed + trials)
+        return instantiate(self.sampler_config)
 
     def open_study(self) -> optuna.Study:
         assert self.config is not None
@@ -137,27 +185,38 @@ class OptunaSweep:
         search = OmegaConf.to_container(self.config.get("search") or {}, resolve=True)
         assert isinstance(search, dict)
         study = optuna.create_study(storage=open_storage(url), study_name=name,
-                                    sampler=self.sampler, pruner=make_pruner(search),
+                                    sampler=self.sampler(0), pruner=make_pruner(search),
                                     direction=self.direction, load_if_exists=True)  # fmt: skip
-        log.info("Optuna study %s in %s (%s pruner)", name, url, search.get("pruner") or "none")
+        if trials := len(study.get_trials(deepcopy=False)):
+            study.sampler = self.sampler(trials)
+        log.info("Optuna study %s in %s (%s pruner)", name, redact_url(url),
+                 search.get("pruner") or "none")  # fmt: skip
         return study
+
+    def own_trials(self, study: optuna.Study) -> list[FrozenTrial]:
+        """This sweep's trials (a study named by ``study_name`` may hold other sweeps')."""
+        return [t for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get(SWEEP_ATTR) == self.sweep_id]  # fmt: skip
 
     def sweep(self, arguments: list[str]) -> None:
         study = self.open_study()
         space, fixed = search_space(self.params, arguments)
-        trials = study.get_trials(deepcopy=False)
-        again = [t for t in trials if t.state == TrialState.RUNNING]  # the driver died
-        if again:
+        again = [t for t in self.own_trials(study) if t.state == TrialState.RUNNING]
+        if again:  # the driver died (brevpipe sweep resume checked that it no longer runs)
             log.info("sweep resumed: trials %s run again (their jobs resume), then new "
                      "trials until %d have finished", [t.number for t in again],
                      self.n_trials)  # fmt: skip
-        pending = [(t.number, overrides(t.params, fixed)) for t in again]
+        pending = [(t.number, overrides(checked_params(t.number, t.params, space), fixed))
+                   for t in again]  # fmt: skip
         while True:
             batch, pending = pending[: self.n_jobs], pending[self.n_jobs:]
-            room = self.n_trials - finished(study) - len(batch) - len(pending)
-            for _ in range(max(0, min(self.n_jobs - len(batch), room))):
+            done = sum(t.state.is_finished() for t in self.own_trials(study))
+            for _ in range(max(0, min(self.n_jobs - len(batch),
+                                      self.n_trials - done - len(batch) - len(pending)))):
                 trial = study.ask(space)
-                batch.append((trial.number, overrides(trial.params, fixed)))
+                trial.set_user_attr(SWEEP_ATTR, self.sweep_id)
+                params = checked_params(trial.number, trial.params, space)
+                batch.append((trial.number, overrides(params, fixed)))
             if not batch:
                 break
             self.run_batch(study, batch)
@@ -170,12 +229,12 @@ class OptunaSweep:
         for first, group in consecutive(batch):
             returns += list(self.launcher.launch([o for _, o in group], initial_job_idx=first))
         failures = []
-        states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
         for (number, _), ret in zip(batch, returns, strict=True):
-            if states[number].is_finished():  # a pruned trial's job told the study itself
-                continue
             try:
                 value = ret.return_value  # a failed job's JobReturn raises its error
+                if value == PRUNED:  # its job told the study too, unless that failed
+                    study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
+                    continue
                 if not isinstance(value, int | float) or not math.isfinite(value):
                     raise ValueError(f"its job has no finite {self.objective} ({value}): "
                                      "sweep.objective must name one of its metrics")  # fmt: skip
@@ -191,22 +250,23 @@ class OptunaSweep:
                                f"{failures[0]}")  # fmt: skip
 
     def report(self, study: optuna.Study) -> None:
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        counts = {s.name.lower(): states.count(s) for s in
+        trials = self.own_trials(study)
+        counts = {s.name.lower(): sum(t.state == s for t in trials) for s in
                   (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}  # fmt: skip
         log.info("Optuna study %s: %s", study.study_name,
                  ", ".join(f"{n} {name}" for name, n in counts.items()))  # fmt: skip
-        if counts["complete"]:
-            log.info("best value %.4f, parameters %s", study.best_value, study.best_params)
-
-
-def finished(study: optuna.Study) -> int:
-    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if complete:
+            best = (max if self.direction.startswith("max") else min)(
+                complete, key=lambda t: t.value)
+            log.info("best value %.4f (trial %d), parameters %s", best.value, best.number,
+                     best.params)  # fmt: skip
 
 
 def overrides(params: Mapping[str, Any], fixed: Mapping[str, str]) -> list[str]:
-    """A trial's Hydra overrides: its parameters, then the fixed values."""
-    return [f"{key}={value}" for key, value in {**params, **fixed}.items()]
+    """A trial's Hydra overrides: its parameters, then the fixed ones as written."""
+    return [*(f"{key}={override_value(value)}" for key, value in params.items()),
+            *fixed.values()]  # fmt: skip
 
 
 def consecutive(batch: Batch) -> list[tuple[int, Batch]]:

@@ -3,7 +3,7 @@ to its own Optuna trial, in the study's storage (whichever process or node runs 
 ends as ``pruned`` at the end of the epoch where the study's pruner says it falls behind.
 
 Only brevpipe's Optuna sweeper (``search=<space>``) can prune: a pruner with another sweeper is
-refused before the sweep starts (:func:`brevpipe.integrations.search.check_pruner`).
+refused before the sweep starts (:func:`brevpipe.integrations.search.check_search`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ class TrialReporter:
     """A job listener: each epoch's ``metric`` goes to Optuna trial ``number`` of the sweep's
     study; when the pruner says so, :class:`TrialPruned` ends the job at that epoch's end."""
 
-    def __init__(self, study: Any, trial_id: int, number: int, metric: str) -> None:
+    def __init__(self, study: Any, trial_id: int, number: int, metric: str,
+                 reported: set[int]) -> None:  # fmt: skip
         self.study, self.number, self.metric = study, number, metric
         self.trial = optuna.trial.Trial(study, trial_id)
+        self.reported = reported  # a resumed job's epochs replay: they are not judged again
         self._warned = False
 
     @classmethod
@@ -41,10 +43,11 @@ class TrialReporter:
         study = optuna.load_study(study_name=name, storage=store, pruner=make_pruner(search))
         study_id = store.get_study_id_from_name(name)
         trial_id = store.get_trial_id_from_study_id_trial_number(study_id, number)
-        return cls(study, trial_id, number, epoch_metric(config))
+        reported = set(store.get_trial(trial_id).intermediate_values)
+        return cls(study, trial_id, number, epoch_metric(config), reported)
 
     def on_metrics(self, metrics: dict[str, float], step: int | None) -> None:
-        if step is None:
+        if step is None or step in self.reported:
             return
         value = metrics.get(self.metric)
         if value is None:
@@ -53,6 +56,7 @@ class TrialReporter:
             return
         try:
             self.trial.report(float(value), int(step))
+            self.reported.add(int(step))
             prune = self.trial.should_prune()
         except Exception as exc:  # noqa: BLE001 - the study's storage failing never fails a job
             self._warn(f"{type(exc).__name__}: {exc}")
@@ -68,5 +72,11 @@ class TrialReporter:
             self._warned = True
 
     def tell_pruned(self) -> None:
-        """Mark the trial pruned in the study (its last reported value is its value)."""
-        self.study.tell(self.number, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+        """Mark the trial pruned in the study (its last reported value is its value); the
+        sweeper tells it again if this fails."""
+        try:
+            self.study.tell(self.number, state=optuna.trial.TrialState.PRUNED,
+                            skip_if_finished=True)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the job ended pruned; the driver tells it
+            log.warning("trial %d: telling the study it was pruned failed (%s: %s)",
+                        self.number, type(exc).__name__, exc)  # fmt: skip

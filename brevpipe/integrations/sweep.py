@@ -10,8 +10,9 @@ trial is reused and an interrupted one resumes from its checkpoint. Every job
 reads it from there, whichever launcher runs the job and on whichever node (basic, joblib
 workers, a Ray cluster): the job root is the one thing driver and jobs share, never the
 driver's disk. The sweep id needs nothing from the driver either: each job computes it from
-its own config (:func:`sweep_id`). When the multirun ends, the parent gets the summary: the
-best objective value and job, and a table of the children as an artifact.
+its own config (:func:`sweep_id`). When the multirun ends, the parent gets the summary
+(:mod:`brevpipe.integrations.sweep_summary`): the best objective value and job, and a table
+of the children as an artifact.
 """
 
 from __future__ import annotations
@@ -23,18 +24,18 @@ import logging
 import os
 import re
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from brevpipe.config.compose import redact_url
 from brevpipe.engine import cluster
 from brevpipe.errors import ConfigError
 from brevpipe.integrations.mlflow_store import ensure_experiment, open_client
-from brevpipe.integrations.registry import register_run
-from brevpipe.integrations.search import check_pruner
+from brevpipe.integrations.search import check_search
+from brevpipe.integrations.sweep_summary import summarize
 from brevpipe.io import storage
 from brevpipe.jobs import layout
 
@@ -94,7 +95,7 @@ def parent_run(config: DictConfig, hydra_cfg: Any) -> dict[str, Any] | None:
             "under the sweep's parent run", url, type(exc).__name__, exc,
         )  # fmt: skip
         return None
-    record["overrides"] = " ".join(hydra_cfg.overrides.task)
+    record["overrides"] = redact_url(" ".join(hydra_cfg.overrides.task))
     return record
 
 
@@ -146,6 +147,8 @@ def _values(overrides: Any) -> dict[str, list[str]]:
 
     found = {}
     for override in OverridesParser.create().parse_overrides([str(o) for o in overrides]):
+        if override.is_interval_sweep():  # any value in it: nothing to enumerate
+            continue
         key = override.get_key_element()
         found[key] = (list(override.sweep_string_iterator()) if override.is_sweep_override()
                       else [override.get_value_element_as_str()])  # fmt: skip
@@ -169,7 +172,7 @@ def new_record(config: DictConfig, hydra_cfg: Any, url: str) -> dict[str, Any]:
         "register": config.tracking.get("register"),
         "sweep_dir": str(hydra_cfg.sweep.dir),
         "cwd": str(hydra_cfg.runtime.cwd),
-        "overrides": [str(o) for o in hydra_cfg.overrides.task],
+        "overrides": [redact_url(str(o)) for o in hydra_cfg.overrides.task],
         "hydra_overrides": [str(o) for o in hydra_overrides],
         "sweeper": str((hydra_cfg.get("sweeper") or {}).get("_target_") or ""),
         "created": _now(),
@@ -186,7 +189,7 @@ class MlflowSweepCallback(Callback):
             return
         hydra_cfg = config.hydra
         try:
-            check_pruner(config, hydra_cfg)
+            check_search(config, hydra_cfg)
         except ConfigError as exc:  # before any trial: Hydra catches only Exception here
             log.error("error: %s", exc)
             raise SystemExit(1) from None
@@ -201,8 +204,8 @@ class MlflowSweepCallback(Callback):
         if record is None:
             record = fresh
         elif (problem := other_sweep(record, fresh)) is not None:
-            log.error("error: %s", problem)  # each trial refuses to run (Hydra goes on)
-            return
+            log.error("error: %s", problem)
+            raise SystemExit(1)  # before any trial (Hydra catches only Exception here)
         else:
             record["resumed"] = [*record.get("resumed", []), _now()]
             record.pop("ended", None)
@@ -251,7 +254,7 @@ def _open_parent_run(record: dict[str, Any], config: DictConfig, hydra_cfg: Any,
             experiment_id,
             run_name=f"sweep-{Path(str(hydra_cfg.sweep.dir)).name}",
             tags={"brevpipe.sweep": "true", "brevpipe.pipeline": str(config.pipeline.name),
-                  "brevpipe.sweep_overrides": " ".join(hydra_cfg.overrides.task),
+                  "brevpipe.sweep_overrides": redact_url(" ".join(hydra_cfg.overrides.task)),
                   "brevpipe.sweep_record": url},
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the sweep goes on without its parent run
@@ -260,90 +263,3 @@ def _open_parent_run(record: dict[str, Any], config: DictConfig, hydra_cfg: Any,
     record.update({"tracking_uri": uri, "experiment_id": experiment_id,
                    "run_id": run.info.run_id})  # fmt: skip
     log.info("sweep: MLflow parent run %s (%s), record %s", run.info.run_id, uri, url)
-
-
-def root_of(record: dict[str, Any]) -> str:
-    """The job root of a sweep: its record is ``<root>/sweeps/<id>.json``."""
-    return str(record.get("record_url") or "").rsplit("/", 2)[0]
-
-
-def register_best(client: Any, record: dict[str, Any], best: Any) -> dict[str, Any]:
-    """Register the sweep's best trial (``tracking.register``); its output.json records it.
-    The trial's bucket comes from an MLflow tag: it must be a job of the sweep's own root."""
-    root, job_id = root_of(record), str(best["job_id"])
-    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", job_id):
-        raise ValueError(f"{job_id[:80]!r} is not a job id")
-    bucket = layout.JobBucket.of(root, job_id)
-    if not root or storage.normalize(str(best["bucket"])) != bucket.url:
-        raise ValueError(f"the best trial's bucket {best['bucket']!r} is not job {job_id} of "
-                         f"the sweep's root {root!r}")  # fmt: skip
-    output = storage.read_json(bucket.output)
-    entry = register_run(client, str(record["register"]), str(best["run_id"]), output)
-    output.setdefault("mlflow", {})["registry"] = entry
-    storage.write_json(bucket.output, output)
-    log.info("sweep: best trial %s registered as %s version %s (@%s)", job_id,
-             record["register"], entry["version"], entry["alias"])  # fmt: skip
-    return entry
-
-
-def summarize(record: dict[str, Any]) -> dict[str, Any]:
-    """Rank the sweep's child runs by the objective; log the summary to the parent run."""
-    import pandas as pd
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=record["tracking_uri"],
-                          registry_uri=record["tracking_uri"])
-    parent, objective = record["run_id"], record["objective"]
-    children = client.search_runs(
-        [record["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
-    )
-    rows = [
-        {
-            "run_id": run.info.run_id,
-            "job_id": run.data.tags.get("brevpipe.job_id"),
-            "overrides": run.data.tags.get("brevpipe.overrides", ""),
-            # a pruned trial's run is KILLED with a tag: it did not fail
-            "status": "PRUNED" if run.data.tags.get("brevpipe.pruned") == "true"
-            else run.info.status,
-            objective: run.data.metrics.get(objective),
-            "bucket": run.data.tags.get("brevpipe.bucket"),
-        }
-        for run in children
-    ]
-    table = pd.DataFrame(rows, columns=["run_id", "job_id", "overrides", "status", objective,
-                                        "bucket"])  # fmt: skip
-    scored = table.dropna(subset=[objective])
-    pruned = int((table["status"] == "PRUNED").sum())
-    summary: dict[str, Any] = {"objective": objective, "direction": record["direction"],
-                               "children": len(table), "scored": len(scored),
-                               "pruned": pruned}  # fmt: skip
-    client.log_metric(parent, "pruned_trials", pruned)
-    ascending = record["direction"].lower().startswith("min")
-    if len(scored):
-        best = scored.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
-        summary.update(
-            best_value=float(best[objective]), best_run_id=best["run_id"],
-            best_job_id=best["job_id"], best_overrides=best["overrides"],
-        )  # fmt: skip
-        client.log_metric(parent, f"best/{objective}", float(best[objective]))
-        client.set_tag(parent, "brevpipe.best_job_id", str(best["job_id"]))
-        client.set_tag(parent, "brevpipe.best_run_id", str(best["run_id"]))
-    finished = scored[scored["status"] == "FINISHED"]
-    if record.get("register") and len(finished):
-        best = finished.sort_values(objective, ascending=ascending, kind="stable").iloc[0]
-        try:
-            summary["registered"] = register_best(client, record, best)
-            client.set_tag(parent, "brevpipe.registered", summary["registered"]["uri"])
-        except Exception as exc:  # noqa: BLE001 - the summary and the parent run end anyway
-            summary["registration_error"] = f"{type(exc).__name__}: {exc}"[:500]
-            log.warning("sweep: registering the best trial %s as %r failed (%s); once the "
-                        "registry answers, run: brevpipe models register %s --root %s "
-                        "--tracking-uri %s", best["job_id"], record["register"], exc,
-                        best["job_id"], root_of(record), record["tracking_uri"])  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="brevpipe-sweep-") as tmp:
-        table.to_csv(Path(tmp, "sweep_children.csv"), index=False)
-        Path(tmp, "sweep_summary.json").write_text(json.dumps(summary, indent=2))
-        client.log_artifacts(parent, tmp)
-    failed = any(status not in ("FINISHED", "PRUNED") for status in table["status"])
-    client.set_terminated(parent, "FAILED" if failed or table.empty else "FINISHED")
-    return summary

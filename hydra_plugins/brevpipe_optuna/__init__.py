@@ -26,16 +26,18 @@ from omegaconf import DictConfig
 
 @dataclass
 class BrevpipeOptunaSweeperConf:
-    """``sampler``: an Optuna sampler to instantiate; ``direction``: maximize or minimize;
+    """``sampler``: an Optuna sampler to instantiate; ``direction``: maximize or minimize
+    (brevpipe's ``sweep.direction``);
     ``study_name``: null is the sweep's id (a study per sweep, which its resume continues);
     ``n_trials``: trials that finish (completed, pruned or failed); ``n_jobs``: trials launched
     together (a joblib or Ray launcher runs them side by side); ``max_failure_rate``: the share
     of a batch's trials that may fail before the sweep stops; ``params``: the search space."""
 
     _target_: str = "hydra_plugins.brevpipe_optuna.BrevpipeOptunaSweeper"
+    _recursive_: bool = False  # the sweeper builds the sampler (a resumed sweep reseeds it)
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler",
                                                   "seed": None})  # fmt: skip
-    direction: str = "maximize"
+    direction: str = "${sweep.direction}"
     study_name: Optional[str] = None
     n_trials: int = 20
     n_jobs: int = 1
