@@ -292,7 +292,7 @@ def test_a_journal_object_that_is_not_a_batch_is_skipped_by_every_reader(tmp_pat
 
 def test_a_resumed_sweep_draws_new_suggestions_and_secrets_stay_out_of_records() -> None:
     from brevpipe.config.compose import redact
-    from brevpipe.integrations.optuna_sweep import OptunaSweep, override_value
+    from brevpipe.integrations.optuna_sweep import OptunaSweep, overrides, search_space
 
     sweep = OptunaSweep({"_target_": "optuna.samplers.RandomSampler", "seed": 7}, "maximize",
                         None, 4, 1, 0.0, None)  # fmt: skip
@@ -300,7 +300,56 @@ def test_a_resumed_sweep_draws_new_suggestions_and_secrets_stay_out_of_records()
     first = [optuna.create_study(sampler=sweep.sampler(n)).ask(space).params["x"]
              for n in (0, 0, 3)]  # fmt: skip
     assert first[0] == first[1] != first[2]  # seeded; a resumed study's sampler goes on
-    assert [override_value(v) for v in ("d,e", "[1,2]", "abc", 0.5)] == ["'d,e'", "[1,2]", "abc",
-                                                                          "0.5"]  # fmt: skip
+    space, fixed = search_space({"x": "choice('d,e',[1,2],abc)"}, ["~y", "z=interval(0,1)"])
+    assert space["x"].choices == ("d\\,e", "[1,2]", "abc") and fixed == {"~y": "~y"}
+    assert overrides({"x": "d\\,e", "z": 0.5}, fixed) == ["x=d\\,e", "z=0.5", "~y"]
     assert redact({"search": {"storage": "postgresql://user:pw@db/optuna"}}) == {
         "search": {"storage": "postgresql://user:***@db/optuna"}}
+
+
+def test_s3_answers_that_mean_taken_are_told_from_other_errors() -> None:
+    """What s3fs makes of S3's answers to an exclusive write (botocore's own errors)."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    from brevpipe.integrations.optuna_storage import taken
+
+    def answer(status: int, code: str, condition: str | None = None) -> OSError:
+        error = {"Code": code, "Message": code, **({"Condition": condition} if condition else {})}
+        return translate_boto_error(ClientError(
+            {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"))
+
+    assert taken(answer(412, "PreconditionFailed", "If-None-Match"))  # AWS: it exists
+    assert taken(answer(409, "ConditionalRequestConflict"))  # AWS: another write in flight
+    assert taken(answer(412, "PreconditionFailed"))  # a store that names no condition
+    assert not taken(answer(403, "AccessDenied")) and not taken(answer(500, "InternalError"))
+
+
+def test_a_grid_sweep_with_a_url_password_runs_its_trials(tmp_path: Path) -> None:
+    """The record keeps the redacted URL; each trial compares its own, redacted the same way."""
+    from omegaconf import OmegaConf
+
+    from brevpipe.engine.rerun import redacted_url
+    from brevpipe.integrations.sweep import check_same_sweep, record_url
+
+    config = OmegaConf.create({"job": {"root": str(tmp_path / "jobs")}})
+    hydra = OmegaConf.create({"runtime": {"cwd": str(tmp_path)}, "sweep": {"dir": "multirun/x"},
+                              "overrides": {"task": ["seed=1", "+x=http://u:pw@h/db"]}})
+    url = record_url(config, hydra)
+    Path(url).parent.mkdir(parents=True)
+    Path(url).write_text(json.dumps({"sweep_id": "x", "overrides": ["seed=1,2",
+                                                                    "+x=http://u:***@h/db"]}))
+    check_same_sweep(config, hydra)  # the same sweep: no refusal
+    assert redacted_url("http://u:***@h/db") and not redacted_url("http://h/db")
+
+
+def test_a_trial_that_fails_is_told_failed_and_stops_the_sweep_by_its_failure_rate(
+    tmp_path: Path
+) -> None:
+    done = run_sweep(tmp_path, "search=lr_dense", "hydra.sweeper.n_trials=3",
+                     "job.tags=[not/a/tag]", timeout=300)  # a ConfigError when the job starts
+    assert done.returncode != 0
+    assert "1 of 1 trials failed, more than hydra.sweeper.max_failure_rate=0" in \
+        done.stdout + done.stderr, done.stderr[-2000:]  # fmt: skip
+    journal = next((tmp_path / "jobs" / "sweeps").glob("*.optuna"))
+    assert [t.state for t in study_of(str(journal)).trials] == [TrialState.FAIL]

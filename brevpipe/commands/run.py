@@ -72,6 +72,8 @@ def _run_job(cfg: DictConfig) -> float | str | None:
                       listeners=[reporter] if reporter else [])  # fmt: skip
     except BrevpipeError as exc:
         log.error("error: %s", exc)
+        if hydra_cfg.mode == RunMode.MULTIRUN and is_optuna_sweep(hydra_cfg):
+            raise  # a failed trial: the sweeper counts it against max_failure_rate
         sys.exit(1)
     report(job)
     if job.status == "pruned":  # the sweeper tells the study too, if this could not

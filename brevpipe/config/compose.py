@@ -19,7 +19,9 @@ REPO_DIR = PACKAGE_DIR.parent
 CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else REPO_DIR / "conf"
 
 REDACTED = "***"
-URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]+@")  # scheme://user:PASSWORD@
+# scheme://user:PASSWORD@host: the password runs to the last "@" before a space, "?" or "#"
+# (it may hold "/" and "@", as SQLAlchemy's URLs allow)
+URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^/?#@\s:]*:)[^\s?#]*@")
 SECRET_KEY_PATTERNS = ("*secret*", "*key*", "*token*", "*password*", "*credential*")
 # Keys that match the patterns above but hold no secret.
 NOT_SECRET_KEYS = frozenset({"cache_key", "key_metric", "monitor_key", "sort_key"})

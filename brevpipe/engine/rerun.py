@@ -53,12 +53,18 @@ def _escape(tree: Any, escape: bool = True) -> Any:
     """Resolved values are data: a literal ``${`` must not become an interpolation again
     (``escape=False``: the same tree unescaped, to check that nothing resolves)."""
     if isinstance(tree, dict):
-        return {k: _escape(v, escape) for k, v in tree.items() if v != REDACTED}  # secrets: dropped
+        return {k: _escape(v, escape) for k, v in tree.items()
+                if v != REDACTED and not redacted_url(v)}  # secrets: dropped
     if isinstance(tree, list):
         return [_escape(v, escape) for v in tree]
     if isinstance(tree, str) and escape:
         return tree.replace("${", "\\${")
     return tree
+
+
+def redacted_url(value: Any) -> bool:
+    """A URL whose password was redacted (``scheme://user:***@host``)."""
+    return isinstance(value, str) and f":{REDACTED}@" in value
 
 
 # What today's stages pass on that earlier pipeline declarations did not: the classification

@@ -66,9 +66,10 @@ class FsspecJournal(BaseJournalBackend):
     def _catch_up(self) -> None:
         """Read the objects written since the last call (all of them at first)."""
         names = self._listed_from(self._objects)
-        blobs = storage.cat_many(list(names)) if names else {}
+        wanted = [name for name, size in names.items() if size <= MAX_BATCH_BYTES]
+        blobs = storage.cat_many(wanted) if wanted else {}
         for name, size in names.items():
-            blob = blobs[name]
+            blob = blobs.get(name, b"")  # an oversized object is not read
             if isinstance(blob, BaseException):
                 raise blob
             self._logs.extend(journal_batch(name, blob, size))
@@ -97,6 +98,9 @@ class FsspecJournal(BaseJournalBackend):
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         data = json.dumps(logs).encode()
+        if len(data) > MAX_BATCH_BYTES:  # every reader would skip it
+            raise StorageError(f"an Optuna journal batch of {len(data):,} bytes is more than "
+                               f"{MAX_BATCH_BYTES:,}: {self.url} cannot keep it")  # fmt: skip
         with self._lock:
             self._catch_up()
             for attempt in range(CREATE_ATTEMPTS):
@@ -114,13 +118,27 @@ class FsspecJournal(BaseJournalBackend):
         fs, path = storage.get_fs(url)
         try:
             storage.call(fs, url, "pipe_file", path, data, mode="create")
-        except FileExistsError:
-            return False
         except OSError as exc:
-            if exc.errno == errno.EBUSY:  # S3's 409: another conditional write to it in flight
-                return False
-            raise
+            if not taken(exc):
+                raise
+            # s3fs retries a PUT whose answer was lost: "exists" may be this very batch
+            with contextlib.suppress(OSError):
+                return bool(storage.read_bytes(url) == data)
+            return False
         return True
+
+
+def taken(exc: OSError) -> bool:
+    """Whether an exclusive S3 write failed because the object exists or another write to it
+    is in flight: s3fs gives FileExistsError for a 412 that names If-None-Match, EBUSY for a
+    bare 409, and a plain OSError for AWS's ConditionalRequestConflict (409) or a 412 from a
+    store that names no condition."""
+    if isinstance(exc, FileExistsError) or exc.errno == errno.EBUSY:
+        return True
+    response = getattr(exc.__cause__, "response", None) or {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    code = (response.get("Error") or {}).get("Code")
+    return status in (409, 412) or code in ("ConditionalRequestConflict", "PreconditionFailed")
 
 
 def journal_batch(name: str, blob: bytes, size: int) -> list[dict[str, Any]]:
@@ -178,7 +196,7 @@ def check_exclusive(url: str) -> None:
     try:
         storage.call(fs, probe, "pipe_file", path, b"2", mode="create")
     except OSError as exc:
-        if not isinstance(exc, FileExistsError) and exc.errno != errno.EBUSY:
+        if not taken(exc):
             raise
         _CHECKED.add(url)
         return

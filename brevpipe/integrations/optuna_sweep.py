@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
+from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -47,7 +47,6 @@ log = logging.getLogger("brevpipe")
 Batch = list[tuple[int, list[str]]]  # (trial number, its overrides) of trials to launch
 Space = tuple[dict[str, BaseDistribution], dict[str, str]]  # distributions, fixed overrides
 SWEEP_ATTR = "brevpipe.sweep"  # the user attribute naming the sweep a trial belongs to
-PLAIN_TEXT = re.compile(r"[\w./:+ -]*")  # a choice's text that needs no quotes
 
 def make_pruner(search: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     """The pruner ``search.pruner`` names (none, median, hyperband)."""
@@ -79,7 +78,8 @@ def distribution(override: Override) -> BaseDistribution | None:
         return None
     value = override.value()
     if override.is_choice_sweep() or (isinstance(value, RangeSweep) and value.shuffle):
-        return CategoricalDistribution(list(override.sweep_iterator(Transformer.encode)))
+        # each choice as override text, escaped as Hydra's grid sweeps pass it (d\,e, [1,2])
+        return CategoricalDistribution(list(dict.fromkeys(override.sweep_string_iterator())))
     if isinstance(value, RangeSweep):
         values = list(override.sweep_iterator())
         if all(isinstance(v, int) for v in values):
@@ -100,10 +100,13 @@ def search_space(params: Mapping[str, Any] | None, arguments: Sequence[str]) -> 
     lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
     space: dict[str, BaseDistribution] = {}
     fixed: dict[str, str] = {}
+    names: dict[str, str] = {}  # a config key -> the override naming it (+key, ~key, key)
     for override in OverridesParser.create().parse_overrides(lines):
         key, found = override.get_key_element(), distribution(override)
-        space.pop(key, None)
-        fixed.pop(key, None)
+        earlier = names.pop(override.key_or_group, None)
+        space.pop(earlier or key, None)
+        fixed.pop(earlier or key, None)
+        names[override.key_or_group] = key
         if found is None:
             fixed[key] = override.input_line
         else:
@@ -134,18 +137,6 @@ def checked_params(number: int, params: Mapping[str, Any],
     return dict(params)
 
 
-def override_value(value: Any) -> str:
-    """A parameter's value as in a Hydra override: a choice's text (Hydra's encoding, where a
-    list stays ``[1,2]``), quoted when the grammar would read it as something else."""
-    text = str(value)
-    if not isinstance(value, str) or text.startswith(("[", "{")) or PLAIN_TEXT.fullmatch(text):
-        return text
-    if "'" in text or "\\" in text:
-        raise ConfigError(f"the choice {text[:80]!r} has a quote or a backslash: the Optuna "
-                          "sweeper cannot pass it as an override; pick values without them")
-    return f"'{text}'"
-
-
 class OptunaSweep:
     """The sweeper's work (the Hydra plugin, ``hydra_plugins.brevpipe_optuna``, delegates).
     ``sampler`` is its config: instantiated here, reseeded for a resumed sweep."""
@@ -164,6 +155,14 @@ class OptunaSweep:
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:  # fmt: skip
+        if "TF_CONFIG" in os.environ:  # every worker runs the sweep: each would ask trials
+            raise ConfigError("brevpipe's Optuna sweeper runs each trial as one process: sweep "
+                              "without TF_CONFIG (no multi-worker trials), or use the basic "
+                              "sweeper")  # fmt: skip
+        direction = str((config.get("sweep") or {}).get("direction"))
+        if self.direction != direction:
+            raise ConfigError(f"hydra.sweeper.direction={self.direction} but sweep.direction="
+                              f"{direction}: set sweep.direction only (the sweeper follows it)")
         self.config = config
         self.objective = str((config.get("sweep") or {}).get("objective"))
         self.sweep_id = sweep_id(str(config.hydra.runtime.cwd), str(config.hydra.sweep.dir))
@@ -265,8 +264,7 @@ class OptunaSweep:
 
 def overrides(params: Mapping[str, Any], fixed: Mapping[str, str]) -> list[str]:
     """A trial's Hydra overrides: its parameters, then the fixed ones as written."""
-    return [*(f"{key}={override_value(value)}" for key, value in params.items()),
-            *fixed.values()]  # fmt: skip
+    return [*(f"{key}={value}" for key, value in params.items()), *fixed.values()]
 
 
 def consecutive(batch: Batch) -> list[tuple[int, Batch]]:

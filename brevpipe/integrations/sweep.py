@@ -136,7 +136,8 @@ def check_same_sweep(config: DictConfig, hydra_cfg: Any) -> None:
     if not isinstance(record, dict) or not isinstance(record.get("overrides"), list):
         return
     swept = _values(record["overrides"])
-    trial = {key: values[0] for key, values in _values(hydra_cfg.overrides.task).items()}
+    task = [redact_url(str(o)) for o in hydra_cfg.overrides.task]  # as the record keeps them
+    trial = {key: values[0] for key, values in _values(task).items()}
     if any(key not in trial or trial[key] not in values for key, values in swept.items()):
         raise ConfigError(folder_taken(record, str(hydra_cfg.sweep.dir)))
 
@@ -185,14 +186,14 @@ class MlflowSweepCallback(Callback):
     resumed (``brevpipe sweep resume``): it keeps its record and its parent run."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not writes_sweep(config):
-            return
         hydra_cfg = config.hydra
-        try:
+        try:  # in every process that runs the sweep (each worker of a multi-worker one)
             check_search(config, hydra_cfg)
         except ConfigError as exc:  # before any trial: Hydra catches only Exception here
             log.error("error: %s", exc)
             raise SystemExit(1) from None
+        if not writes_sweep(config):
+            return
         url = record_url(config, hydra_cfg)
         try:
             use_storage_options(config)
