@@ -65,8 +65,8 @@ class RuntimeSettings:
 
 @dataclass
 class SweepSettings:
-    """What sweeps optimise (hydra/sweeper=optuna) and rank by (the MLflow parent run's
-    summary): ``objective`` a metric name, ``direction`` maximize or minimize."""
+    """What sweeps optimise (brevpipe's Optuna sweeper, ``search=...``) and rank by (the MLflow
+    parent run's summary): ``objective`` a metric name, ``direction`` maximize or minimize."""
 
     objective: Optional[str] = "${pipeline.key_metric}"
     direction: str = "maximize"
