@@ -25,6 +25,7 @@ from typing import Any
 
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import BaseJournalBackend, JournalStorage
+from optuna.storages.journal._storage import JournalOperation  # not re-exported by Optuna
 
 from brevpipe.errors import ConfigError, StorageError
 from brevpipe.integrations.search import EXCLUSIVE_REMOTE, is_rdb_url
@@ -34,7 +35,9 @@ log = logging.getLogger("brevpipe")
 
 NAME_DIGITS = 10
 MAX_BATCH_BYTES = 4 * 2**20  # Optuna writes a trial's few entries at once: kilobytes
-MAX_OP_CODE = 10  # optuna.storages.journal's operations: CREATE_STUDY (0) .. DISCARD_TRIALS
+# the journal's operations (CREATE_STUDY = 0 ...), from the Optuna installed: an entry of a
+# newer operation must not be taken for a planted one
+MAX_OP_CODE = max(JournalOperation)
 CREATE_ATTEMPTS = 50
 _CHECKED: set[str] = set()  # the S3 journals whose exclusive writes this process checked
 
@@ -78,9 +81,8 @@ class FsspecJournal(BaseJournalBackend):
     def _listed_from(self, first: int) -> dict[str, int]:
         """The consecutive objects from ``first`` on that exist now, with their sizes."""
         fs, path = storage.get_fs(self.url)
-        try:
-            fs.invalidate_cache(path)
-            listed = storage.call(fs, self.url, "ls", path, detail=True)
+        try:  # never a cached listing: another thread's could be older than our last write
+            listed = storage.call(fs, self.url, "ls", path, detail=True, refresh=True)
         except FileNotFoundError:
             return {}
         sizes = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
@@ -105,6 +107,9 @@ class FsspecJournal(BaseJournalBackend):
             self._catch_up()
             for attempt in range(CREATE_ATTEMPTS):
                 if self._create(self._name(self._objects), data):
+                    # read-your-writes without a listing: every object before this one is read
+                    self._logs.extend(json.loads(data))
+                    self._objects += 1
                     return
                 time.sleep(min(1.0, 0.01 * 2**attempt))
                 self._catch_up()  # another process took that number: read it, try the next
