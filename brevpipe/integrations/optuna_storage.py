@@ -28,8 +28,9 @@ from optuna.storages.journal import BaseJournalBackend, JournalStorage
 from optuna.storages.journal._storage import JournalOperation  # not re-exported by Optuna
 
 from brevpipe.errors import ConfigError, StorageError
-from brevpipe.integrations.search import EXCLUSIVE_REMOTE, is_rdb_url
+from brevpipe.integrations.search import is_rdb_url, takes_journal
 from brevpipe.io import storage
+from brevpipe.jobs import layout
 
 log = logging.getLogger("brevpipe")
 
@@ -50,11 +51,10 @@ class FsspecJournal(BaseJournalBackend):
 
     def __init__(self, url: str) -> None:
         self.url = storage.normalize(url)
-        protocol = storage.protocol_of(self.url)
-        if not storage.is_local(self.url) and protocol not in EXCLUSIVE_REMOTE:
+        if not takes_journal(self.url):
             raise ConfigError(
                 f"an Optuna journal needs a local or s3:// job root (exclusive writes); "
-                f"{self.url} is on {protocol}: give the study an RDB URL, "
+                f"{self.url} is on {storage.protocol_of(self.url)}: give the study an RDB URL, "
                 "search.storage=postgresql://..."
             )
         self._logs: list[dict[str, Any]] = []
@@ -215,7 +215,7 @@ def check_exclusive(url: str) -> None:
 
 def journal_url(root: str, sweep_id: str) -> str:
     """The default study storage of a sweep: ``<root>/sweeps/<id>.optuna``."""
-    return storage.join(storage.normalize(root), "sweeps", f"{sweep_id}.optuna")
+    return storage.join(storage.normalize(root), layout.SWEEPS, f"{sweep_id}.optuna")
 
 
 def open_storage(url: str) -> BaseStorage:

@@ -9,12 +9,19 @@ from typing import Any
 from omegaconf import DictConfig
 
 from brevpipe.errors import ConfigError
+from brevpipe.io import storage
 
 PRUNERS = ("none", "median", "hyperband")
 SWEEPER = "hydra_plugins.brevpipe_optuna.BrevpipeOptunaSweeper"
 PRUNED = "pruned"  # what a pruned trial's job returns to the sweeper
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 EXCLUSIVE_REMOTE = ("s3", "s3a")  # where an Optuna journal may live besides local folders
+
+
+def takes_journal(url: str) -> bool:
+    """Whether an Optuna journal can live at ``url``: a local folder or an S3 prefix (the file
+    systems with exclusive writes)."""
+    return storage.is_local(url) or storage.protocol_of(url) in EXCLUSIVE_REMOTE
 
 
 def is_rdb_url(url: str) -> bool:
@@ -70,10 +77,10 @@ def check_study_storage(config: DictConfig) -> None:
     url = (config.get("search") or {}).get("storage")
     if url is None:
         root = str(config.job.root)
-        protocol = root.split("://", 1)[0] if "://" in root else "file"
-        if protocol not in ("file", "local", *EXCLUSIVE_REMOTE):
+        if not takes_journal(root):
             raise ConfigError(f"the Optuna study's journal lives under the job root, and "
-                              f"{root} is on {protocol}, which has no exclusive writes: give "
+                              f"{root} is on {storage.protocol_of(root)}, which has no "
+                              "exclusive writes: give "
                               "the study an RDB URL, search.storage=postgresql://...")  # fmt: skip
         return
     if not is_rdb_url(str(url)):
