@@ -1,5 +1,5 @@
 """``python -m brevpipe`` does what ``brevpipe`` does."""
 
-from brevpipe.commands.cli import main
+from brevpipe.commands.cli import console_main
 
-raise SystemExit(main())
+console_main()

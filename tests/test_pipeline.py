@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def test_default_pipeline_end_to_end_with_mlflow(tiny_config, tmp_path: Path) ->
     job = run_job(tiny_config("seed=3"))
     output = output_of(job)
     assert output["job"]["status"] == "completed"
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("checkpoint")], \
+        "the checkpoint writer's thread ends with training"  # fmt: skip
     bucket = Path(job.bucket_url)
     for name in ("info.json", "artifacts/output.json", "artifacts/samples.csv",
                  "artifacts/sample_identification.csv", "artifacts/predictions.csv",
@@ -164,12 +167,20 @@ def test_dataset_and_job_bucket_on_s3(tiny_config, tmp_path: Path, s3_bucket: st
 
 
 def test_cli_run_prints_job_and_ctrl_c_marks_it_stopped(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the process ends without the interpreter's teardown (cli.console_main): its buffered
+    # output still arrives whole and its exit handlers still clean its temporary files
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     args = [sys.executable, "-m", "brevpipe", "run", *tiny_overrides(tmp_path)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                          env={**env, "TMPDIR": str(temp)})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "completed" in done.stdout and "bucket:" in done.stdout and "mlflow:" in done.stdout
+    assert done.stdout.rstrip().splitlines()[-1].startswith("  devel/"), "the last line too"
     assert not [n for n in NOTICES if n in done.stderr], "TensorFlow's start-up chatter"
+    assert not list(temp.iterdir()), "AutoGraph's and brevpipe's temporary files removed"
+    env["PYTHONUNBUFFERED"] = "1"
 
     slow = [*args, "trainer.epochs=200", "tracking=none", f"job.root={tmp_path / 'stopped'}"]
     proc = subprocess.Popen(

@@ -7,9 +7,15 @@ its flags from it). Imports stay light here: no TensorFlow, no MLflow, no Hydra.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib
+import logging
+import os
 import sys
+import threading
 from dataclasses import dataclass
+from typing import NoReturn
 
 from brevpipe import __version__
 from brevpipe.commands import completion
@@ -133,3 +139,29 @@ def main(argv: list[str] | None = None) -> int:
         job_note = "; the job is marked 'stopped'" if command.runs_job else ""
         print(f"brevpipe: {cause}{job_note}.", file=sys.stderr)
         return 143 if terminated else 130
+
+
+def console_main() -> NoReturn:
+    """The ``brevpipe`` console script and ``python -m brevpipe``: :func:`main`, then exit.
+
+    A process that imported TensorFlow spends 1-2 s of CPU after its last line freeing
+    TensorFlow's, Keras's and MLflow's modules one by one (the plain Keras script pays it too).
+    Once the command returned, its exit handlers ran (temporary files, locks, child processes,
+    logging) and its output is flushed, the process ends without that teardown: the job is
+    complete and written by then. Other threads still working keep the usual exit."""
+    try:
+        code = main()
+    except SystemExit as exc:
+        code = exc.code
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and not t.daemon]  # fmt: skip
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's, as multiprocessing uses
+    if "tensorflow" not in sys.modules or others or run_handlers is None or \
+            not isinstance(code, int):  # fmt: skip
+        raise SystemExit(code)
+    run_handlers()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)

@@ -105,6 +105,15 @@ class Checkpoint:
             pending, self._pending = self._pending, None
             pending.result()
 
+    def close(self) -> None:
+        """Wait for the last save (raises its error, if any) and end the writer's thread:
+        training is over (a long-lived process, such as the dashboard or a sweep, would
+        otherwise keep one idle thread per job)."""
+        try:
+            self.wait()
+        finally:
+            self._writer.shutdown(wait=True)
+
     def callback(self) -> Any:
         """A Keras callback that saves after every epoch."""
         import keras

@@ -223,7 +223,7 @@ class Trainer:
                 )
         finally:
             if checkpoint is not None:
-                checkpoint.wait()  # the last epoch's state is in the bucket, even on errors
+                checkpoint.close()  # the last epoch's state is in the bucket, even on errors
 
     def _fit_data(
         self, train: InputPipeline, validation: InputPipeline | None, start: int
