@@ -63,3 +63,32 @@ def test_a_bad_empty_store_in_the_cache_leaves_the_store_to_mlflow(
     assert a_run_in(f"sqlite:///{store}") == {"devel/accuracy": 0.9}
     assert migrations == [f"sqlite:///{store}"], "MLflow made the store itself"
     assert not list(store.parent.glob("*.tmp-*"))
+
+
+def test_an_mlflow_model_is_saved_without_mlflows_check_of_this_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's requirements are this process's own versions: MLflow's check that this
+    environment satisfies them (0.7 s per process) is skipped while saving, and only then."""
+    import io
+    import json
+    import tarfile
+
+    import mlflow.utils.environment
+
+    from brevpipe.serving.mlflow_model import IMAGES, requirements, save_models
+
+    checked: list[list[str]] = []
+    monkeypatch.setattr(mlflow.utils.environment, "warn_dependency_requirement_mismatches",
+                        checked.append)  # fmt: skip
+    archive = tmp_path / "saved_model.tar.gz"
+    metadata = json.dumps({"classes": ["a", "b"], "input_shape": [8, 8, 3]}).encode()
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("model.json")
+        info.size = len(metadata)
+        tar.addfile(info, io.BytesIO(metadata))
+    saved = save_models(archive, tmp_path)
+    assert (saved[IMAGES] / "requirements.txt").read_text().split() == requirements()
+    assert checked == [], "skipped while saving"
+    mlflow.utils.environment.warn_dependency_requirement_mismatches(["x==1"])
+    assert checked == [["x==1"]], "and in place again afterwards"
