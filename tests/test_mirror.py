@@ -240,3 +240,46 @@ def test_an_mlflow_server_away_mid_job_costs_no_data(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def mirror_worker_of(pid: int) -> int:
+    """The pid of the MLflow mirror's process that job process ``pid`` started."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = [int(c) for c in children
+               if b"mirror_worker" in Path(f"/proc/{c}/cmdline").read_bytes()]  # fmt: skip
+    assert len(workers) == 1, children
+    return workers[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux's /proc")
+@pytest.mark.timeout(600)
+def test_a_killed_mirror_process_costs_the_job_nothing_and_jobs_sync_completes_its_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`brevpipe run` mirrors its job from a process of its own (mirror_process); killed
+    mid-job (the OOM killer), it takes nothing with it: the job completes, output.json says
+    what is not mirrored, the job's log names ``brevpipe jobs sync``, which completes the run."""
+    gates = {name: tmp_path / name for name in ("at1", "go1")}
+    callback = ("trainer.callbacks=[{_target_:tests.helpers.WaitAtEpoch,epoch:1,"
+                f"reached:'{gates['at1']}',release:'{gates['go1']}'}}]")  # fmt: skip
+    (process,) = start_jobs(tmp_path, 1, callback)
+    try:
+        wait_for(gates["at1"])
+        os.kill(mirror_worker_of(process.pid), 9)
+    finally:
+        gates["go1"].touch()
+    (output,) = wait_jobs(tmp_path, [process])
+    log = (tmp_path / "job1.log").read_text()
+    assert output["job"]["status"] == "completed"
+    assert output["mlflow"]["pending"] in (["run"], ["end"])
+    assert "process ended without answering" in output["mlflow"]["error"]
+    assert f"brevpipe jobs sync {output['job']['id']}" in log
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, text = cli("sync", output["job"]["id"], "--root", str(tmp_path / "jobs"),
+                     "--tracking-uri", uri, capsys=capsys)  # fmt: skip
+    assert code == 0, text
+    synced = json.loads((tmp_path / "jobs" / output["job"]["id"] / "artifacts" /
+                         "output.json").read_text())  # fmt: skip
+    assert "pending" not in synced["mlflow"]
+    assert_mirrored(MlflowClient(tracking_uri=uri), synced)

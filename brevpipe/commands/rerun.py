@@ -9,6 +9,7 @@ import sys
 from brevpipe.commands.run import report
 from brevpipe.config.compose import CONF_DIR
 from brevpipe.errors import BrevpipeError
+from brevpipe.integrations import mirror_process
 
 log = logging.getLogger("brevpipe")
 
@@ -51,6 +52,7 @@ def main(args: list[str]) -> int:
         log.info("rerun of job %s (%s)", output["job"]["id"], url)
         from brevpipe.engine.runner import run_job
 
+        mirror_process.OWN_PROCESS.set(True)  # the process's one job, as `brevpipe run`'s
         job = run_job(cfg, choices=output.get("choices"))
     except BrevpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from brevpipe import __version__
 from brevpipe.commands import completion
 from brevpipe.config.compose import CONF_DIR, redact, redact_url
 from brevpipe.errors import BrevpipeError
+from brevpipe.integrations import mirror_process
 from brevpipe.integrations.search import PRUNED, is_optuna_sweep, pruner_name
 from brevpipe.integrations.sweep import (
     check_same_sweep,
@@ -67,6 +68,8 @@ def _run_job(cfg: DictConfig) -> float | str | None:
                     reporter.tell_pruned()
                 return PRUNED
         parent = parent_run(cfg, hydra_cfg)
+    else:  # the process's one job: its MLflow mirror gets a process of its own
+        mirror_process.OWN_PROCESS.set(True)
     try:
         job = run_job(cfg, choices=choices, parent=parent, sweep=sweep,
                       listeners=[reporter] if reporter else [])  # fmt: skip

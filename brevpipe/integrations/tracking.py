@@ -1,7 +1,8 @@
 """The MLflow mirror of a job: params, live metrics, tags, artifacts and the model.
 
 MLflow is imported only when tracking is on, and never blocks the job: the run is opened and
-the epochs are logged by a background thread (a store being created, a busy sqlite file or a
+the epochs are logged by a background thread (by a process of its own for ``brevpipe run``'s
+job: :mod:`brevpipe.integrations.mirror_process`) (a store being created, a busy sqlite file or a
 server that went away delay the mirror, not training). When the job ends, the run is made to
 match the job's output.json by :func:`brevpipe.integrations.mirror.sync_job`, which adds only
 what is missing, and ended with the job's status. If MLflow is still unreachable then, the
@@ -18,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from brevpipe.integrations import mirror, mlflow_store, registry
+from brevpipe.integrations import mirror, mirror_process, mlflow_store, registry
 from brevpipe.io import storage
 from brevpipe.jobs.job import Job, JobStatus, NullTracker, Tracker, now
 from brevpipe.jobs.layout import default_tracking_uri
@@ -55,6 +56,15 @@ def sync_command(job: Job, uri: str) -> str:
     return command if uri == default_tracking_uri(job.root) else f"{command} --tracking-uri {uri}"
 
 
+def section(uri: str, experiment: str, parent: dict[str, Any]) -> dict[str, Any]:
+    """A job's ``mlflow`` section as its mirror starts."""
+    mlflow = {"tracking_uri": uri, "experiment": experiment}
+    if parent.get("run_id"):
+        mlflow["parent_run_id"] = parent["run_id"]
+        mlflow["overrides"] = parent.get("overrides", "")
+    return mlflow
+
+
 class MlflowTracker:
     """Mirrors one job into one MLflow run through :class:`mlflow.MlflowClient`, from a
     background thread while the job runs and by a replay of its output.json at the end."""
@@ -80,10 +90,7 @@ class MlflowTracker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.job.mlflow = {"tracking_uri": self.uri, "experiment": self.experiment}
-        if self.parent.get("run_id"):
-            self.job.mlflow["parent_run_id"] = self.parent["run_id"]
-            self.job.mlflow["overrides"] = self.parent.get("overrides", "")
+        self.job.mlflow = section(self.uri, self.experiment, self.parent)
         self.job.listeners.append(self)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
         # the job's last lines name its run; MLflow's own "View run" line would repeat it
@@ -91,6 +98,11 @@ class MlflowTracker:
         self._thread = threading.Thread(target=storage.carried(self._work), name="mlflow-mirror",
                                         daemon=True)
         self._thread.start()
+
+    def open_now(self) -> None:
+        """Open the run without waiting for the first epoch (a process of its own, where
+        MLflow competes with nothing)."""
+        self._go.set()
 
     def on_metrics(self, metrics: dict[str, float], step: int | None) -> None:
         """Queue the points for the background thread: the caller (training) never waits (nor
@@ -277,4 +289,10 @@ def make_tracker(
     register = tracking.get("register")
     if register is not None:
         registry.check_name(register)  # before the job starts
-    return MlflowTracker(job, uri, tracking.get("experiment") or job.pipeline, parent, register)
+    experiment = tracking.get("experiment") or job.pipeline
+    if mirror_process.OWN_PROCESS.get():
+        settings = {"uri": uri, "experiment": experiment, "parent": parent or {},
+                    "register": register}  # fmt: skip
+        return mirror_process.ProcessMirror(job, settings, section(uri, experiment, parent or {}),
+                                            sync_command(job, uri))  # fmt: skip
+    return MlflowTracker(job, uri, experiment, parent, register)
