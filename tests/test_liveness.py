@@ -45,11 +45,13 @@ def test_stale_heartbeats_and_temp_folders_of_ended_processes(tmp_path: Path) ->
     assert mine.exists() and another_host.exists() and other.exists()
 
 
-def start_job(tmp_path: Path, *extra: str) -> subprocess.Popen:
-    """``brevpipe run`` on tiny data in a child process; returns once epoch 2 trains."""
+def start_job(tmp_path: Path, *extra: str, session: bool = False) -> subprocess.Popen:
+    """``brevpipe run`` on tiny data in a child process (``session``: a process group of
+    its own); returns once epoch 2 trains."""
     args = [sys.executable, "-m", "brevpipe", "run", *tiny_overrides(tmp_path), *extra]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            start_new_session=session)  # fmt: skip
     deadline = time.monotonic() + 240
     for line in proc.stdout:
         if line.startswith("Epoch 2/"):
@@ -69,9 +71,11 @@ def listed(root: Path) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_sigterm_ends_a_job_as_stopped(tmp_path: Path) -> None:
-    proc = start_job(tmp_path, "trainer.epochs=200")
+    """SIGTERM to the job's whole process group (systemd, ``kill -- -PGID``): its MLflow
+    mirror's process (mirror_worker) outlives it long enough to end the run as KILLED."""
+    proc = start_job(tmp_path, "trainer.epochs=200", session=True)
     assert temp_folders(proc.pid)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out[-2000:]
     assert "terminated (SIGTERM); the job is marked 'stopped'" in out

@@ -84,7 +84,10 @@ class Worker(MlflowTracker):
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the job, which ends this
+    # Ctrl-C, or a SIGTERM to the whole process group (systemd, a terminal), stops the job,
+    # which then needs this process to end its run; this ends when the job's pipe closes
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
     answer = Answer(sys.stdout)
     sys.stdout = sys.stderr  # anything else printed goes to the console, not the pipe
     logger = logging.getLogger("brevpipe")
