@@ -18,6 +18,7 @@ from brevpipe.data.shapes import ShapesDataset
 from brevpipe.engine.rerun import check_fingerprint, rebuild_config
 from brevpipe.engine.runner import resolve_config, run_job
 from brevpipe.errors import ConfigError, DataError
+from brevpipe.integrations import mirror_process
 from brevpipe.io import storage
 from brevpipe.jobs.output_json import read_output
 from tests.conftest import compose_config, tiny_overrides
@@ -106,6 +107,8 @@ def test_fingerprint_check() -> None:
 def rerun(capsys: pytest.CaptureFixture, *args: str) -> dict:
     """``brevpipe rerun ARGS`` in this process; the new job's output.json."""
     assert rerun_command.main(list(args)) == 0
+    # its job's mirror ran in a process of its own; later jobs of this process keep a thread
+    assert not mirror_process.OWN_PROCESS.get()
     printed = capsys.readouterr().out
     bucket = re.search(r"bucket:\s+(\S+)", printed).group(1)
     return storage.read_json(storage.join(bucket, "artifacts", "output.json"))

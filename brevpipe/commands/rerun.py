@@ -52,8 +52,8 @@ def main(args: list[str]) -> int:
         log.info("rerun of job %s (%s)", output["job"]["id"], url)
         from brevpipe.engine.runner import run_job
 
-        mirror_process.OWN_PROCESS.set(True)  # the process's one job, as `brevpipe run`'s
-        job = run_job(cfg, choices=output.get("choices"))
+        with mirror_process.own_process():  # the process's one job, as `brevpipe run`'s
+            job = run_job(cfg, choices=output.get("choices"))
     except BrevpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

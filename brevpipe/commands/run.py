@@ -68,11 +68,11 @@ def _run_job(cfg: DictConfig) -> float | str | None:
                     reporter.tell_pruned()
                 return PRUNED
         parent = parent_run(cfg, hydra_cfg)
-    else:  # the process's one job: its MLflow mirror gets a process of its own
-        mirror_process.OWN_PROCESS.set(True)
+    # a single run is the process's one job: its MLflow mirror gets a process of its own
     try:
-        job = run_job(cfg, choices=choices, parent=parent, sweep=sweep,
-                      listeners=[reporter] if reporter else [])  # fmt: skip
+        with mirror_process.own_process(hydra_cfg.mode != RunMode.MULTIRUN):
+            job = run_job(cfg, choices=choices, parent=parent, sweep=sweep,
+                          listeners=[reporter] if reporter else [])  # fmt: skip
     except BrevpipeError as exc:
         log.error("error: %s", exc)
         if hydra_cfg.mode == RunMode.MULTIRUN and is_optuna_sweep(hydra_cfg):

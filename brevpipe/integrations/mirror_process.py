@@ -21,6 +21,7 @@ import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from typing import IO, Any
 
 from brevpipe.io import storage
@@ -34,6 +35,18 @@ WORKER = "brevpipe.integrations.mirror_worker"
 # of its own pays only where the job is the process's whole work.
 OWN_PROCESS: contextvars.ContextVar[bool] = contextvars.ContextVar("brevpipe_mirror_process",
                                                                    default=False)  # fmt: skip
+
+
+@contextlib.contextmanager
+def own_process(on: bool = True) -> Iterator[None]:
+    """Within: a job's MLflow mirror runs in a process of its own (when ``on``: the job is
+    the process's whole work); as before afterwards (a program that called the command
+    in-process keeps its threads)."""
+    token = OWN_PROCESS.set(on)
+    try:
+        yield
+    finally:
+        OWN_PROCESS.reset(token)
 
 
 class ProcessMirror:
