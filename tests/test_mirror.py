@@ -244,14 +244,20 @@ def test_an_mlflow_server_away_mid_job_costs_no_data(tmp_path: Path) -> None:
 
 def mirror_worker_of(pid: int) -> int:
     """The pid of the MLflow mirror's process that job process ``pid`` started."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    workers = [int(c) for c in children
-               if b"mirror_worker" in Path(f"/proc/{c}/cmdline").read_bytes()]  # fmt: skip
-    assert len(workers) == 1, children
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+        if parent == pid and b"mirror_worker" in command:
+            workers.append(int(stat.parent.name))
+    assert len(workers) == 1, workers
     return workers[0]
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux's /proc")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
 @pytest.mark.timeout(600)
 def test_a_killed_mirror_process_costs_the_job_nothing_and_jobs_sync_completes_its_run(
     tmp_path: Path, capsys: pytest.CaptureFixture

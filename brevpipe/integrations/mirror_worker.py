@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -69,8 +70,15 @@ class Forward(logging.Handler):
         self.answer = answer
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+        except Exception:  # noqa: BLE001 - a bad record: logging's own report, on stderr
+            self.handleError(record)
+            return
         with contextlib.suppress(OSError, ValueError):  # the job's process is gone
-            self.answer(log=[record.levelno, record.getMessage()])
+            self.answer(log=[record.levelno, text])
 
 
 class Worker(MlflowTracker):
@@ -84,12 +92,15 @@ class Worker(MlflowTracker):
 
 
 def main() -> None:
-    # Ctrl-C, or a SIGTERM to the whole process group (systemd, a terminal), stops the job,
-    # which then needs this process to end its run; this ends when the job's pipe closes
+    # in a session of its own, and deaf to Ctrl-C and SIGTERM all the same: the job, which
+    # these stop, needs this process to end its run; this ends when the job's pipe closes
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, signal.SIG_IGN)
-    answer = Answer(sys.stdout)
-    sys.stdout = sys.stderr  # anything else printed goes to the console, not the pipe
+    # the pipe to the job is a descriptor of its own; anything else written to standard
+    # output (MLflow, native code, child processes) goes to the console, not the pipe
+    answer = Answer(os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8"))
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logger = logging.getLogger("brevpipe")
     logger.handlers[:] = [Forward(answer)]
     logger.setLevel(logging.INFO)

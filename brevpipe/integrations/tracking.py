@@ -293,6 +293,7 @@ def make_tracker(
     if mirror_process.OWN_PROCESS.get():
         settings = {"uri": uri, "experiment": experiment, "parent": parent or {},
                     "register": register}  # fmt: skip
+        commands = {"sync": sync_command(job, uri), "register": register_command(job, uri)}
         return mirror_process.ProcessMirror(job, settings, section(uri, experiment, parent or {}),
-                                            sync_command(job, uri))  # fmt: skip
+                                            commands)  # fmt: skip
     return MlflowTracker(job, uri, experiment, parent, register)
