@@ -236,3 +236,49 @@ def test_tensorflow_loads_without_its_start_up_notices_and_other_stderr_stays() 
     assert "planted line from another thread" in quiet.stderr
     assert not [n for n in NOTICES if n in quiet.stderr], quiet.stderr
     assert "planted line from another thread" in verbose.stderr
+
+
+@pytest.mark.parametrize("other_thread", [False, True])
+def test_console_main_skips_the_teardown_only_when_nothing_else_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, other_thread: bool
+) -> None:
+    """Once TensorFlow is loaded, the command's exit handlers run, logging and output are
+    flushed and the process ends at once (os._exit, with the command's code); a thread that
+    still works keeps Python's usual exit, which waits for it."""
+    import threading
+    import types
+
+    from brevpipe import __version__
+    from brevpipe.commands import cli
+
+    class Exited(Exception):
+        pass
+
+    calls: list[tuple] = []
+
+    def exit_now(code: int) -> None:
+        calls.append(("exit", code))
+        raise Exited
+
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    monkeypatch.setattr(cli.atexit, "_run_exitfuncs", lambda: calls.append(("handlers",)))
+    monkeypatch.setattr(cli.logging, "shutdown", lambda: calls.append(("logging",)))
+    loaded = sys.modules.get("tensorflow") or types.ModuleType("tensorflow")
+    monkeypatch.setitem(sys.modules, "tensorflow", loaded)
+    monkeypatch.setattr(sys, "argv", ["brevpipe", "--version"])
+    if not other_thread:
+        with pytest.raises(Exited):
+            cli.console_main()
+        assert calls == [("handlers",), ("logging",), ("exit", 0)]
+    else:
+        release = threading.Event()
+        working = threading.Thread(target=release.wait)
+        working.start()
+        try:
+            with pytest.raises(SystemExit) as ended:
+                cli.console_main()
+        finally:
+            release.set()
+            working.join()
+        assert ended.value.code == 0 and calls == []
+    assert capsys.readouterr().out == f"{__version__}\n"

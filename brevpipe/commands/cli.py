@@ -8,7 +8,6 @@ its flags from it). Imports stay light here: no TensorFlow, no MLflow, no Hydra.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import importlib
 import logging
 import os
@@ -161,7 +160,10 @@ def console_main() -> NoReturn:
         raise SystemExit(code)
     run_handlers()
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
-            stream.flush()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # a closed pipe: as Python's own exit says it
+            code = code or 120
     os._exit(code)

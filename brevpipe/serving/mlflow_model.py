@@ -26,8 +26,9 @@ import contextlib
 import json
 import os
 import tarfile
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -140,15 +141,22 @@ def requirements() -> list[str]:
     return [tensorflow, f"mlflow=={version('mlflow')}"]
 
 
-def own_requirements_unchecked() -> contextlib.AbstractContextManager[Any]:
+_SAVING = threading.Lock()  # one save at a time patches MLflow's module (dashboard threads)
+
+
+@contextlib.contextmanager
+def own_requirements_unchecked() -> Iterator[None]:
     """Skip MLflow's check that this environment satisfies the model's requirements while
     saving: :func:`requirements` are this process's own installed versions, so the check
     cannot fail, and it costs 0.7 s per process (it maps every installed distribution's
     files to modules). Where MLflow names it otherwise, the check runs."""
     name = "warn_dependency_requirement_mismatches"
-    if not hasattr(mlflow.utils.environment, name):
-        return contextlib.nullcontext()
-    return mock.patch.object(mlflow.utils.environment, name, lambda requirements: None)
+    with _SAVING:
+        if not hasattr(mlflow.utils.environment, name):
+            yield
+            return
+        with mock.patch.object(mlflow.utils.environment, name, lambda requirements: None):
+            yield
 
 
 def save_models(archive: Path, folder: Path) -> dict[str, Path]:
