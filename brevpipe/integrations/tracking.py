@@ -1,13 +1,14 @@
 """The MLflow mirror of a job: params, live metrics, tags, artifacts and the model.
 
 MLflow is imported only when tracking is on, and never blocks the job: the run is opened and
-the epochs are logged by a background thread (by a process of its own for ``brevpipe run``'s
-job: :mod:`brevpipe.integrations.mirror_process`) (a store being created, a busy sqlite file or a
-server that went away delay the mirror, not training). When the job ends, the run is made to
-match the job's output.json by :func:`brevpipe.integrations.mirror.sync_job`, which adds only
-what is missing, and ended with the job's status. If MLflow is still unreachable then, the
-job completes as always, output.json's ``mlflow.pending`` says what is not mirrored, and one
-line names ``brevpipe jobs sync``, which replays the bucket later.
+the epochs are logged by a background thread, or for ``brevpipe run``'s job by a process of
+its own running the same tracker (:mod:`brevpipe.integrations.mirror_process`); a store being
+created, a busy sqlite file or a server that went away delay the mirror, not training. When the
+job ends, the run is made to match the job's output.json by
+:func:`brevpipe.integrations.mirror.sync_job`, which adds only what is missing, and ended with
+the job's status. If MLflow is still unreachable then, the job completes as always,
+output.json's ``mlflow.pending`` says what is not mirrored, and one line names
+``brevpipe jobs sync``, which replays the bucket later.
 """
 
 from __future__ import annotations
