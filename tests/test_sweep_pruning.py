@@ -113,7 +113,7 @@ def test_an_optuna_sweep_on_s3_killed_and_resumed_finishes_its_trials_once(
     folder.mkdir()
     killed = subprocess.Popen(
         [sys.executable, "-m", "brevpipe", "run", "-m", *tiny_overrides(folder), f"job.root={root}",
-         "search=lr_dense", "hydra.sweeper.n_trials=3", "trainer.epochs=30",
+         "search=lr_dense", "hydra.sweeper.n_trials=3", "trainer.epochs=12",
          "runtime.heartbeat_s=1", "hydra.sweep.dir=multirun/s"],
         cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
@@ -132,7 +132,7 @@ def test_an_optuna_sweep_on_s3_killed_and_resumed_finishes_its_trials_once(
     while not ((found := outputs()).get(0, {}).get("job", {}).get("status") == "completed"
                and len(found.get(1, {}).get("history", [])) >= 3):  # epoch 2 checkpointed
         assert killed.poll() is None and time.monotonic() < deadline, killed.stdout.read()
-        time.sleep(0.05)
+        time.sleep(0.1)  # trial 1 then has 9 epochs to go: over a second
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(30)
     at_kill = outputs()
