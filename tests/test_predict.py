@@ -24,6 +24,8 @@ from brevpipe.serving.resolve import model_archive_url
 from tests.conftest import compose_config, tiny_overrides
 
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01"
+# in one test process with test_serve.py, which serves the same tiny job (trained once)
+pytestmark = pytest.mark.xdist_group("tiny-job")
 
 
 @dataclass(frozen=True)

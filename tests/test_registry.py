@@ -27,6 +27,9 @@ from brevpipe.jobs.control import StopRequested
 from brevpipe.jobs.job import Job
 from tests.conftest import compose_config, free_port, tiny_overrides
 
+# one test process for the module: its job roots (a local and an S3 one) are made once
+pytestmark = pytest.mark.xdist_group("job-roots")
+
 
 def jobs_cli(root: str, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``brevpipe jobs ARGS --root ROOT``: exit code, stdout, stderr."""

@@ -24,6 +24,7 @@ from brevpipe.serving.auth import DEFAULT_SECRET_ENV, make_token
 from tests.conftest import free_port
 from tests.test_predict import JPEG_HEAD, TinyJob, tiny_job
 
+pytestmark = pytest.mark.xdist_group("tiny-job")  # test_predict.py's job, trained once
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 MAX_BATCH = 8
 MAX_BYTES = 256 * 1024
