@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,10 @@ def weights(model) -> list[np.ndarray]:
     return [np.array(v.numpy()) for v in model.variables]
 
 
+def checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("checkpoint")]
+
+
 def shifted(model, by: float) -> list[np.ndarray]:
     """Move every weight by ``by`` (what an epoch of training would do); return them."""
     for variable in model.variables:
@@ -45,6 +50,7 @@ def test_a_kill_between_the_state_and_its_marker_resumes_the_marked_epoch(
 ) -> None:  # fmt: skip
     url = str(tmp_path / "checkpoint")
     model = tiny_model()
+    writers = set(checkpoint_threads())
     saving = Checkpoint(url, "key")
     after_1 = shifted(model, 1.0)
     saving.save(model, 1, {"loss": 1.0})
@@ -63,6 +69,8 @@ def test_a_kill_between_the_state_and_its_marker_resumes_the_marked_epoch(
     with pytest.raises(Killed):
         saving.wait()
     monkeypatch.undo()
+    saving.close()  # its writer thread ends here, not with the garbage collector
+    assert set(checkpoint_threads()) <= writers
 
     resumed = tiny_model(seed=1)
     restoring = Checkpoint(url, "key")
